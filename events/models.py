@@ -1,0 +1,36 @@
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class OutboxEvent(models.Model):
+    """An event written in the same transaction as the state change it announces.
+
+    The relay publishes unpublished rows to Kafka in primary-key order (so per
+    order, in the order they were written) and stamps ``published_at`` only after
+    the broker confirmed delivery.
+    """
+
+    event_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    event_type = models.CharField(max_length=64)
+    topic = models.CharField(max_length=128)
+    # Kafka message key: the order id, so all of an order's events share a partition.
+    key = models.CharField(max_length=128, db_index=True)
+    payload = models.JSONField()
+    headers = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+    published_at = models.DateTimeField(null=True, blank=True)
+    publish_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # The relay's scan: only the (small) unpublished tail, in write order.
+            models.Index(fields=["id"], condition=Q(published_at__isnull=True), name="outbox_unpublished_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id}"

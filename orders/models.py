@@ -1,0 +1,73 @@
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+
+class OrderStatus(models.TextChoices):
+    CREATED = "CREATED"
+    PROCESSING = "PROCESSING"
+    PAID = "PAID"
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+
+
+class Order(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.CharField(max_length=64)
+    email = models.EmailField(max_length=254)
+    status = models.CharField(max_length=32, choices=OrderStatus.choices, default=OrderStatus.CREATED)
+    total_amount = models.DecimalField(max_digits=16, decimal_places=2)
+    correlation_id = models.CharField(max_length=128, blank=True)
+    # A client's Idempotency-Key and a fingerprint of the body it came with: a retry with the
+    # same key and body gets this order back; the same key with another body is refused.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["-created_at"], name="order_created_idx"),
+            models.Index(fields=["user_id", "-created_at"], name="order_user_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="order_status_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Order {self.id} ({self.status})"
+
+
+class OrderItem(models.Model):
+    order = models.ForeignKey(Order, related_name="items", on_delete=models.CASCADE)
+    product_id = models.CharField(max_length=64)
+    product_name = models.CharField(max_length=200)
+    quantity = models.PositiveIntegerField()
+    price = models.DecimalField(max_digits=12, decimal_places=2)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} x {self.product_name}"
+
+    @property
+    def line_total(self):
+        return self.price * self.quantity
+
+
+class OrderTimelineEntry(models.Model):
+    """One step in an order's life: a status change or an event about the order, oldest first."""
+
+    order = models.ForeignKey(Order, related_name="timeline", on_delete=models.CASCADE)
+    status = models.CharField(max_length=32, choices=OrderStatus.choices)
+    event_type = models.CharField(max_length=64)
+    event_id = models.UUIDField(null=True, blank=True)
+    message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name_plural = "order timeline entries"
+
+    def __str__(self) -> str:
+        return f"{self.event_type} -> {self.status}"

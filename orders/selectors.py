@@ -1,0 +1,54 @@
+"""Reads of orders. Views and other apps read orders through these functions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import QuerySet
+
+from events.contract import isoformat
+from orders.models import Order, OrderTimelineEntry
+
+
+def list_orders(*, status: str | None = None, user_id: str | None = None) -> QuerySet[Order]:
+    orders = Order.objects.prefetch_related("items")
+    if status:
+        orders = orders.filter(status=status)
+    if user_id:
+        orders = orders.filter(user_id=user_id)
+    return orders
+
+
+def get_order(*, order_id: uuid.UUID) -> Order:
+    """The order with its items; raises ``Order.DoesNotExist``."""
+    return Order.objects.prefetch_related("items").get(pk=order_id)
+
+
+def get_order_by_idempotency_key(*, idempotency_key: str) -> Order | None:
+    return Order.objects.filter(idempotency_key=idempotency_key).first()
+
+
+def order_timeline(*, order_id: uuid.UUID) -> QuerySet[OrderTimelineEntry]:
+    return OrderTimelineEntry.objects.filter(order_id=order_id).order_by("created_at", "id")
+
+
+def order_snapshot(*, order: Order) -> dict[str, Any]:
+    """The ``order`` object of the event contract."""
+    return {
+        "id": str(order.id),
+        "user_id": order.user_id,
+        "email": order.email,
+        "items": [
+            {
+                "product_id": item.product_id,
+                "product_name": item.product_name,
+                "quantity": item.quantity,
+                "price": str(item.price),
+            }
+            for item in order.items.all()
+        ],
+        "total_amount": str(order.total_amount),
+        "status": order.status,
+        "timestamps": {"created_at": isoformat(order.created_at), "updated_at": isoformat(order.updated_at)},
+    }

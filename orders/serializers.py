@@ -1,0 +1,105 @@
+"""Request validation and response shapes for the orders API."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from rest_framework import serializers
+
+from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
+
+CENT = Decimal("0.01")
+
+
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: ``123`` or ``true`` is a wrong type, not text."""
+
+    default_error_messages = {"not_a_string": "Not a valid string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class StrictEmailField(StrictCharField, serializers.EmailField):
+    pass
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: ``"2"``, ``2.0`` and ``true`` are refused."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class MoneyField(serializers.DecimalField):
+    """A positive amount with at most two decimals, as a JSON number or a numeric string."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_digits=12, decimal_places=2, min_value=CENT, **kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, Decimal, str)):
+            self.fail("invalid")
+        # Normalised to cents so "30", 30 and 30.00 are the same request.
+        return super().to_internal_value(data).quantize(CENT)
+
+
+class OrderItemInputSerializer(serializers.Serializer):
+    product_id = StrictCharField(max_length=64)
+    product_name = StrictCharField(max_length=200)
+    quantity = StrictIntegerField(min_value=1, max_value=settings.ORDER_LIMITS["max_quantity"])
+    price = MoneyField(max_value=Decimal(settings.ORDER_LIMITS["max_price"]))
+
+
+class OrderCreateSerializer(serializers.Serializer):
+    user_id = StrictCharField(max_length=64)
+    email = StrictEmailField(max_length=254)
+    items = OrderItemInputSerializer(many=True, allow_empty=False, max_length=settings.ORDER_LIMITS["max_items"])
+
+
+class OrderCreatedSerializer(serializers.Serializer):
+    """The seed's response to ``POST /orders``."""
+
+    message = serializers.CharField()
+    order_id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=OrderStatus.choices)
+
+
+class OrderItemSerializer(serializers.ModelSerializer):
+    line_total = serializers.DecimalField(max_digits=16, decimal_places=2, read_only=True)
+
+    class Meta:
+        model = OrderItem
+        fields = ["product_id", "product_name", "quantity", "price", "line_total"]
+
+
+class OrderSerializer(serializers.ModelSerializer):
+    items = OrderItemSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Order
+        fields = ["id", "user_id", "email", "status", "total_amount", "items", "created_at", "updated_at"]
+
+
+class OrderStatusSerializer(serializers.ModelSerializer):
+    order_id = serializers.UUIDField(source="id")
+
+    class Meta:
+        model = Order
+        fields = ["order_id", "status", "updated_at"]
+
+
+class OrderTimelineEntrySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OrderTimelineEntry
+        fields = ["event_type", "status", "event_id", "message", "created_at"]
+
+
+class OrderListFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=OrderStatus.choices, required=False)
+    user_id = serializers.CharField(max_length=64, required=False)

@@ -1,0 +1,93 @@
+"""GET /orders, /orders/{id}, /orders/{id}/status and /orders/{id}/events."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from orders.models import Order, OrderStatus
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def create(api_client, seed_order):
+    def _create(**overrides):
+        response = api_client.post("/orders", {**seed_order, **overrides}, format="json")
+        assert response.status_code == 201
+        return response.json()["order_id"]
+
+    return _create
+
+
+def test_detail_has_items_total_and_status(api_client, create):
+    order_id = create()
+
+    body = api_client.get(f"/orders/{order_id}").json()
+
+    assert body["id"] == order_id
+    assert body["status"] == "CREATED"
+    assert body["total_amount"] == "75.97"
+    assert body["user_id"] == "customer_123"
+    assert [(i["product_id"], i["quantity"], i["price"], i["line_total"]) for i in body["items"]] == [
+        ("prod_001", 2, "29.99", "59.98"),
+        ("prod_002", 1, "15.99", "15.99"),
+    ]
+
+
+def test_status_and_timeline(api_client, create):
+    order_id = create()
+
+    assert api_client.get(f"/orders/{order_id}/status").json()["status"] == "CREATED"
+    assert api_client.get(f"/orders/{order_id}/status/").json()["order_id"] == order_id
+    timeline = api_client.get(f"/orders/{order_id}/events").json()
+    assert [(e["event_type"], e["status"]) for e in timeline] == [("ORDER_CREATED", "CREATED")]
+
+
+@pytest.mark.parametrize("suffix", ["", "/status", "/events"])
+def test_unknown_order_is_404(api_client, suffix):
+    response = api_client.get(f"/orders/{uuid.uuid4()}{suffix}")
+
+    assert response.status_code == 404
+    assert response.json() == {"error": "Order not found"}
+
+
+def test_list_is_newest_first_and_filters_by_user_and_status(api_client, create):
+    first = create(user_id="alice")
+    second = create(user_id="bob")
+    third = create(user_id="alice")
+    Order.objects.filter(pk=second).update(status=OrderStatus.PAID)
+
+    everything = api_client.get("/orders").json()
+    assert everything["count"] == 3
+    assert [o["id"] for o in everything["results"]] == [third, second, first]
+    assert [o["id"] for o in api_client.get("/orders?user_id=alice").json()["results"]] == [third, first]
+    assert [o["id"] for o in api_client.get("/orders?status=PAID").json()["results"]] == [second]
+    assert api_client.get("/orders?status=CREATED&user_id=bob").json()["count"] == 0
+
+
+def test_list_is_paginated(api_client, create):
+    created = [create() for _ in range(3)]
+
+    first_page = api_client.get("/orders", {"page_size": 2}).json()
+    second_page = api_client.get(first_page["next"]).json()
+
+    assert first_page["count"] == 3
+    assert len(first_page["results"]) == 2
+    assert second_page["next"] is None
+    assert {o["id"] for o in first_page["results"] + second_page["results"]} == set(created)
+
+
+def test_list_refuses_unknown_status(api_client):
+    response = api_client.get("/orders?status=SHIPPED")
+
+    assert response.status_code == 400
+    assert "status" in response.json()["fields"]
+
+
+def test_list_does_not_query_per_order(api_client, create, django_assert_max_num_queries):
+    for _ in range(5):
+        create()
+    with django_assert_max_num_queries(3):
+        assert api_client.get("/orders").json()["count"] == 5

@@ -1,0 +1,121 @@
+"""The orders HTTP API. Thin: validate, call a service or selector, shape the response."""
+
+from __future__ import annotations
+
+import re
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.response import Response
+
+from orders import selectors, services
+from orders.models import Order, OrderStatus
+from orders.serializers import (
+    OrderCreatedSerializer,
+    OrderCreateSerializer,
+    OrderListFilterSerializer,
+    OrderSerializer,
+    OrderStatusSerializer,
+    OrderTimelineEntrySerializer,
+)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_VALID_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    IDEMPOTENCY_HEADER,
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Retry-safe creation: the same key and body return the first order instead of a new one.",
+)
+ERROR_RESPONSE = OpenApiResponse(description='{"error": "...", "fields": {...}}')
+
+
+def _idempotency_key(request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not _VALID_IDEMPOTENCY_KEY.match(key):
+        raise ValidationError({IDEMPOTENCY_HEADER: ["1 to 255 printable ASCII characters without spaces."]})
+    return key
+
+
+class OrderViewSet(viewsets.GenericViewSet):
+    serializer_class = OrderSerializer
+    queryset = Order.objects.none()  # for schema generation; reads go through selectors
+    lookup_value_regex = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+
+    def get_serializer_class(self):
+        return OrderCreateSerializer if self.action == "create" else OrderSerializer
+
+    def _order(self) -> Order:
+        try:
+            return selectors.get_order(order_id=self.kwargs["pk"])
+        except Order.DoesNotExist:
+            raise NotFound("Order not found") from None
+
+    @extend_schema(
+        summary="Create an order",
+        parameters=[IDEMPOTENCY_PARAMETER],
+        request=OrderCreateSerializer,
+        responses={
+            201: OrderCreatedSerializer,
+            400: ERROR_RESPONSE,
+            413: ERROR_RESPONSE,
+            422: OpenApiResponse(description="Idempotency-Key reused with a different body"),
+        },
+    )
+    def create(self, request):
+        serializer = OrderCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            creation = services.create_order(
+                **serializer.validated_data,
+                correlation_id=request.correlation_id,
+                idempotency_key=_idempotency_key(request),
+            )
+        except services.IdempotencyKeyReused as exc:
+            return Response({"error": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+        order_id = str(creation.order.id)
+        headers = {"Location": f"/orders/{order_id}"}
+        if not creation.created:
+            headers["Idempotent-Replayed"] = "true"
+        # The response describes the creation, so a replay answers exactly as the first request did.
+        body = {"message": "Order created successfully", "order_id": order_id, "status": OrderStatus.CREATED}
+        return Response(body, status=status.HTTP_201_CREATED, headers=headers)
+
+    @extend_schema(
+        summary="List orders, newest first",
+        parameters=[
+            OpenApiParameter("status", OpenApiTypes.STR, enum=OrderStatus.values),
+            OpenApiParameter("user_id", OpenApiTypes.STR),
+        ],
+        responses={200: OrderSerializer(many=True), 400: ERROR_RESPONSE},
+    )
+    def list(self, request):
+        filters = OrderListFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        page = self.paginate_queryset(selectors.list_orders(**filters.validated_data))
+        return self.get_paginated_response(OrderSerializer(page, many=True).data)
+
+    @extend_schema(summary="An order with its items, total and status", responses={200: OrderSerializer, 404: ERROR_RESPONSE})
+    def retrieve(self, request, pk=None):
+        return Response(OrderSerializer(self._order()).data)
+
+    @extend_schema(summary="An order's current status", responses={200: OrderStatusSerializer, 404: ERROR_RESPONSE})
+    @action(detail=True, methods=["get"], url_path="status")
+    def order_status(self, request, pk=None):
+        return Response(OrderStatusSerializer(self._order()).data)
+
+    @extend_schema(
+        summary="An order's timeline: every state change and event, oldest first",
+        responses={200: OrderTimelineEntrySerializer(many=True), 404: ERROR_RESPONSE},
+    )
+    @action(detail=True, methods=["get"], url_path="events", pagination_class=None)
+    def events(self, request, pk=None):
+        order = self._order()
+        timeline = selectors.order_timeline(order_id=order.id)
+        return Response(OrderTimelineEntrySerializer(timeline, many=True).data)

@@ -1,0 +1,60 @@
+"""Liveness and readiness endpoints."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from django.conf import settings
+from django.db import connection
+from drf_spectacular.utils import extend_schema
+from kombu import Connection
+from rest_framework.decorators import api_view
+from rest_framework.response import Response
+
+from events.kafka import check_broker
+
+
+def check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def check_kafka() -> None:
+    check_broker(timeout=settings.KAFKA["health_timeout"])
+
+
+def check_celery_broker() -> None:
+    timeout = settings.CELERY_HEALTH_TIMEOUT
+    with Connection(settings.CELERY_BROKER_URL, connect_timeout=timeout) as broker:
+        broker.ensure_connection(max_retries=1, timeout=timeout)
+
+
+READINESS_CHECKS: dict[str, Callable[[], None]] = {
+    "database": check_database,
+    "kafka": check_kafka,
+    "celery_broker": check_celery_broker,
+}
+
+
+def _run_check(check: Callable[[], None]) -> dict:
+    started = time.perf_counter()
+    try:
+        check()
+    except Exception as exc:  # a readiness probe reports every failure, whatever its kind
+        return {"status": "down", "error": f"{type(exc).__name__}: {exc}"}
+    return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+@extend_schema(summary="Liveness: the web process is up", responses={200: dict})
+@api_view(["GET"])
+def liveness(request):
+    return Response({"status": "ok", "service": settings.SERVICE_NAME, "environment": settings.ENVIRONMENT})
+
+
+@extend_schema(summary="Readiness: the database, Kafka and the Celery broker answer", responses={200: dict, 503: dict})
+@api_view(["GET"])
+def readiness(request):
+    checks = {name: _run_check(check) for name, check in READINESS_CHECKS.items()}
+    ready = all(result["status"] == "ok" for result in checks.values())
+    return Response({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)

@@ -1,0 +1,67 @@
+"""structlog JSON logging shared by every process (web, relay, bridge, worker).
+
+Context such as ``correlation_id``, ``order_id`` and ``event_id`` is bound with
+``structlog.contextvars`` and merged into every line, including lines emitted
+through the standard library by Django, Celery and confluent-kafka callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import structlog
+
+_SHARED_PROCESSORS = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+    structlog.processors.StackInfoRenderer(),
+]
+
+
+def configure_structlog() -> None:
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_SHARED_PROCESSORS,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def logging_config(*, level: str, service_name: str, environment: str) -> dict:
+    """A ``LOGGING`` dict that renders every record, structlog's or stdlib's, as one JSON line."""
+    service_fields = {"service": service_name, "environment": environment}
+
+    def add_service_fields(_logger, _method, event_dict):
+        for key, value in service_fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    add_service_fields,
+                    structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(),
+                ],
+                "foreign_pre_chain": _SHARED_PROCESSORS,
+            }
+        },
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            # The access log line is ours (see CorrelationIdMiddleware); Django's duplicates it.
+            "django.server": {"level": logging.WARNING},
+            "django.db.backends": {"level": logging.INFO},
+        },
+    }

@@ -1,0 +1,160 @@
+"""The one settings module: values come from config.yaml, overridden by the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orders_project.config import BASE_DIR, env, load_config
+from orders_project.logging import configure_structlog, logging_config
+
+CONFIG = load_config()
+
+SERVICE_NAME = CONFIG["service_name"]
+ENVIRONMENT = CONFIG["environment"]
+SECRET_KEY = CONFIG["django"]["secret_key"]
+DEBUG = CONFIG["django"]["debug"]
+ALLOWED_HOSTS = CONFIG["http"]["allowed_hosts"]
+HTTP_PORT = int(CONFIG["http"]["port"])
+MAX_REQUEST_BODY_BYTES = CONFIG["http"]["max_body_bytes"]
+# Django's own guard, for bodies sent without a Content-Length.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "events",
+    "orders",
+    "payments",
+    "notifications",
+]
+
+MIDDLEWARE = [
+    "orders_project.middleware.CorrelationIdMiddleware",
+    "orders_project.middleware.RequestBodyLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "orders_project.urls"
+WSGI_APPLICATION = "orders_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database(url: str) -> dict:
+    database = env.db_url_config(url)
+    if database["ENGINE"] == "django.db.backends.sqlite3" and database["NAME"] != ":memory:":
+        path = Path(database["NAME"])
+        database["NAME"] = str(path if path.is_absolute() else BASE_DIR / path)
+        Path(database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+        database["OPTIONS"] = {
+            # Writers queue for the lock instead of failing with "database is locked", and
+            # readers never block the writer (web, relay, bridge and worker share the file).
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+        # Tests use a file too: the relay, bridge and worker they start are separate processes.
+        database["TEST"] = {"NAME": str(Path(database["NAME"]).with_suffix(".test.sqlite3"))}
+    else:
+        database["CONN_MAX_AGE"] = CONFIG["database"]["conn_max_age"]
+        database["CONN_HEALTH_CHECKS"] = True
+    return database
+
+
+DATABASES = {"default": _database(CONFIG["database"]["url"])}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)  # collectstatic fills it in images; WhiteNoise warns if it is missing
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve static files from the apps directly when collectstatic has not been run (local runs).
+WHITENOISE_USE_FINDERS = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_PARSER_CLASSES": ["orders_project.parsers.DecimalJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "orders_project.pagination.StandardPagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "orders_project.exceptions.api_exception_handler",
+    # Decimals leave the API as strings ("75.97"), never as floats.
+    "COERCE_DECIMAL_TO_STRING": True,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Order processing API",
+    "DESCRIPTION": "Create orders and follow them through processing, payment and notifications.",
+    "VERSION": "1.0.0",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+
+
+def _celery_broker_url(url: str) -> str:
+    """Anchor the server-less SQLite broker's relative path at the project, like the database."""
+    prefix = "sqla+sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
+        path = BASE_DIR / url[len(prefix):]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"{prefix}{path}"
+    return url
+
+
+KAFKA = CONFIG["kafka"]
+CELERY_BROKER_URL = _celery_broker_url(CONFIG["celery"]["broker_url"])
+CELERY_HEALTH_TIMEOUT = CONFIG["celery"]["health_timeout"]
+ORDER_LIMITS = CONFIG["orders"]
+NOTIFICATION = CONFIG["notification"]
+
+configure_structlog()
+LOGGING = logging_config(
+    level=CONFIG["django"]["log_level"], service_name=SERVICE_NAME, environment=ENVIRONMENT
+)

@@ -1,0 +1,52 @@
+"""Liveness and readiness against real components."""
+
+from __future__ import annotations
+
+import pytest
+
+from events.embedded_broker import free_port
+
+pytestmark = pytest.mark.django_db
+
+
+def test_liveness(client):
+    response = client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+def test_ready_when_database_kafka_and_celery_broker_answer(client, kafka_settings):
+    response = client.get("/health/ready")
+
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ready"
+    assert {name: check["status"] for name, check in body["checks"].items()} == {
+        "database": "ok",
+        "kafka": "ok",
+        "celery_broker": "ok",
+    }
+
+
+def test_not_ready_when_kafka_is_unreachable(client, settings):
+    settings.KAFKA = {**settings.KAFKA, "brokers": [f"127.0.0.1:{free_port()}"], "health_timeout": 0.5}
+
+    response = client.get("/health/ready/")
+
+    body = response.json()
+    assert response.status_code == 503
+    assert body["status"] == "not_ready"
+    assert body["checks"]["kafka"]["status"] == "down"
+    assert body["checks"]["kafka"]["error"]
+    assert body["checks"]["database"]["status"] == "ok"
+
+
+def test_not_ready_when_celery_broker_is_unreachable(client, kafka_settings, settings):
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{free_port()}/0"
+    settings.CELERY_HEALTH_TIMEOUT = 0.5
+
+    body = client.get("/health/ready").json()
+
+    assert body["checks"]["celery_broker"]["status"] == "down"
+    assert body["checks"]["kafka"]["status"] == "ok"
