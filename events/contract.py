@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -11,6 +12,8 @@ ORDER_PROCESSING = "ORDER_PROCESSING"
 ORDER_PAID = "ORDER_PAID"
 PAYMENT_FAILED = "PAYMENT_FAILED"
 NOTIFICATION_SENT = "NOTIFICATION_SENT"
+# Not an order event: the type of outbox rows bound for the dead-letter topic.
+DEAD_LETTER = "DEAD_LETTER"
 
 TOPIC_ORDERS = "orders"
 TOPIC_PAYMENTS = "payments"
@@ -42,13 +45,80 @@ def build_envelope(
     occurred_at: dt.datetime,
     source: str,
     attempt: int = 1,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The JSON envelope; ``details`` adds a type-specific object (a notification's channel, say)."""
     if event_type not in EVENT_TOPICS:
         raise ValueError(f"Unknown event type {event_type!r}")
-    return {
+    envelope = {
         "event_id": str(event_id),
         "type": event_type,
         "order": order,
         "timestamp": isoformat(occurred_at),
         "metadata": {"correlation_id": correlation_id, "source": source, "attempt": attempt},
     }
+    if details:
+        envelope["details"] = details
+    return envelope
+
+
+def message_headers(*, event_type: str, event_id: str, correlation_id: str) -> dict[str, str]:
+    """The Kafka headers every event carries."""
+    return {"event_type": event_type, "event_id": event_id, "correlation_id": correlation_id}
+
+
+def dead_letter_headers(*, reason: str, error: str, source: str, **origin: Any) -> dict[str, str]:
+    """Headers of a dlq message: why it is there and where it came from.
+
+    The message value is the original bytes, untouched, so it can be fixed and re-published.
+    """
+    headers = {"dlq_reason": reason, "dlq_error": error[:2000], "dlq_source": source}
+    headers.update({f"dlq_original_{name}": str(value) for name, value in origin.items() if value is not None})
+    return headers
+
+
+class InvalidEvent(Exception):
+    """A message the bridge cannot handle; ``reason`` is a short code for the dlq headers."""
+
+    def __init__(self, reason: str, error: str):
+        super().__init__(f"{reason}: {error}")
+        self.reason = reason
+        self.error = error
+
+
+_ORDER_FIELDS = ("id", "user_id", "email", "items", "total_amount", "status")
+
+
+def _require_uuid(value: Any, name: str) -> None:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidEvent("invalid_envelope", f"{name} is not a UUID: {value!r}"[:300]) from None
+
+
+def parse_event(raw: bytes | None, *, max_bytes: int) -> dict[str, Any]:
+    """Decode and check a message value against the envelope; raises ``InvalidEvent``."""
+    if not raw:
+        raise InvalidEvent("empty", "message has no value")
+    if len(raw) > max_bytes:
+        raise InvalidEvent("too_large", f"{len(raw)} bytes, limit {max_bytes}")
+    try:
+        envelope = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent("not_json", str(exc)) from None
+    if not isinstance(envelope, dict):
+        raise InvalidEvent("invalid_envelope", f"expected a JSON object, got {type(envelope).__name__}")
+    event_type = envelope.get("type")
+    if event_type not in EVENT_TOPICS:
+        raise InvalidEvent("unknown_type", f"event type {event_type!r}"[:300])
+    _require_uuid(envelope.get("event_id"), "event_id")
+    order = envelope.get("order")
+    if not isinstance(order, dict) or any(name not in order for name in _ORDER_FIELDS):
+        raise InvalidEvent("invalid_envelope", f"order must be an object with {', '.join(_ORDER_FIELDS)}")
+    _require_uuid(order["id"], "order.id")
+    if not isinstance(order["items"], list):
+        raise InvalidEvent("invalid_envelope", "order.items must be a list")
+    metadata = envelope.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("correlation_id"), str):
+        raise InvalidEvent("invalid_envelope", "metadata.correlation_id is required")
+    return envelope

@@ -34,3 +34,24 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id}"
+
+
+class InboxEntry(models.Model):
+    """An event a handler has applied. A redelivered event finds its entry and changes nothing.
+
+    Written in the same transaction as the handler's state change, so "handled" and "applied"
+    cannot disagree.
+    """
+
+    handler = models.CharField(max_length=64)
+    event_id = models.UUIDField()
+    handled_at = models.DateTimeField(default=timezone.now)
+    # Times the event came again after it was handled (at-least-once delivery at work).
+    redeliveries = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["handler", "event_id"], name="inbox_handler_event_uniq")]
+        verbose_name_plural = "inbox entries"
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.event_id}"

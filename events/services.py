@@ -1,18 +1,29 @@
-"""Writes to the outbox. Callers run these inside their own transaction."""
+"""Writes to the outbox and the inbox. Callers run these inside their own transaction."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+import structlog
+from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from events.contract import EVENT_TOPICS, build_envelope
-from events.models import OutboxEvent
+from events.contract import DEAD_LETTER, EVENT_TOPICS, TOPIC_DLQ, build_envelope, dead_letter_headers, message_headers
+from events.models import InboxEntry, OutboxEvent
+
+logger = structlog.get_logger(__name__)
 
 
 def enqueue_event(
-    *, event_type: str, order: dict[str, Any], correlation_id: str, source: str, attempt: int = 1
+    *,
+    event_type: str,
+    order: dict[str, Any],
+    correlation_id: str,
+    source: str,
+    attempt: int = 1,
+    details: dict[str, Any] | None = None,
 ) -> OutboxEvent:
     """Record ``event_type`` for ``order`` (a contract snapshot) in the outbox; the relay publishes it."""
     event_id = uuid.uuid4()
@@ -25,6 +36,7 @@ def enqueue_event(
         occurred_at=now,
         source=source,
         attempt=attempt,
+        details=details,
     )
     return OutboxEvent.objects.create(
         event_id=event_id,
@@ -32,6 +44,43 @@ def enqueue_event(
         topic=EVENT_TOPICS[event_type],
         key=order["id"],
         payload=envelope,
-        headers={"event_type": event_type, "event_id": str(event_id), "correlation_id": correlation_id},
+        headers=message_headers(event_type=event_type, event_id=str(event_id), correlation_id=correlation_id),
         created_at=now,
     )
+
+
+def enqueue_dead_letter(
+    *, original: dict[str, Any], key: str, reason: str, error: str, source: str, correlation_id: str
+) -> OutboxEvent:
+    """Record an event that could not be handled for the dlq topic, with the reason in its headers."""
+    event_id = uuid.uuid4()
+    headers = dead_letter_headers(
+        reason=reason, error=error, source=source, event_id=original.get("event_id"), type=original.get("type")
+    )
+    headers.update(message_headers(event_type=DEAD_LETTER, event_id=str(event_id), correlation_id=correlation_id))
+    return OutboxEvent.objects.create(
+        event_id=event_id, event_type=DEAD_LETTER, topic=TOPIC_DLQ, key=key, payload=original, headers=headers
+    )
+
+
+def was_handled(*, handler: str, event_id: str) -> bool:
+    """True, and the redelivery counted, if ``handler`` already applied ``event_id``."""
+    updated = InboxEntry.objects.filter(handler=handler, event_id=event_id).update(redeliveries=F("redeliveries") + 1)
+    if updated:
+        logger.info("event_already_handled", handler=handler, event_id=str(event_id))
+    return bool(updated)
+
+
+def claim_event(*, handler: str, event_id: str) -> bool:
+    """Record that ``handler`` applies ``event_id`` in the caller's transaction.
+
+    False when it was applied before (or is being applied by a concurrent transaction that
+    committed first): the caller then changes nothing.
+    """
+    try:
+        with transaction.atomic():
+            InboxEntry.objects.create(handler=handler, event_id=event_id)
+    except IntegrityError:
+        was_handled(handler=handler, event_id=event_id)  # counts and logs the redelivery
+        return False
+    return True

@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from orders.models import Order, OrderItem, OrderTimelineEntry
 
@@ -41,10 +43,28 @@ class OrderAdmin(admin.ModelAdmin):
         "idempotency_key",
         "created_at",
         "updated_at",
+        "related_records",
     ]
     fields = readonly_fields
     inlines = [OrderItemInline, OrderTimelineInline]
     show_full_result_count = False  # COUNT(*) over a large orders table on every page is costly
+
+    @admin.display(description="Payments, notifications and events")
+    def related_records(self, order):
+        # Each list is searched by the order id.
+        links = [
+            ("payments_payment_changelist", "Payments", order.payments.count()),
+            ("notifications_notification_changelist", "Notifications", order.notifications.count()),
+            ("events_outboxevent_changelist", "Outbox events", None),
+        ]
+        return format_html_join(
+            " · ",
+            '<a href="{}?q={}">{}{}</a>',
+            (
+                (reverse(f"admin:{name}"), order.id, label, format_html(" ({})", count) if count is not None else "")
+                for name, label, count in links
+            ),
+        )
 
     def has_add_permission(self, request):
         # Orders come in through the API, which validates them and writes the outbox event.

@@ -9,6 +9,8 @@ class OrderStatus(models.TextChoices):
     PROCESSING = "PROCESSING"
     PAID = "PAID"
     PAYMENT_FAILED = "PAYMENT_FAILED"
+    # Parked: a step kept failing after its last retry; the event is in the dlq topic.
+    FAILED = "FAILED"
 
 
 class Order(models.Model):

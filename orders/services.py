@@ -1,4 +1,4 @@
-"""Writes to orders. Each function owns its transaction."""
+"""Writes to orders: creation and the order state machine."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import structlog
 from django.db import IntegrityError, transaction
 
-from events.contract import ORDER_CREATED
-from events.services import enqueue_event
+from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED
+from events.services import claim_event, enqueue_dead_letter, enqueue_event
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
 from orders.selectors import get_order_by_idempotency_key, order_snapshot
 
@@ -113,3 +113,115 @@ def create_order(
         total_amount=str(order.total_amount),
     )
     return OrderCreation(order=order, created=True)
+
+
+# The order state machine: the only place order statuses change.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    OrderStatus.CREATED: frozenset({OrderStatus.PROCESSING, OrderStatus.FAILED}),
+    OrderStatus.PROCESSING: frozenset({OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED}),
+}
+TERMINAL_STATUSES = frozenset({OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED})
+# The contract event each status change announces.
+STATUS_EVENTS = {
+    OrderStatus.PROCESSING: ORDER_PROCESSING,
+    OrderStatus.PAID: ORDER_PAID,
+    OrderStatus.PAYMENT_FAILED: PAYMENT_FAILED,
+}
+PROCESSING_HANDLER = "orders.start_processing"
+
+
+class InvalidTransition(Exception):
+    def __init__(self, order: Order, to_status: str):
+        super().__init__(f"Order {order.id} cannot go from {order.status} to {to_status}")
+        self.order = order
+        self.to_status = to_status
+
+
+def can_transition(*, from_status: str, to_status: str) -> bool:
+    return to_status in TRANSITIONS.get(from_status, frozenset())
+
+
+def _locked_order(order_id) -> Order:
+    # FOR UPDATE on PostgreSQL; SQLite serialises writers with its IMMEDIATE transactions.
+    return Order.objects.select_for_update().get(pk=order_id)
+
+
+def _transition(*, order: Order, to_status: str, message: str, source: str, attempt: int = 1):
+    """Move a locked ``order`` to ``to_status`` with its timeline entry and, if any, its outbox event."""
+    if not can_transition(from_status=order.status, to_status=to_status):
+        raise InvalidTransition(order, to_status)
+    order.status = to_status
+    order.save(update_fields=["status", "updated_at"])
+    event = None
+    event_type = STATUS_EVENTS.get(to_status, to_status)
+    if to_status in STATUS_EVENTS:
+        event = enqueue_event(
+            event_type=event_type,
+            order=order_snapshot(order=order),
+            correlation_id=order.correlation_id,
+            source=source,
+            attempt=attempt,
+        )
+    OrderTimelineEntry.objects.create(
+        order=order,
+        status=to_status,
+        event_type=event_type,
+        event_id=event.event_id if event else None,
+        message=message[:255],
+    )
+    logger.info(
+        "order_status_changed",
+        order_id=str(order.id),
+        status=to_status,
+        event_id=str(event.event_id) if event else None,
+    )
+    return event
+
+
+def start_processing(*, order_id, event_id, source: str) -> bool:
+    """Apply ORDER_CREATED: CREATED -> PROCESSING. False if the event was applied before."""
+    with transaction.atomic():
+        if not claim_event(handler=PROCESSING_HANDLER, event_id=event_id):
+            return False
+        order = _locked_order(order_id)
+        if order.status != OrderStatus.CREATED:
+            logger.info("order_processing_skipped", order_id=str(order_id), status=order.status)
+            return False
+        _transition(order=order, to_status=OrderStatus.PROCESSING, message="Order accepted for processing", source=source)
+    return True
+
+
+def record_payment_outcome(*, order_id, approved: bool, message: str, source: str, attempt: int = 1) -> None:
+    """PROCESSING -> PAID or PAYMENT_FAILED, in the caller's (the payment's) transaction."""
+    to_status = OrderStatus.PAID if approved else OrderStatus.PAYMENT_FAILED
+    _transition(order=_locked_order(order_id), to_status=to_status, message=message, source=source, attempt=attempt)
+
+
+def park_order(*, order_id, reason: str, error: str, original_event: dict[str, Any], source: str) -> bool:
+    """A step gave up after its last retry: the order goes to FAILED and the event to the dlq topic.
+
+    False if the order already reached a terminal status (nothing to park).
+    """
+    with transaction.atomic():
+        order = _locked_order(order_id)
+        if order.status in TERMINAL_STATUSES:
+            return False
+        _transition(order=order, to_status=OrderStatus.FAILED, message=f"{reason}: {error}", source=source)
+        enqueue_dead_letter(
+            original=original_event,
+            key=str(order.id),
+            reason=reason,
+            error=error,
+            source=source,
+            correlation_id=order.correlation_id,
+        )
+    logger.error("order_parked", order_id=str(order_id), reason=reason, error=error)
+    return True
+
+
+def record_order_event(*, order_id, event_type: str, event_id, message: str) -> None:
+    """A timeline entry for an event about the order that does not change its status."""
+    order = Order.objects.only("status").get(pk=order_id)
+    OrderTimelineEntry.objects.create(
+        order_id=order_id, status=order.status, event_type=event_type, event_id=event_id, message=message[:255]
+    )

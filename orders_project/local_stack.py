@@ -1,7 +1,7 @@
 """Run the whole system on the embedded default with one command: ``bash bin/run-local``.
 
-Starts the bundled Kafka-protocol broker, applies migrations, then runs the web
-process (gunicorn) and supervises it. Ctrl-C or SIGTERM stops everything, each
+Starts the bundled Kafka-protocol broker, applies migrations and creates the topics, then
+runs web (gunicorn), relay, bridge and a Celery worker and supervises them. Ctrl-C or SIGTERM stops everything, each
 process getting SIGTERM first so it can finish what it is doing.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from events.embedded_broker import EmbeddedKafkaBroker
 from orders_project.config import BASE_DIR, load_config
+from orders_project.processes import process_commands
 
 DEV_ADMIN_USER = "admin"
 DEV_ADMIN_PASSWORD = "admin"
@@ -26,12 +27,6 @@ def _manage(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, check=check, capture_output=not check, text=True
     )
-
-
-def _processes() -> dict[str, list[str]]:
-    return {
-        "web": [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "orders_project.wsgi"],
-    }
 
 
 def _stop(children: dict[str, subprocess.Popen]) -> None:
@@ -69,6 +64,7 @@ def main() -> int:
     exit_code = 0
     try:
         _manage("migrate", "--noinput", "-v", "0", env=env)
+        _manage("setup_kafka_topics", env=env)
         created = _manage(
             "createsuperuser",
             "--noinput",
@@ -79,7 +75,7 @@ def main() -> int:
             env={**env, "DJANGO_SUPERUSER_PASSWORD": DEV_ADMIN_PASSWORD},
             check=False,
         )
-        for name, command in _processes().items():
+        for name, command in process_commands().items():
             # Own process group: Ctrl-C reaches only this supervisor, which stops the children in order.
             children[name] = subprocess.Popen(command, cwd=BASE_DIR, env=env, start_new_session=True)
         base_url = f"http://localhost:{config['http']['port']}"

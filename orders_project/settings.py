@@ -137,7 +137,6 @@ SPECTACULAR_SETTINGS = {
 }
 
 
-
 def _celery_broker_url(url: str) -> str:
     """Anchor the server-less SQLite broker's relative path at the project, like the database."""
     prefix = "sqla+sqlite:///"
@@ -149,10 +148,44 @@ def _celery_broker_url(url: str) -> str:
 
 
 KAFKA = CONFIG["kafka"]
-CELERY_BROKER_URL = _celery_broker_url(CONFIG["celery"]["broker_url"])
-CELERY_HEALTH_TIMEOUT = CONFIG["celery"]["health_timeout"]
+OUTBOX = CONFIG["outbox"]
+BRIDGE = CONFIG["bridge"]
 ORDER_LIMITS = CONFIG["orders"]
+PAYMENTS = CONFIG["payments"]
 NOTIFICATION = CONFIG["notification"]
+
+# Celery (orders_project/celery.py reads every CELERY_* setting).
+_celery = CONFIG["celery"]
+CELERY_BROKER_URL = _celery_broker_url(_celery["broker_url"])
+CELERY_HEALTH_TIMEOUT = _celery["health_timeout"]
+CELERY_TASK_DEFAULT_QUEUE = _celery["queue"]
+CELERY_WORKER_CONCURRENCY = _celery["concurrency"]
+CELERY_WORKER_PREFETCH_MULTIPLIER = _celery["prefetch_multiplier"]
+CELERY_TASK_ANNOTATIONS = {"*": {"max_retries": _celery["max_retries"]}}
+CELERY_TASK_RETRY_BACKOFF = _celery["retry_backoff"]
+CELERY_TASK_RETRY_BACKOFF_MAX = _celery["retry_backoff_max"]
+# A task is acknowledged after it ran, so a worker that dies mid-task hands it back to the queue.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_SQL_BROKER_POLL_INTERVAL = _celery["sql_poll_interval"]
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # A retry waits in the worker (ETA) unacknowledged: the visibility timeout must outlast it.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+
+EMAIL_BACKEND = NOTIFICATION["email_backend"]
+DEFAULT_FROM_EMAIL = NOTIFICATION["email_from"]
+EMAIL_HOST = CONFIG["email"]["host"]
+EMAIL_PORT = CONFIG["email"]["port"]
+EMAIL_HOST_USER = CONFIG["email"]["user"]
+EMAIL_HOST_PASSWORD = CONFIG["email"]["password"]
+EMAIL_USE_TLS = CONFIG["email"]["use_tls"]
+EMAIL_TIMEOUT = CONFIG["email"]["timeout"]
 
 configure_structlog()
 LOGGING = logging_config(

@@ -21,11 +21,12 @@ def test_yaml_defaults_are_the_seeds(environment):
     assert loaded["kafka"]["topics"] == ["orders", "payments", "notifications"]
     assert loaded["kafka"]["client_id"] == "order-service"
     assert loaded["http"]["port"] == "8080"
-    assert loaded["notification"] == {
+    assert {key: loaded["notification"][key] for key in ("email_enabled", "sms_enabled", "email_from")} == {
         "email_enabled": True,
         "sms_enabled": False,
         "email_from": "noreply@ordersystem.com",
     }
+    assert loaded["payments"]["success_rate"] == 0.85
     assert loaded["service_name"] == "order-processing-system"
     assert loaded["environment"] == "development"
     assert loaded["database"]["url"].startswith("sqlite:")

@@ -1,0 +1,180 @@
+"""The Kafka bridge: a consumer-group member that hands each event to its Celery tasks.
+
+Offsets are committed only after every message up to them was dealt with: its tasks
+accepted by the Celery broker, or the message itself confirmed on the dlq topic. A crash
+in between means redelivery, which the tasks absorb (inbox, state machine).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from events.contract import TOPIC_DLQ, InvalidEvent, dead_letter_headers, parse_event
+from events.kafka import client_config
+from events.lifecycle import backoff_delays
+from events.routes import tasks_for
+from events.topics import ensure_topics_until_ready
+
+logger = structlog.get_logger(__name__)
+
+DLQ_SOURCE = "kafka-bridge"
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    topics: list[str]
+    group_id: str
+    batch_size: int
+    poll_timeout: float
+    max_event_bytes: int
+    max_backoff: float
+    delivery_timeout_ms: int
+
+
+def _log_assignment(action: str):
+    def callback(_consumer, partitions):
+        logger.info(action, partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    return callback
+
+
+class KafkaBridge:
+    def __init__(self, *, config: BridgeSettings, stop: threading.Event):
+        self.config = config
+        self.stop = stop
+        self.consumer = Consumer(
+            client_config(
+                **{
+                    "group.id": config.group_id,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    # Rebalances come at once when a bridge stops cleanly (it leaves the group).
+                    "session.timeout.ms": 10000,
+                    "heartbeat.interval.ms": 2000,
+                }
+            )
+        )
+        self.dlq_producer = Producer(
+            client_config(**{"enable.idempotence": True, "acks": "all", "delivery.timeout.ms": config.delivery_timeout_ms})
+        )
+
+    def run(self) -> None:
+        if not ensure_topics_until_ready(stop=self.stop, max_backoff=self.config.max_backoff):
+            return
+        self.consumer.subscribe(
+            self.config.topics, on_assign=_log_assignment("partitions_assigned"), on_revoke=_log_assignment("partitions_revoked")
+        )
+        logger.info("bridge_started", topics=self.config.topics, group_id=self.config.group_id)
+        try:
+            while not self.stop.is_set():
+                messages = self.consumer.consume(num_messages=self.config.batch_size, timeout=self.config.poll_timeout)
+                if messages:
+                    self.handle_batch(messages)
+        finally:
+            # Leaves the group, so the partitions move to another bridge without waiting for a timeout.
+            self.consumer.close()
+            logger.info("bridge_stopped")
+
+    def handle_batch(self, messages: list[Message]) -> None:
+        done: dict[tuple[str, int], int] = {}
+        dead_letter_errors: list[str] = []
+        for message in messages:
+            if message.error():
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    logger.warning("kafka_consume_error", error=str(message.error()))
+                continue
+            position = (message.topic(), message.partition())
+            if not self._handle(message, dead_letter_errors):
+                break  # stopping while the Celery broker is away: leave the rest for redelivery
+            done[position] = message.offset()
+        structlog.contextvars.clear_contextvars()
+        if self.dlq_producer.flush(self.config.delivery_timeout_ms / 1000 + 5) or dead_letter_errors:
+            # Not confirmed on dlq: commit nothing, read the batch again (tasks are idempotent).
+            logger.error("dlq_publish_failed", errors=dead_letter_errors)
+            self._rewind(messages)
+            return
+        self._commit(done)
+
+    def _handle(self, message: Message, dead_letter_errors: list[str]) -> bool:
+        structlog.contextvars.clear_contextvars()
+        try:
+            envelope = parse_event(message.value(), max_bytes=self.config.max_event_bytes)
+        except InvalidEvent as exc:
+            self._dead_letter(message, exc, dead_letter_errors)
+            return True
+        structlog.contextvars.bind_contextvars(
+            event_id=envelope["event_id"],
+            order_id=envelope["order"]["id"],
+            correlation_id=envelope["metadata"]["correlation_id"],
+        )
+        tasks = tasks_for(envelope)
+        for delay in backoff_delays(start=0.5, ceiling=self.config.max_backoff):
+            if delay and self.stop.wait(delay):
+                return False
+            try:
+                for task in tasks:
+                    task.apply_async()
+            except Exception as exc:  # kombu raises its own and the transport's errors: all mean "not accepted"
+                logger.warning("celery_dispatch_failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            logger.info(
+                "event_dispatched",
+                event_type=envelope["type"],
+                tasks=len(tasks),
+                topic=message.topic(),
+                partition=message.partition(),
+                offset=message.offset(),
+            )
+            return True
+        return False
+
+    def _dead_letter(self, message: Message, exc: InvalidEvent, errors: list[str]) -> None:
+        headers = dict((name, value) for name, value in (message.headers() or []))
+        headers.update(
+            (name, value.encode())
+            for name, value in dead_letter_headers(
+                reason=exc.reason,
+                error=exc.error,
+                source=DLQ_SOURCE,
+                topic=message.topic(),
+                partition=message.partition(),
+                offset=message.offset(),
+            ).items()
+        )
+
+        def report(error, _message):
+            if error is not None:
+                errors.append(str(error))
+
+        self.dlq_producer.produce(
+            TOPIC_DLQ, key=message.key(), value=message.value() or b"", headers=list(headers.items()), on_delivery=report
+        )
+        logger.warning(
+            "event_dead_lettered",
+            reason=exc.reason,
+            error=exc.error,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+        )
+
+    def _commit(self, done: dict[tuple[str, int], int]) -> None:
+        if not done:
+            return
+        offsets = [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in done.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:  # a rebalance or a broker away: the messages come again, harmlessly
+            logger.warning("offset_commit_failed", error=str(exc))
+
+    def _rewind(self, messages: list[Message]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if not message.error():
+                first.setdefault((message.topic(), message.partition()), message.offset())
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))

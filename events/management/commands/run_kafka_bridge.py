@@ -1,0 +1,23 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from events.bridge import BridgeSettings, KafkaBridge
+from events.contract import TOPIC_PARTITIONS
+from events.lifecycle import stop_on_signals
+
+
+class Command(BaseCommand):
+    help = "The Kafka bridge: consume the event topics in the consumer group and start their Celery tasks."
+
+    def handle(self, *args, **options):
+        kafka, bridge = settings.KAFKA, settings.BRIDGE
+        config = BridgeSettings(
+            topics=[topic for topic in kafka["topics"] if topic in TOPIC_PARTITIONS],
+            group_id=kafka["group_id"],
+            batch_size=bridge["batch_size"],
+            poll_timeout=bridge["poll_timeout"],
+            max_event_bytes=bridge["max_event_bytes"],
+            max_backoff=settings.OUTBOX["max_backoff"],
+            delivery_timeout_ms=settings.OUTBOX["delivery_timeout_ms"],
+        )
+        KafkaBridge(config=config, stop=stop_on_signals()).run()

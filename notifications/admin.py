@@ -1,0 +1,12 @@
+from django.contrib import admin
+
+from notifications.models import Notification
+from orders_project.admin import ReadOnlyModelAdmin
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyModelAdmin):
+    list_display = ["created_at", "order", "source_event_type", "channel", "recipient", "status"]
+    list_filter = ["status", "channel", "source_event_type"]
+    search_fields = ["order__id", "recipient", "source_event_id"]
+    list_select_related = ["order"]

@@ -1,0 +1,35 @@
+from typing import Callable
+
+from celery import shared_task
+
+from orders import services
+from orders_project.celery import run_with_retries
+
+WORKER_SOURCE = "order-worker"
+
+
+def park_on_give_up(*, envelope: dict, reason: str, source: str) -> Callable[[Exception], None]:
+    """The ``give_up`` of a chain step: park the event's order as FAILED with a dlq event."""
+
+    def park(exc: Exception) -> None:
+        services.park_order(
+            order_id=envelope["order"]["id"],
+            reason=reason,
+            error=f"{type(exc).__name__}: {exc}",
+            original_event=envelope,
+            source=source,
+        )
+
+    return park
+
+
+@shared_task(bind=True, name="orders.process_order")
+def process_order(self, envelope: dict) -> None:
+    """ORDER_CREATED: take the order into processing (first step of the chain)."""
+    run_with_retries(
+        self,
+        step=lambda: services.start_processing(
+            order_id=envelope["order"]["id"], event_id=envelope["event_id"], source=WORKER_SOURCE
+        ),
+        give_up=park_on_give_up(envelope=envelope, reason="processing_gave_up", source=WORKER_SOURCE),
+    )

@@ -1,0 +1,87 @@
+"""Payment gateways: the interface the payment service calls, and the simulated one.
+
+A gateway must honour idempotency keys: the same key always yields the same single charge,
+however many times it is called. That is what makes retrying after a timeout safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from typing import Protocol
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+
+from orders_project.celery import TransientError
+from payments.models import SimulatedCharge
+
+
+class GatewayTimeout(TransientError):
+    """The gateway did not answer in time; the charge may or may not have happened."""
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    approved: bool
+    reference: str
+    decline_reason: str = ""
+
+
+class PaymentGateway(Protocol):
+    def charge(self, *, idempotency_key: str, amount: Decimal, currency: str) -> ChargeResult: ...
+
+
+class SimulatedGateway:
+    """Approves ``success_rate`` of charges (the seed's 85%); ``timeout_rate`` of calls time out.
+
+    Outcomes are drawn from ``seed`` and the idempotency key, so a run with a fixed seed is
+    reproducible. A timeout is simulated after the charge is recorded, the hard case: the
+    caller does not know whether it was charged and must retry with the same key.
+    """
+
+    DECLINE_REASON = "Card declined by the simulated gateway"
+
+    def __init__(self, *, success_rate: float, timeout_rate: float, seed: str):
+        self.success_rate = success_rate
+        self.timeout_rate = timeout_rate
+        self.seed = seed
+
+    def _draw(self, *parts: object) -> float:
+        return random.Random(":".join(map(str, (self.seed, *parts)))).random()
+
+    def would_approve(self, *, idempotency_key: str) -> bool:
+        return self._draw("approve", idempotency_key) < self.success_rate
+
+    def charge(self, *, idempotency_key: str, amount: Decimal, currency: str) -> ChargeResult:
+        approved = self.would_approve(idempotency_key=idempotency_key)
+        with transaction.atomic():
+            charge, _created = SimulatedCharge.objects.get_or_create(
+                idempotency_key=idempotency_key,
+                defaults={
+                    "amount": amount,
+                    "currency": currency,
+                    "approved": approved,
+                    "reference": "sim_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:20],
+                    "decline_reason": "" if approved else self.DECLINE_REASON,
+                },
+            )
+            SimulatedCharge.objects.filter(pk=charge.pk).update(calls=F("calls") + 1)
+        if self._draw("timeout", idempotency_key, charge.calls + 1) < self.timeout_rate:
+            raise GatewayTimeout(f"Simulated gateway timed out on {idempotency_key}")
+        return ChargeResult(approved=charge.approved, reference=charge.reference, decline_reason=charge.decline_reason)
+
+
+@lru_cache(maxsize=1)
+def _configured_gateway(success_rate: float, timeout_rate: float, seed: str) -> SimulatedGateway:
+    return SimulatedGateway(success_rate=success_rate, timeout_rate=timeout_rate, seed=seed or secrets.token_hex(8))
+
+
+def get_gateway() -> PaymentGateway:
+    config = settings.PAYMENTS
+    return _configured_gateway(config["success_rate"], config["timeout_rate"], config["seed"])

@@ -1,0 +1,92 @@
+"""Writes to payments: charging an order through the gateway, at most once."""
+
+from __future__ import annotations
+
+import structlog
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from events.services import claim_event, was_handled
+from orders import selectors as order_selectors
+from orders import services as order_services
+from orders.models import OrderStatus
+from payments.gateway import PaymentGateway, get_gateway
+from payments.models import Payment, PaymentStatus
+
+logger = structlog.get_logger(__name__)
+
+CHARGE_HANDLER = "payments.charge_order"
+
+
+def _open_attempt(*, order_id) -> Payment | None:
+    """The order's pending payment attempt, created if needed; None if the order is not awaiting payment."""
+    order = order_selectors.get_order(order_id=order_id)
+    if order.status != OrderStatus.PROCESSING:
+        logger.info("payment_skipped", order_id=str(order_id), status=order.status)
+        return None
+    pending = Payment.objects.filter(order_id=order_id, status=PaymentStatus.PENDING).order_by("-attempt").first()
+    if pending:
+        return pending
+    attempt = Payment.objects.filter(order_id=order_id).count() + 1
+    try:
+        with transaction.atomic():
+            return Payment.objects.create(
+                order_id=order_id,
+                attempt=attempt,
+                idempotency_key=f"{order_id}:{attempt}",
+                amount=order.total_amount,
+                currency=settings.PAYMENTS["currency"],
+            )
+    except IntegrityError:
+        # A concurrent delivery of the same event opened this attempt first.
+        return Payment.objects.get(order_id=order_id, attempt=attempt)
+
+
+def charge_order(*, order_id, event_id, source: str, gateway: PaymentGateway | None = None) -> Payment | None:
+    """Charge the order's pending attempt and record the outcome: the order goes PAID or PAYMENT_FAILED.
+
+    The attempt (and its idempotency key) is committed before the gateway is called, so a
+    retry after a timeout or a crash charges under the same key: the gateway returns the
+    first charge instead of making a second. A decline is final.
+    """
+    if was_handled(handler=CHARGE_HANDLER, event_id=event_id):
+        return None
+    payment = _open_attempt(order_id=order_id)
+    if payment is None:
+        return None
+    Payment.objects.filter(pk=payment.pk).update(gateway_calls=payment.gateway_calls + 1)
+    result = (gateway or get_gateway()).charge(
+        idempotency_key=payment.idempotency_key, amount=payment.amount, currency=payment.currency
+    )
+    with transaction.atomic():
+        if not claim_event(handler=CHARGE_HANDLER, event_id=event_id):
+            return None
+        payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        if payment.status != PaymentStatus.PENDING:
+            return payment
+        payment.status = PaymentStatus.APPROVED if result.approved else PaymentStatus.DECLINED
+        payment.gateway_reference = result.reference
+        payment.decline_reason = result.decline_reason
+        payment.completed_at = timezone.now()
+        payment.save(update_fields=["status", "gateway_reference", "decline_reason", "completed_at"])
+        order_services.record_payment_outcome(
+            order_id=order_id,
+            approved=result.approved,
+            message=(
+                f"Payment approved ({result.reference})"
+                if result.approved
+                else f"Payment declined: {result.decline_reason}"
+            ),
+            source=source,
+            attempt=payment.attempt,
+        )
+    logger.info(
+        "payment_completed",
+        order_id=str(order_id),
+        status=payment.status,
+        attempt=payment.attempt,
+        amount=str(payment.amount),
+        reference=result.reference,
+    )
+    return payment
