@@ -27,3 +27,12 @@ ensure_database() {
   psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$name'" | grep -q 1 \
     || createdb -h 127.0.0.1 -U postgres "$name"
 }
+
+ensure_redis() {
+  if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then return; fi
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes
+  for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && return; sleep 1; done
+  echo "Redis did not come up" >&2
+  return 1
+}

@@ -6,6 +6,12 @@ import pytest
 import yaml
 
 from events.models import OutboxEvent
+from notifications import services as notification_services
+from notifications.models import Notification
+from orders import services as order_services
+from payments import services as payment_services
+from payments.gateway import SimulatedGateway
+from payments.models import Payment
 
 pytestmark = pytest.mark.django_db
 
@@ -84,3 +90,31 @@ def test_openapi_schema_and_swagger_ui(client):
     swagger = client.get("/api/docs/")
     assert swagger.status_code == 200
     assert "swagger-ui" in swagger.content.decode()
+
+
+def test_order_page_links_to_its_payments_and_notifications_which_render(staff_client, order_id, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    envelope = OutboxEvent.objects.get().payload
+    order_services.start_processing(order_id=order_id, event_id=envelope["event_id"], source="test")
+    payment_services.charge_order(
+        order_id=order_id,
+        event_id=envelope["event_id"],
+        source="test",
+        gateway=SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="admin"),
+    )
+    notification_services.send_event_notifications(envelope=envelope)
+
+    html = staff_client.get(f"/admin/orders/order/{order_id}/change/").content.decode()
+
+    for path in ["/admin/payments/payment/", "/admin/notifications/notification/"]:
+        assert f'href="{path}?q={order_id}"' in html
+        listing = staff_client.get(f"{path}?q={order_id}")
+        assert listing.status_code == 200
+        assert f"Order {order_id} (PAID)" in listing.content.decode()
+    payment = Payment.objects.get()
+    notification = Notification.objects.get()
+    assert staff_client.get(f"/admin/payments/payment/{payment.pk}/change/").status_code == 200
+    assert staff_client.get(f"/admin/notifications/notification/{notification.pk}/change/").status_code == 200
+    assert staff_client.get("/admin/events/inboxentry/").status_code == 200
+    assert staff_client.get("/admin/payments/simulatedcharge/").status_code == 200
+    assert "PAID" in staff_client.get("/admin/orders/order/?status__exact=PAID").content.decode()

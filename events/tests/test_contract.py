@@ -1,0 +1,71 @@
+"""The bridge's check of incoming messages against the event contract."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from django.utils import timezone
+
+from events.contract import InvalidEvent, build_envelope, parse_event
+
+MAX_BYTES = 4096
+
+
+def envelope(**changes) -> dict:
+    order = {
+        "id": str(uuid.uuid4()),
+        "user_id": "u",
+        "email": "u@example.com",
+        "items": [],
+        "total_amount": "1.00",
+        "status": "CREATED",
+        "timestamps": {},
+    }
+    event = build_envelope(
+        event_id=uuid.uuid4(),
+        event_type="ORDER_CREATED",
+        order=order,
+        correlation_id="c",
+        occurred_at=timezone.now(),
+        source="test",
+    )
+    event.update(changes)
+    return event
+
+
+def test_a_contract_envelope_parses():
+    event = envelope()
+    assert parse_event(json.dumps(event).encode(), max_bytes=MAX_BYTES) == event
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (None, "empty"),
+        (b"", "empty"),
+        (b"x" * (MAX_BYTES + 1), "too_large"),
+        (b"{not json", "not_json"),
+        (b"\xff\xfe\x00", "not_json"),
+        (b"[1, 2]", "invalid_envelope"),
+        (json.dumps(envelope(type="ORDER_SHIPPED")).encode(), "unknown_type"),
+        (json.dumps(envelope(event_id="nope")).encode(), "invalid_envelope"),
+        (json.dumps(envelope(order={"id": "x"})).encode(), "invalid_envelope"),
+        (json.dumps(envelope(metadata={})).encode(), "invalid_envelope"),
+        (json.dumps(envelope())[:-5].encode(), "not_json"),
+    ],
+)
+def test_bad_messages_are_refused_with_a_reason(raw, reason):
+    with pytest.raises(InvalidEvent) as refused:
+        parse_event(raw, max_bytes=MAX_BYTES)
+    assert refused.value.reason == reason
+    assert refused.value.error
+
+
+def test_unknown_event_type_cannot_be_built():
+    with pytest.raises(ValueError):
+        build_envelope(
+            event_id=uuid.uuid4(), event_type="NOPE", order={}, correlation_id="c", occurred_at=timezone.now(), source="s"
+        )
+

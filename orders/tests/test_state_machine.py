@@ -1,0 +1,105 @@
+"""The order state machine: allowed transitions, idempotent handlers, parking."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from events.models import InboxEntry, OutboxEvent
+from orders import services
+from orders.models import Order, OrderStatus
+
+pytestmark = pytest.mark.django_db
+SOURCE = "test"
+
+
+@pytest.fixture
+def order() -> Order:
+    return services.create_order(
+        user_id="sm",
+        email="sm@example.com",
+        items=[{"product_id": "p", "product_name": "W", "quantity": 2, "price": Decimal("5.00")}],
+        correlation_id="corr-sm",
+    ).order
+
+
+def created_event_id(order: Order) -> uuid.UUID:
+    return OutboxEvent.objects.get(key=str(order.id), event_type="ORDER_CREATED").event_id
+
+
+@pytest.mark.parametrize(
+    "from_status, to_status, allowed",
+    [
+        ("CREATED", "PROCESSING", True),
+        ("CREATED", "FAILED", True),
+        ("CREATED", "PAID", False),
+        ("PROCESSING", "PAID", True),
+        ("PROCESSING", "PAYMENT_FAILED", True),
+        ("PROCESSING", "CREATED", False),
+        ("PAID", "PAYMENT_FAILED", False),
+        ("PAYMENT_FAILED", "PAID", False),
+        ("FAILED", "PROCESSING", False),
+    ],
+)
+def test_transitions(from_status, to_status, allowed):
+    assert services.can_transition(from_status=from_status, to_status=to_status) is allowed
+
+
+def test_start_processing_moves_to_processing_with_event_and_timeline(order):
+    assert services.start_processing(order_id=order.id, event_id=created_event_id(order), source=SOURCE)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PROCESSING
+    event = OutboxEvent.objects.get(key=str(order.id), event_type="ORDER_PROCESSING")
+    assert event.payload["order"]["status"] == "PROCESSING"
+    assert event.payload["metadata"]["correlation_id"] == "corr-sm"
+    assert list(order.timeline.values_list("event_type", "status", "event_id")) == [
+        ("ORDER_CREATED", "CREATED", created_event_id(order)),
+        ("ORDER_PROCESSING", "PROCESSING", event.event_id),
+    ]
+
+
+def test_the_same_event_applied_twice_changes_nothing_the_second_time(order):
+    event_id = created_event_id(order)
+    services.start_processing(order_id=order.id, event_id=event_id, source=SOURCE)
+    outbox_before = OutboxEvent.objects.count()
+
+    assert services.start_processing(order_id=order.id, event_id=event_id, source=SOURCE) is False
+
+    assert OutboxEvent.objects.count() == outbox_before
+    assert order.timeline.count() == 2
+    assert InboxEntry.objects.get(event_id=event_id).redeliveries == 1
+
+
+def test_payment_outcome_needs_processing(order):
+    with pytest.raises(services.InvalidTransition):
+        services.record_payment_outcome(order_id=order.id, approved=True, message="x", source=SOURCE)
+    order.refresh_from_db()
+    assert order.status == OrderStatus.CREATED
+
+
+def test_payment_outcome_records_paid_or_failed(order):
+    services.start_processing(order_id=order.id, event_id=created_event_id(order), source=SOURCE)
+    services.record_payment_outcome(order_id=order.id, approved=False, message="declined", source=SOURCE)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PAYMENT_FAILED
+    assert OutboxEvent.objects.filter(key=str(order.id), event_type="PAYMENT_FAILED", topic="payments").count() == 1
+
+
+def test_park_order_writes_failed_status_and_a_dead_letter(order):
+    original = OutboxEvent.objects.get(key=str(order.id)).payload
+
+    assert services.park_order(order_id=order.id, reason="gave_up", error="Boom", original_event=original, source=SOURCE)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.FAILED
+    dead_letter = OutboxEvent.objects.get(key=str(order.id), topic="dlq")
+    assert dead_letter.payload == original
+    assert dead_letter.headers["dlq_reason"] == "gave_up"
+    assert dead_letter.headers["dlq_error"] == "Boom"
+    assert order.timeline.last().message == "gave_up: Boom"
+    # Terminal orders are not parked again.
+    assert not services.park_order(order_id=order.id, reason="again", error="x", original_event=original, source=SOURCE)

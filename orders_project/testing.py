@@ -1,0 +1,167 @@
+"""Running the real system from tests, the fault suite and the benchmark: the same commands
+run-local and the containers run, as separate processes against a real database, a real
+Kafka-protocol broker and a real Celery broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from django.conf import settings
+from django.db import connection
+
+from orders_project.config import BASE_DIR
+from orders_project.processes import process_commands
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], *, timeout: float, interval: float = 0.1, message: str = "") -> T:
+    """Poll ``check`` until it returns something truthy; raise ``TimeoutError`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(message or f"condition not met in {timeout}s")
+        time.sleep(interval)
+
+
+def database_url() -> str:
+    """The URL of the database this process uses (the test database under pytest)."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user = db["USER"] or "postgres"
+    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
+    return f"postgres://{user}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def celery_broker_url(*, work_dir: Path) -> str:
+    """The configured Celery broker, or a fresh SQL broker file when that is the (local) default."""
+    url = settings.CELERY_BROKER_URL
+    if url.startswith("sqla+"):
+        return f"sqla+sqlite:///{work_dir / 'celery-broker.sqlite3'}"
+    return url
+
+
+class ProcessGroup:
+    """Named child processes sharing one environment; each logs to ``<log_dir>/<name>.log``."""
+
+    def __init__(self, *, env: dict[str, str], log_dir: Path):
+        self.env = env
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    @classmethod
+    def for_tests(cls, *, kafka_brokers: str, work_dir: Path, **overrides: str) -> ProcessGroup:
+        """An environment pointing at the current database and ``kafka_brokers``, isolated by a
+        unique consumer group and Celery queue so earlier runs' messages never interfere."""
+        run_id = uuid.uuid4().hex[:8]
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "DATABASE_URL": database_url(),
+            "KAFKA_BROKERS": kafka_brokers,
+            "KAFKA_GROUP_ID": f"test-bridge-{run_id}",
+            "CELERY_BROKER_URL": celery_broker_url(work_dir=work_dir),
+            "CELERY_QUEUE": f"test-pipeline-{run_id}",
+            "CELERY_CONCURRENCY": "2",
+            "OUTBOX_MAX_BACKOFF": "1.0",
+            **overrides,
+        }
+        return cls(env=env, log_dir=work_dir)
+
+    def start(self, name: str, *, command: str | None = None, **env_overrides: str) -> subprocess.Popen:
+        """Start ``command`` (a key of ``process_commands``, default ``name``) as ``name``."""
+        command_line = process_commands(worker_name=name)[command or name]
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            command_line,
+            cwd=BASE_DIR,
+            env={**self.env, **env_overrides},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self.processes[name]
+
+    def signal(self, name: str, signum: int) -> None:
+        os.killpg(self.processes[name].pid, signum)
+
+    def stop(self, name: str, *, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the clean stop every process must support."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        return process.returncode
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process and everything it started (a crash, no clean-up)."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            self.stop(name)
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def log_events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines of a process, parsed (other output skipped)."""
+        events = []
+        for line in self.log(name).splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return events
+
+
+def read_topics(*, bootstrap_servers: str, topics: Iterable[str], timeout: float = 30.0) -> list[Any]:
+    """Every message now in ``topics``, read from the beginning without joining a group."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"reader-{uuid.uuid4()}", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        partitions = [
+            TopicPartition(topic, partition, OFFSET_BEGINNING)
+            for topic in topics
+            for partition in metadata.topics[topic].partitions
+        ]
+        ends = {
+            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in partitions
+        }
+        pending = {key for key, end in ends.items() if end > 0}
+        consumer.assign(partitions)
+        messages = []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=500, timeout=0.5):
+                if message.error():
+                    continue
+                key = (message.topic(), message.partition())
+                messages.append(message)
+                if message.offset() + 1 >= ends[key]:
+                    pending.discard(key)
+        if pending:
+            raise TimeoutError(f"could not read {sorted(pending)} to the end in {timeout}s")
+        return messages
+    finally:
+        consumer.close()

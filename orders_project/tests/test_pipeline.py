@@ -1,0 +1,326 @@
+"""End to end: orders posted over HTTP to gunicorn flow through the outbox relay, a real
+Kafka-protocol broker, the bridge and a real Celery worker to their terminal state."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+from decimal import Decimal
+
+import pytest
+from confluent_kafka import Producer
+
+from events.contract import TOPIC_DLQ, TOPIC_NOTIFICATIONS, TOPIC_ORDERS, TOPIC_PAYMENTS
+from events.embedded_broker import EmbeddedKafkaBroker, free_port
+from events.models import InboxEntry, OutboxEvent
+from notifications.models import Notification
+from orders import services as order_services
+from orders.models import Order, OrderStatus
+from orders_project.testing import ProcessGroup, read_topics, wait_until
+from payments.gateway import SimulatedGateway
+from payments.models import Payment, SimulatedCharge
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
+
+PAYMENT_SEED = "e2e-fixed-seed"
+TERMINAL = {OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED}
+ORDER_EVENTS = {"ORDER_CREATED", "ORDER_PROCESSING", "ORDER_PAID", "PAYMENT_FAILED"}
+
+
+@pytest.fixture(scope="module")
+def system(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory):
+    """web, relay, bridge and a Celery worker, started as run-local starts them."""
+    port = free_port()
+    group = ProcessGroup.for_tests(
+        kafka_brokers=kafka_broker.bootstrap_servers,
+        work_dir=tmp_path_factory.mktemp("system"),
+        HTTP_PORT=str(port),
+        HTTP_WORKERS="1",
+        PAYMENTS_SEED=PAYMENT_SEED,
+    )
+    with django_db_blocker.unblock():
+        for name in ("web", "relay", "bridge", "worker"):
+            group.start(name)
+        group.base_url = f"http://127.0.0.1:{port}"
+        group.broker = kafka_broker
+        wait_until(lambda: _get(f"{group.base_url}/health"), timeout=30, message="web did not come up")
+        # A consumer-group join takes 10-20 s on this broker: wait for the assignment, not a fixed time.
+        wait_until(
+            lambda: any(event["event"] == "partitions_assigned" for event in group.log_events("bridge")),
+            timeout=60,
+            message="bridge got no partitions",
+        )
+        yield group
+        group.stop_all()
+
+
+def _get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.load(response)
+    except OSError:
+        return None
+
+
+def post_order(base_url: str, *, user_id: str, correlation_id: str | None = None) -> str:
+    body = {
+        "user_id": user_id,
+        "email": f"{user_id}@example.com",
+        "items": [
+            {"product_id": "prod_001", "product_name": "Premium Widget", "quantity": 2, "price": 29.99},
+            {"product_id": "prod_002", "product_name": "Standard Widget", "quantity": 1, "price": 15.99},
+        ],
+    }
+    headers = {"Content-Type": "application/json"}
+    if correlation_id:
+        headers["X-Correlation-ID"] = correlation_id
+    request = urllib.request.Request(f"{base_url}/orders", data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        return json.load(response)["order_id"]
+
+
+def wait_for_completion(order_ids: list[str], *, notifications_per_order: int = 3, timeout: float = 60) -> None:
+    """Every order terminal, its notifications recorded and every outbox row published."""
+
+    def done() -> bool:
+        finished = Order.objects.filter(pk__in=order_ids, status__in=TERMINAL).count() == len(order_ids)
+        notified = Notification.objects.filter(order_id__in=order_ids).count() == notifications_per_order * len(order_ids)
+        return finished and notified and not OutboxEvent.objects.filter(published_at__isnull=True).exists()
+
+    wait_until(done, timeout=timeout, interval=0.2, message="orders did not complete")
+
+
+def expected_status(order_id: str) -> str:
+    gateway = SimulatedGateway(success_rate=0.85, timeout_rate=0.0, seed=PAYMENT_SEED)
+    approved = gateway.would_approve(idempotency_key=f"{order_id}:1")
+    return OrderStatus.PAID if approved else OrderStatus.PAYMENT_FAILED
+
+
+def test_orders_reach_their_terminal_state_with_timeline_payment_notifications_and_events(system):
+    correlation_ids = [f"e2e-{index}-{uuid.uuid4().hex[:6]}" for index in range(20)]
+    order_ids = [post_order(system.base_url, user_id=f"user_{index % 4}", correlation_id=cid) for index, cid in enumerate(correlation_ids)]
+
+    wait_for_completion(order_ids)
+
+    statuses = Counter()
+    for order_id, correlation_id in zip(order_ids, correlation_ids):
+        order = Order.objects.get(pk=order_id)
+        outcome_event = "ORDER_PAID" if order.status == OrderStatus.PAID else "PAYMENT_FAILED"
+        assert order.status == expected_status(order_id)
+        statuses[order.status] += 1
+        assert order.correlation_id == correlation_id
+
+        timeline = list(order.timeline.values_list("event_type", "status"))
+        status_changes = [entry for entry in timeline if entry[0] != "NOTIFICATION_SENT"]
+        assert status_changes == [("ORDER_CREATED", "CREATED"), ("ORDER_PROCESSING", "PROCESSING"), (outcome_event, order.status)]
+        assert [entry[0] for entry in timeline].count("NOTIFICATION_SENT") == 3
+
+        payment = Payment.objects.get(order=order)
+        assert (payment.attempt, payment.amount, payment.gateway_calls) == (1, order.total_amount, 1)
+        assert payment.status == ("APPROVED" if order.status == OrderStatus.PAID else "DECLINED")
+        assert SimulatedCharge.objects.filter(idempotency_key=payment.idempotency_key).count() == 1
+
+        notifications = Notification.objects.filter(order=order)
+        assert sorted(notifications.values_list("source_event_type", "channel", "status")) == sorted(
+            [(event, "email", "SENT") for event in ("ORDER_CREATED", "ORDER_PROCESSING", outcome_event)]
+        )
+        assert set(notifications.values_list("recipient", flat=True)) == {order.email}
+
+    # The seeded gateway decides; with 20 orders both outcomes are expected to occur (seed checked).
+    assert set(statuses) == {OrderStatus.PAID, OrderStatus.PAYMENT_FAILED}
+
+    messages = read_topics(
+        bootstrap_servers=system.broker.bootstrap_servers, topics=[TOPIC_ORDERS, TOPIC_PAYMENTS, TOPIC_NOTIFICATIONS]
+    )
+    per_order = defaultdict(list)
+    for message in messages:
+        per_order[message.key().decode()].append(message)
+    for order_id, correlation_id in zip(order_ids, correlation_ids):
+        order = Order.objects.get(pk=order_id)
+        outcome_event = "ORDER_PAID" if order.status == OrderStatus.PAID else "PAYMENT_FAILED"
+        envelopes = {}
+        for message in per_order[order_id]:
+            envelope = json.loads(message.value())
+            headers = {name: value.decode() for name, value in message.headers()}
+            assert set(envelope) >= {"event_id", "type", "order", "timestamp", "metadata"}
+            assert headers == {"event_type": envelope["type"], "event_id": envelope["event_id"], "correlation_id": correlation_id}
+            assert envelope["metadata"]["correlation_id"] == correlation_id
+            assert envelope["order"]["id"] == order_id
+            envelopes.setdefault(message.topic(), []).append(envelope)
+        # Per order and topic, Kafka holds the events in the order they happened, each once.
+        assert [e["type"] for e in envelopes[TOPIC_ORDERS]] == ["ORDER_CREATED", "ORDER_PROCESSING"]
+        assert [e["type"] for e in envelopes[TOPIC_PAYMENTS]] == [outcome_event]
+        assert [e["order"]["status"] for e in envelopes[TOPIC_ORDERS] + envelopes[TOPIC_PAYMENTS]] == [
+            "CREATED",
+            "PROCESSING",
+            order.status,
+        ]
+        sent = envelopes[TOPIC_NOTIFICATIONS]
+        assert sorted(e["details"]["source_event_type"] for e in sent) == sorted(["ORDER_CREATED", "ORDER_PROCESSING", outcome_event])
+        assert len({e["event_id"] for e in sent}) == 3
+    # The log lines of every process carry the request's correlation id for its order.
+    worker_lines = [e for e in system.log_events("worker") if e.get("order_id") == order_ids[0]]
+    assert worker_lines and {e.get("correlation_id") for e in worker_lines} == {correlation_ids[0]}
+
+
+def test_malformed_messages_go_to_dlq_with_reason_and_bridge_keeps_going(system):
+    producer = Producer({"bootstrap.servers": system.broker.bootstrap_servers})
+    marker = uuid.uuid4().hex
+    valid_like = json.dumps({"event_id": str(uuid.uuid4()), "type": "ORDER_CREATED", "order": {"id": marker}})
+    bad = {
+        f"not json {marker}".encode(): "not_json",
+        json.dumps({"type": "ORDER_EXPLODED", "marker": marker}).encode(): "unknown_type",
+        valid_like.encode()[:-7]: "not_json",  # truncated
+        json.dumps([marker]).encode(): "invalid_envelope",
+        b"\xff\xfe" + marker.encode(): "not_json",
+    }
+    for value in bad:
+        producer.produce(TOPIC_ORDERS, key=marker.encode(), value=value)
+    producer.flush(10)
+
+    order_id = post_order(system.base_url, user_id="after_bad_input")
+    wait_for_completion([order_id])
+
+    def dead_letters():
+        found = [m for m in read_topics(bootstrap_servers=system.broker.bootstrap_servers, topics=[TOPIC_DLQ]) if m.key() == marker.encode()]
+        return found if len(found) == len(bad) else None
+
+    found = wait_until(dead_letters, timeout=30, message="bad messages did not all reach dlq")
+    for message in found:
+        headers = {name: value.decode() for name, value in message.headers()}
+        assert message.value() in bad, "dlq keeps the original bytes"
+        assert headers["dlq_reason"] == bad[message.value()]
+        assert headers["dlq_error"]
+        assert headers["dlq_source"] == "kafka-bridge"
+        assert headers["dlq_original_topic"] == TOPIC_ORDERS
+    assert Order.objects.get(pk=order_id).status in TERMINAL
+
+
+def test_an_event_delivered_twice_changes_nothing_the_second_time(system):
+    order_id = post_order(system.base_url, user_id="twice")
+    wait_for_completion([order_id])
+    created = next(
+        m
+        for m in read_topics(bootstrap_servers=system.broker.bootstrap_servers, topics=[TOPIC_ORDERS])
+        if m.key().decode() == order_id and json.loads(m.value())["type"] == "ORDER_CREATED"
+    )
+    event_id = json.loads(created.value())["event_id"]
+
+    def snapshot():
+        order = Order.objects.get(pk=order_id)
+        return {
+            "status": order.status,
+            "updated_at": order.updated_at,
+            "timeline": list(order.timeline.values_list("id", flat=True)),
+            "payments": list(Payment.objects.filter(order=order).values_list("id", "status", "gateway_calls")),
+            "charges": SimulatedCharge.objects.filter(idempotency_key__startswith=order_id).count(),
+            "notifications": list(Notification.objects.filter(order=order).values_list("id", flat=True)),
+            "outbox": OutboxEvent.objects.count(),
+        }
+
+    before = snapshot()
+    producer = Producer({"bootstrap.servers": system.broker.bootstrap_servers})
+    producer.produce(TOPIC_ORDERS, key=created.key(), value=created.value(), headers=created.headers())
+    producer.flush(10)
+
+    handlers = ("orders.start_processing", "payments.charge_order", "notifications.email")
+    wait_until(
+        lambda: InboxEntry.objects.filter(event_id=event_id, handler__in=handlers, redeliveries=1).count() == len(handlers),
+        timeout=30,
+        message="the duplicate was not seen by every handler",
+    )
+    assert snapshot() == before
+
+
+def test_relay_started_while_kafka_is_down_publishes_everything_once_it_is_up(system, tmp_path):
+    outage_broker = EmbeddedKafkaBroker(port=free_port(), log_path=tmp_path / "broker.log")
+    system.stop("relay")  # one relay per SQLite database: the test's relay takes over
+    relay = ProcessGroup(env={**system.env, "KAFKA_BROKERS": outage_broker.bootstrap_servers}, log_dir=tmp_path)
+    try:
+        relay.start("relay")
+        order_ids = [
+            str(
+                order_services.create_order(
+                    user_id=f"outage_{index}",
+                    email="outage@example.com",
+                    items=[{"product_id": "p", "product_name": "Widget", "quantity": 1, "price": Decimal("9.99")}],
+                    correlation_id=f"outage-{index}",
+                ).order.id
+            )
+            for index in range(10)
+        ]
+        wait_until(
+            lambda: any(e["event"] == "kafka_unavailable" for e in relay.log_events("relay")),
+            timeout=30,
+            message="relay did not notice Kafka is down",
+        )
+        assert OutboxEvent.objects.filter(published_at__isnull=True).count() >= 10
+
+        outage_broker.start()
+        wait_until(
+            lambda: not OutboxEvent.objects.filter(key__in=order_ids, published_at__isnull=True).exists(),
+            timeout=60,
+            message="relay did not catch up after Kafka came back",
+        )
+        published = [
+            json.loads(m.value())
+            for m in read_topics(bootstrap_servers=outage_broker.bootstrap_servers, topics=[TOPIC_ORDERS])
+        ]
+        created = Counter(e["order"]["id"] for e in published if e["type"] == "ORDER_CREATED")
+        assert {order_id: created[order_id] for order_id in order_ids} == dict.fromkeys(order_ids, 1)
+    finally:
+        relay.stop_all()
+        outage_broker.stop()
+        system.start("relay")
+
+
+def test_payment_that_keeps_timing_out_parks_the_order_with_a_dlq_event(system):
+    system.stop("worker")
+    system.start(
+        "worker_with_timeouts",
+        command="worker",
+        PAYMENTS_TIMEOUT_RATE="1.0",
+        CELERY_MAX_RETRIES="2",
+        CELERY_RETRY_BACKOFF="0.05",
+    )
+    try:
+        order_id = post_order(system.base_url, user_id="always_timeout")
+        wait_until(
+            lambda: Order.objects.get(pk=order_id).status == OrderStatus.FAILED, timeout=60, message="order not parked"
+        )
+    finally:
+        system.stop("worker_with_timeouts")
+        system.start("worker")
+
+    payment = Payment.objects.get(order_id=order_id)
+    # The first call and two retries, all under one idempotency key: one charge at the gateway.
+    assert (payment.status, payment.gateway_calls) == ("PENDING", 3)
+    assert SimulatedCharge.objects.get(idempotency_key=payment.idempotency_key).calls == 3
+    timeline = list(Order.objects.get(pk=order_id).timeline.exclude(event_type="NOTIFICATION_SENT").values_list("status", flat=True))
+    assert timeline == ["CREATED", "PROCESSING", "FAILED"]
+
+    def parked_event():
+        for message in read_topics(bootstrap_servers=system.broker.bootstrap_servers, topics=[TOPIC_DLQ]):
+            if message.key() == order_id.encode():
+                return message
+        return None
+
+    message = wait_until(parked_event, timeout=30, message="no dlq event for the parked order")
+    headers = {name: value.decode() for name, value in message.headers()}
+    assert headers["dlq_reason"] == "payment_gave_up"
+    assert "GatewayTimeout" in headers["dlq_error"]
+    assert json.loads(message.value())["type"] == "ORDER_CREATED"
+    assert any(e["event"] == "order_parked" for e in system.log_events("worker_with_timeouts"))
+
+
+@pytest.mark.parametrize("name, stopped_event", [("relay", "relay_stopped"), ("bridge", "bridge_stopped"), ("worker", None)])
+def test_processes_stop_cleanly_on_sigterm(system, name, stopped_event):
+    assert system.stop(name) == 0
+    if stopped_event:
+        assert system.log_events(name)[-1]["event"] == stopped_event
+    else:
+        assert "Warm shutdown" in system.log(name)
+    system.start(name)
