@@ -1,9 +1,29 @@
 """gunicorn settings for the web process (local run and containers alike), from config.yaml."""
 
-from orders_project.config import load_config
+import os
+import shutil
+
+from orders_project.config import BASE_DIR, load_config
 from orders_project.logging import configure_structlog, logging_config
 
 _config = load_config()
+
+# Each worker process counts its own requests; prometheus_client pools them through files in
+# this directory (its own variable, read when the workers import it), and /metrics sums them.
+_metrics_dir = BASE_DIR / _config["metrics"]["multiproc_dir"]
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
+
+
+def on_starting(server):
+    # Counts from an earlier run of this host's web process would be added to this one's.
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    _metrics_dir.mkdir(parents=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 bind = f"{_config['http']['host']}:{_config['http']['port']}"
 workers = _config["http"]["workers"]

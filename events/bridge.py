@@ -8,6 +8,7 @@ in between means redelivery, which the tasks absorb (inbox, state machine).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -18,10 +19,13 @@ from events.kafka import client_config
 from events.lifecycle import backoff_delays
 from events.routes import tasks_for
 from events.topics import ensure_topics_until_ready
+from orders_project.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSAGES, serve_process_metrics
 
 logger = structlog.get_logger(__name__)
 
 DLQ_SOURCE = "kafka-bridge"
+# Seconds between consumer-lag readings (each asks the broker for the partitions' end offsets).
+LAG_INTERVAL = 2.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class BridgeSettings:
     max_event_bytes: int
     max_backoff: float
     delivery_timeout_ms: int
+    metrics_port: int
 
 
 def _log_assignment(action: str):
@@ -63,17 +68,22 @@ class KafkaBridge:
         )
 
     def run(self) -> None:
+        serve_process_metrics(port=self.config.metrics_port, process="bridge")
         if not ensure_topics_until_ready(stop=self.stop, max_backoff=self.config.max_backoff):
             return
         self.consumer.subscribe(
             self.config.topics, on_assign=_log_assignment("partitions_assigned"), on_revoke=_log_assignment("partitions_revoked")
         )
         logger.info("bridge_started", topics=self.config.topics, group_id=self.config.group_id)
+        lag_read_at = 0.0
         try:
             while not self.stop.is_set():
                 messages = self.consumer.consume(num_messages=self.config.batch_size, timeout=self.config.poll_timeout)
                 if messages:
                     self.handle_batch(messages)
+                if time.monotonic() - lag_read_at > LAG_INTERVAL:
+                    self._record_lag()
+                    lag_read_at = time.monotonic()
         finally:
             # Leaves the group, so the partitions move to another bridge without waiting for a timeout.
             self.consumer.close()
@@ -105,6 +115,7 @@ class KafkaBridge:
             envelope = parse_event(message.value(), max_bytes=self.config.max_event_bytes)
         except InvalidEvent as exc:
             self._dead_letter(message, exc, dead_letter_errors)
+            BRIDGE_MESSAGES.labels(message.topic(), "dead_lettered").inc()
             return True
         structlog.contextvars.bind_contextvars(
             event_id=envelope["event_id"],
@@ -119,8 +130,10 @@ class KafkaBridge:
                 for task in tasks:
                     task.apply_async()
             except Exception as exc:  # kombu raises its own and the transport's errors: all mean "not accepted"
+                BRIDGE_DISPATCH_FAILURES.inc()
                 logger.warning("celery_dispatch_failed", error=f"{type(exc).__name__}: {exc}")
                 continue
+            BRIDGE_MESSAGES.labels(message.topic(), "dispatched" if tasks else "no_task").inc()
             logger.info(
                 "event_dispatched",
                 event_type=envelope["type"],
@@ -161,6 +174,16 @@ class KafkaBridge:
             partition=message.partition(),
             offset=message.offset(),
         )
+
+    def _record_lag(self) -> None:
+        try:
+            for position in self.consumer.position(self.consumer.assignment()):
+                _low, high = self.consumer.get_watermark_offsets(position, timeout=1.0)
+                # Before the first message of a partition the position is unset (negative).
+                behind = high - position.offset if position.offset >= 0 else high
+                BRIDGE_LAG.labels(position.topic, str(position.partition)).set(max(0, behind))
+        except Exception as exc:  # a metric must never stop the bridge
+            logger.warning("consumer_lag_unavailable", error=str(exc))
 
     def _commit(self, done: dict[tuple[str, int], int]) -> None:
         if not done:

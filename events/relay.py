@@ -24,6 +24,7 @@ from events.kafka import client_config
 from events.lifecycle import backoff_delays
 from events.models import OutboxEvent
 from events.topics import ensure_topics_until_ready
+from orders_project.metrics import OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED, serve_process_metrics
 
 logger = structlog.get_logger(__name__)
 
@@ -106,6 +107,7 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
     for event in events:
         if event.pk in failures:
             continue
+        OUTBOX_PUBLISHED.labels(event.topic).inc()
         logger.info(
             "event_published",
             event_id=str(event.event_id),
@@ -116,6 +118,7 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
         )
     result.published = len(delivered)
     result.failed = len(failures)
+    OUTBOX_PUBLISH_FAILURES.inc(len(failures))
     result.errors.update(failures.values())
     return result
 
@@ -127,9 +130,18 @@ def _group_by_error(failures: dict[int, str]) -> dict[str, list[int]]:
     return grouped
 
 
-def run_relay(*, stop: threading.Event, batch_size: int, poll_interval: float, max_backoff: float, delivery_timeout_ms: int) -> None:
+def run_relay(
+    *,
+    stop: threading.Event,
+    batch_size: int,
+    poll_interval: float,
+    max_backoff: float,
+    delivery_timeout_ms: int,
+    metrics_port: int,
+) -> None:
     """Publish until ``stop`` is set: right away while there is a backlog, backing off while Kafka
     or the database is away, and catching up when they return."""
+    serve_process_metrics(port=metrics_port, process="relay")
     if not ensure_topics_until_ready(stop=stop, max_backoff=max_backoff):
         return
     producer = build_producer(delivery_timeout_ms=delivery_timeout_ms)

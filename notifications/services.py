@@ -15,6 +15,7 @@ from notifications.backends import OutgoingMessage, send_email, send_sms
 from notifications.models import Channel, Notification, NotificationStatus
 from orders import services as order_services
 from orders_project.celery import TransientError
+from orders_project.metrics import NOTIFICATIONS
 
 logger = structlog.get_logger(__name__)
 
@@ -111,11 +112,13 @@ def send_event_notifications(*, envelope: dict[str, Any]) -> list[str]:
         try:
             SENDERS[channel](message)
         except (OSError, smtplib.SMTPException) as exc:
+            NOTIFICATIONS.labels(channel, "error").inc()
             raise DeliveryFailed(f"{channel} to {message.recipient}: {exc}") from exc
         with transaction.atomic():
             if not claim_event(handler=handler, event_id=envelope["event_id"]):
                 continue
             _record(envelope=envelope, channel=channel, message=message, status=NotificationStatus.SENT)
+        NOTIFICATIONS.labels(channel, "sent").inc()
         logger.info("notification_sent", channel=channel, recipient=message.recipient, event_type=envelope["type"])
         sent.append(channel)
     return sent
@@ -128,6 +131,7 @@ def record_delivery_failure(*, envelope: dict[str, Any], error: str) -> None:
             if claim_event(handler=_handler(channel), event_id=envelope["event_id"]):
                 message = compose(envelope=envelope, channel=channel)
                 _record(envelope=envelope, channel=channel, message=message, status=NotificationStatus.FAILED, error=error)
+                NOTIFICATIONS.labels(channel, "failed").inc()
         enqueue_dead_letter(
             original=envelope,
             key=envelope["order"]["id"],

@@ -14,9 +14,20 @@ from typing import Callable, TypeVar
 
 import structlog
 from celery import Celery
-from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun
+from celery.signals import (
+    before_task_publish,
+    setup_logging,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    task_success,
+    worker_init,
+)
 from django.db import InterfaceError as DatabaseInterfaceError
 from kombu.transport import sqlalchemy as sql_transport
+
+from orders_project.metrics import TASKS, serve_process_metrics
 from django.db import OperationalError as DatabaseOperationalError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orders_project.settings")
@@ -66,6 +77,28 @@ def clear_log_context(**_kwargs) -> None:
     structlog.contextvars.clear_contextvars()
 
 
+@worker_init.connect
+def serve_worker_metrics(**_kwargs) -> None:
+    from django.conf import settings
+
+    serve_process_metrics(port=settings.METRICS["worker_port"], process="worker")
+
+
+@task_success.connect
+def count_success(sender=None, **_kwargs) -> None:
+    TASKS.labels(sender.name, "success").inc()
+
+
+@task_retry.connect
+def count_retry(sender=None, **_kwargs) -> None:
+    TASKS.labels(sender.name, "retry").inc()
+
+
+@task_failure.connect
+def count_failure(sender=None, **_kwargs) -> None:
+    TASKS.labels(sender.name, "failure").inc()
+
+
 class TransientError(Exception):
     """A failure worth retrying: a timeout, a dropped connection, a service briefly away."""
 
@@ -100,6 +133,7 @@ def run_with_retries(task, *, step: Callable[[], T], give_up: Callable[[Exceptio
             raise task.retry(exc=exc, countdown=retry_delay(retries=retries)) from exc
         try:
             give_up(exc)
+            TASKS.labels(task.name, "gave_up").inc()
         except TRANSIENT_ERRORS as recording_error:
             raise task.retry(
                 exc=recording_error, countdown=retry_delay(retries=retries), max_retries=retries + 1
@@ -108,4 +142,5 @@ def run_with_retries(task, *, step: Callable[[], T], give_up: Callable[[Exceptio
     except Exception as exc:
         logger.exception("task_step_failed")
         give_up(exc)
+        TASKS.labels(task.name, "gave_up").inc()
         return None

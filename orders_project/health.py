@@ -1,4 +1,4 @@
-"""Liveness and readiness endpoints."""
+"""Liveness, readiness and metrics endpoints."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Callable
 from django.conf import settings
 from django.db import connection
 from drf_spectacular.utils import extend_schema
+from django.http import HttpResponse
 from kombu import Connection
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from events.kafka import check_broker
+from orders_project.metrics import web_metrics
 
 
 def check_database() -> None:
@@ -58,3 +60,9 @@ def readiness(request):
     checks = {name: _run_check(check) for name, check in READINESS_CHECKS.items()}
     ready = all(result["status"] == "ok" for result in checks.values())
     return Response({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+
+
+def metrics(request):
+    """Prometheus scrape endpoint (plain Django view: the text format is not JSON)."""
+    body, content_type = web_metrics()
+    return HttpResponse(body, content_type=content_type)

@@ -1,4 +1,4 @@
-"""HTTP edge concerns: correlation ids, access logging and the request body limit."""
+"""HTTP edge concerns: correlation ids, access logging and metrics, the request body limit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import uuid
 import structlog
 from django.conf import settings
 from django.http import JsonResponse
+
+from orders_project.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 CORRELATION_HEADER = "X-Correlation-ID"
 # Accepted from clients as-is; anything else is replaced, so logs never carry attacker-shaped text.
@@ -37,13 +39,18 @@ class CorrelationIdMiddleware:
         try:
             response = self.get_response(request)
             response[CORRELATION_HEADER] = correlation_id
+            duration = time.perf_counter() - started
             access_log.info(
                 "http_request",
                 method=request.method,
                 path=request.path,
                 status=response.status_code,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(duration * 1000, 2),
             )
+            # Labelled by view name, not path: ids in paths would make a series per order.
+            view = request.resolver_match.view_name if request.resolver_match else "unmatched"
+            HTTP_REQUESTS.labels(request.method, view, str(response.status_code)).inc()
+            HTTP_DURATION.labels(request.method, view).observe(duration)
             return response
         finally:
             structlog.contextvars.clear_contextvars()

@@ -153,6 +153,7 @@ BRIDGE = CONFIG["bridge"]
 ORDER_LIMITS = CONFIG["orders"]
 PAYMENTS = CONFIG["payments"]
 NOTIFICATION = CONFIG["notification"]
+METRICS = CONFIG["metrics"]
 
 # Celery (orders_project/celery.py reads every CELERY_* setting).
 _celery = CONFIG["celery"]
@@ -175,8 +176,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_SQL_BROKER_POLL_INTERVAL = _celery["sql_poll_interval"]
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # A retry waits in the worker (ETA) unacknowledged: the visibility timeout must outlast it.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    # A task taken by a worker that died goes back to the queue after this; a retry waits in the
+    # worker (ETA) unacknowledged, so it must outlast the longest backoff.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _celery["visibility_timeout"]}
 
 EMAIL_BACKEND = NOTIFICATION["email_backend"]
 DEFAULT_FROM_EMAIL = NOTIFICATION["email_from"]

@@ -9,14 +9,20 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import urllib.request
+
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from django.conf import settings
 from django.db import connection
+from prometheus_client.parser import text_string_to_metric_families
+
+from events.embedded_broker import free_port
 
 from orders_project.config import BASE_DIR
 from orders_project.processes import process_commands
@@ -61,6 +67,7 @@ class ProcessGroup:
         self.env = env
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen] = {}
+        self.metrics_ports: dict[str, int] = {}
 
     @classmethod
     def for_tests(cls, *, kafka_brokers: str, work_dir: Path, **overrides: str) -> ProcessGroup:
@@ -85,10 +92,18 @@ class ProcessGroup:
         """Start ``command`` (a key of ``process_commands``, default ``name``) as ``name``."""
         command_line = process_commands(worker_name=name)[command or name]
         log = (self.log_dir / f"{name}.log").open("ab")
+        # Each process its own metrics port (a process reads only the key of its kind).
+        port = self.metrics_ports[name] = free_port()
+        metrics_env = {
+            "METRICS_RELAY_PORT": str(port),
+            "METRICS_BRIDGE_PORT": str(port),
+            "METRICS_WORKER_PORT": str(port),
+            "METRICS_MULTIPROC_DIR": str(self.log_dir / f"prometheus-{name}"),
+        }
         self.processes[name] = subprocess.Popen(
             command_line,
             cwd=BASE_DIR,
-            env={**self.env, **env_overrides},
+            env={**self.env, **metrics_env, **env_overrides},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -120,6 +135,13 @@ class ProcessGroup:
         for name in list(self.processes):
             self.stop(name)
 
+    def metrics(self, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The process's Prometheus samples now: {(name, sorted labels): value}."""
+        url = f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return parse_metrics(text)
+
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
@@ -133,6 +155,14 @@ class ProcessGroup:
                 except json.JSONDecodeError:
                     continue
         return events
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def read_topics(*, bootstrap_servers: str, topics: Iterable[str], timeout: float = 30.0) -> list[Any]:

@@ -2,11 +2,12 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from orders_project.health import liveness, readiness
+from orders_project.health import liveness, metrics, readiness
 
 urlpatterns = [
     re_path(r"^health/?$", liveness, name="health"),
     re_path(r"^health/ready/?$", readiness, name="readiness"),
+    re_path(r"^metrics/?$", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -11,7 +11,8 @@ from events.services import claim_event, was_handled
 from orders import selectors as order_selectors
 from orders import services as order_services
 from orders.models import OrderStatus
-from payments.gateway import PaymentGateway, get_gateway
+from orders_project.metrics import PAYMENTS
+from payments.gateway import GatewayTimeout, PaymentGateway, get_gateway
 from payments.models import Payment, PaymentStatus
 
 logger = structlog.get_logger(__name__)
@@ -56,9 +57,13 @@ def charge_order(*, order_id, event_id, source: str, gateway: PaymentGateway | N
     if payment is None:
         return None
     Payment.objects.filter(pk=payment.pk).update(gateway_calls=payment.gateway_calls + 1)
-    result = (gateway or get_gateway()).charge(
-        idempotency_key=payment.idempotency_key, amount=payment.amount, currency=payment.currency
-    )
+    try:
+        result = (gateway or get_gateway()).charge(
+            idempotency_key=payment.idempotency_key, amount=payment.amount, currency=payment.currency
+        )
+    except GatewayTimeout:
+        PAYMENTS.labels("timeout").inc()
+        raise
     with transaction.atomic():
         if not claim_event(handler=CHARGE_HANDLER, event_id=event_id):
             return None
@@ -81,6 +86,7 @@ def charge_order(*, order_id, event_id, source: str, gateway: PaymentGateway | N
             source=source,
             attempt=payment.attempt,
         )
+    PAYMENTS.labels("approved" if result.approved else "declined").inc()
     logger.info(
         "payment_completed",
         order_id=str(order_id),

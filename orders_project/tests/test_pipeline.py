@@ -18,7 +18,7 @@ from events.models import InboxEntry, OutboxEvent
 from notifications.models import Notification
 from orders import services as order_services
 from orders.models import Order, OrderStatus
-from orders_project.testing import ProcessGroup, read_topics, wait_until
+from orders_project.testing import ProcessGroup, parse_metrics, read_topics, wait_until
 from payments.gateway import SimulatedGateway
 from payments.models import Payment, SimulatedCharge
 
@@ -327,3 +327,70 @@ def test_processes_stop_cleanly_on_sigterm(system, name, stopped_event):
     else:
         assert "Warm shutdown" in system.log(name)
     system.start(name)
+
+
+def _total(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        value
+        for (sample_name, sample_labels), value in samples.items()
+        if sample_name == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+def _settled_lag(system) -> dict | None:
+    lag = {key: value for key, value in system.metrics("bridge").items() if key[0] == "bridge_consumer_lag"}
+    return lag if len(lag) == 9 and not any(lag.values()) else None
+
+
+def test_metrics_of_every_process_follow_the_orders(system):
+    def scrape():
+        with urllib.request.urlopen(f"{system.base_url}/metrics", timeout=5) as response:
+            web = parse_metrics(response.read().decode())
+        return {"web": web, **{name: system.metrics(name) for name in ("relay", "bridge", "worker")}}
+
+    def scrape_when_serving():
+        try:
+            return scrape()
+        except OSError:  # a process restarted by an earlier test may still be starting
+            return None
+
+    before = wait_until(scrape_when_serving, timeout=30)
+    order_ids = [post_order(system.base_url, user_id=f"metrics_{index}") for index in range(5)]
+    wait_for_completion(order_ids)
+    statuses = Counter(Order.objects.filter(pk__in=order_ids).values_list("status", flat=True))
+    # Counters are read after the work they count: wait for the last notification's NOTIFICATION_SENT
+    # to have gone through the bridge too.
+    wait_until(
+        lambda: _total(system.metrics("bridge"), "bridge_messages_total", topic="notifications")
+        >= _total(before["bridge"], "bridge_messages_total", topic="notifications") + 15,
+        timeout=30,
+    )
+    after = scrape()
+
+    def grew(process: str, name: str, **labels: str) -> float:
+        return _total(after[process], name, **labels) - _total(before[process], name, **labels)
+
+    assert grew("web", "http_requests_total", view="order-list", method="POST", status="201") == 5
+    assert grew("web", "http_request_duration_seconds_count", view="order-list", method="POST") == 5
+    for status in (OrderStatus.PAID, OrderStatus.PAYMENT_FAILED):
+        assert grew("web", "orders", status=status) == statuses[status]
+    assert _total(after["web"], "outbox_backlog") == 0
+    assert _total(after["web"], "outbox_oldest_unpublished_age_seconds") == 0
+    # ORDER_CREATED, ORDER_PROCESSING, the outcome and three NOTIFICATION_SENT per order.
+    assert grew("relay", "outbox_events_published_total") == 30
+    assert grew("bridge", "bridge_messages_total", outcome="dispatched") == 15
+    assert grew("bridge", "bridge_messages_total", outcome="no_task") == 15
+    # Lag is read every couple of seconds: every partition reported, none behind once all is handled.
+    lag = wait_until(
+        lambda: _settled_lag(system),
+        timeout=15,
+        message="bridge did not report zero lag on its 9 partitions",
+    )
+    assert {dict(labels)["topic"] for _name, labels in lag} == {"orders", "payments", "notifications"}
+    assert grew("worker", "pipeline_tasks_total", task="orders.process_order", outcome="success") == 5
+    assert grew("worker", "pipeline_tasks_total", task="payments.charge_payment", outcome="success") == 5
+    assert grew("worker", "pipeline_tasks_total", task="notifications.send_notifications", outcome="success") == 15
+    assert grew("worker", "payments_total", outcome="approved") == statuses[OrderStatus.PAID]
+    assert grew("worker", "payments_total", outcome="declined") == statuses[OrderStatus.PAYMENT_FAILED]
+    assert grew("worker", "notifications_total", channel="email", outcome="sent") == 15

