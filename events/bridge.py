@@ -12,12 +12,13 @@ import time
 from dataclasses import dataclass
 
 import structlog
+from celery import Signature
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from events.contract import TOPIC_DLQ, InvalidEvent, dead_letter_headers, parse_event
 from events.kafka import client_config
 from events.lifecycle import backoff_delays
-from events.routes import tasks_for
+from events.routes import dead_letter_task, tasks_for
 from events.topics import ensure_topics_until_ready
 from orders_project.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSAGES, serve_process_metrics
 
@@ -109,20 +110,29 @@ class KafkaBridge:
             return
         self._commit(done)
 
-    def _handle(self, message: Message, dead_letter_errors: list[str]) -> bool:
-        structlog.contextvars.clear_contextvars()
+    def _tasks(self, message: Message, dead_letter_errors: list[str]) -> list[Signature] | None:
+        """The message's tasks; None if it went to dlq instead."""
+        if message.topic() == TOPIC_DLQ:
+            return [dead_letter_task(key=message.key(), headers=message.headers() or [], value=message.value())]
         try:
             envelope = parse_event(message.value(), max_bytes=self.config.max_event_bytes)
         except InvalidEvent as exc:
             self._dead_letter(message, exc, dead_letter_errors)
             BRIDGE_MESSAGES.labels(message.topic(), "dead_lettered").inc()
-            return True
+            return None
         structlog.contextvars.bind_contextvars(
             event_id=envelope["event_id"],
             order_id=envelope["order"]["id"],
             correlation_id=envelope["metadata"]["correlation_id"],
+            event_type=envelope["type"],
         )
-        tasks = tasks_for(envelope)
+        return tasks_for(envelope)
+
+    def _handle(self, message: Message, dead_letter_errors: list[str]) -> bool:
+        structlog.contextvars.clear_contextvars()
+        tasks = self._tasks(message, dead_letter_errors)
+        if tasks is None:
+            return True
         for delay in backoff_delays(start=0.5, ceiling=self.config.max_backoff):
             if delay and self.stop.wait(delay):
                 return False
@@ -136,7 +146,6 @@ class KafkaBridge:
             BRIDGE_MESSAGES.labels(message.topic(), "dispatched" if tasks else "no_task").inc()
             logger.info(
                 "event_dispatched",
-                event_type=envelope["type"],
                 tasks=len(tasks),
                 topic=message.topic(),
                 partition=message.partition(),
@@ -177,10 +186,17 @@ class KafkaBridge:
 
     def _record_lag(self) -> None:
         try:
-            for position in self.consumer.position(self.consumer.assignment()):
-                _low, high = self.consumer.get_watermark_offsets(position, timeout=1.0)
-                # Before the first message of a partition the position is unset (negative).
-                behind = high - position.offset if position.offset >= 0 else high
+            positions = self.consumer.position(self.consumer.assignment())
+            # Until a message of a partition is consumed its position is unset: count from the
+            # group's committed offset, or from the start of the partition if there is none.
+            unset = [position for position in positions if position.offset < 0]
+            committed = {
+                (tp.topic, tp.partition): tp.offset for tp in (self.consumer.committed(unset, timeout=1.0) if unset else [])
+            }
+            for position in positions:
+                low, high = self.consumer.get_watermark_offsets(position, timeout=1.0)
+                offset = position.offset if position.offset >= 0 else committed.get((position.topic, position.partition), -1)
+                behind = high - (offset if offset >= 0 else low)
                 BRIDGE_LAG.labels(position.topic, str(position.partition)).set(max(0, behind))
         except Exception as exc:  # a metric must never stop the bridge
             logger.warning("consumer_lag_unavailable", error=str(exc))

@@ -13,7 +13,9 @@ class OutboxEvent(models.Model):
     the broker confirmed delivery.
     """
 
-    event_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    # Not unique: re-publishing an event from the dead-letter topic sends the same event again
+    # (its handlers' inboxes make the second delivery do only what the first did not).
+    event_id = models.UUIDField(default=uuid.uuid4, editable=False, db_index=True)
     event_type = models.CharField(max_length=64)
     topic = models.CharField(max_length=128)
     # Kafka message key: the order id, so all of an order's events share a partition.
@@ -55,3 +57,36 @@ class InboxEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} {self.event_id}"
+
+
+class DeadLetter(models.Model):
+    """A message of the dlq topic, kept for operators: why it failed, and a way to send it again.
+
+    The bridge copies every dlq message here (``archive_dead_letter``). An operator may store a
+    corrected value in ``fixed_value``, then re-publish it to the topic of its event type.
+    """
+
+    # Digest of the message (value and headers): the same message archived twice is one row.
+    fingerprint = models.CharField(max_length=64, unique=True)
+    reason = models.CharField(max_length=64)
+    error = models.TextField(blank=True)
+    source = models.CharField(max_length=64, blank=True)
+    original_topic = models.CharField(max_length=128, blank=True)
+    event_id = models.CharField(max_length=64, blank=True, db_index=True)
+    event_type = models.CharField(max_length=64, blank=True)
+    key = models.CharField(max_length=128, blank=True, db_index=True)
+    headers = models.JSONField(default=dict)
+    # The original bytes, base64, exactly as they were; ``value`` is their text for reading.
+    original_value_b64 = models.TextField()
+    value = models.TextField(blank=True)
+    fixed_value = models.TextField(blank=True, help_text="A corrected JSON event to re-publish instead of the original.")
+    received_at = models.DateTimeField(default=timezone.now)
+    republished_at = models.DateTimeField(null=True, blank=True)
+    republished_by = models.CharField(max_length=150, blank=True)
+    republished_event = models.ForeignKey(OutboxEvent, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.event_type or 'unreadable'} {self.key}"

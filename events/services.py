@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import uuid
 from typing import Any
 
@@ -11,7 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from events.contract import DEAD_LETTER, EVENT_TOPICS, TOPIC_DLQ, build_envelope, dead_letter_headers, message_headers
-from events.models import InboxEntry, OutboxEvent
+from events.models import DeadLetter, InboxEntry, OutboxEvent
 
 logger = structlog.get_logger(__name__)
 
@@ -84,3 +87,45 @@ def claim_event(*, handler: str, event_id: str) -> bool:
         was_handled(handler=handler, event_id=event_id)  # counts and logs the redelivery
         return False
     return True
+
+
+def republish_event(*, envelope: dict[str, Any]) -> OutboxEvent:
+    """Queue an existing event, same id, for publishing again to the topic of its type."""
+    correlation_id = envelope["metadata"]["correlation_id"]
+    return OutboxEvent.objects.create(
+        event_id=envelope["event_id"],
+        event_type=envelope["type"],
+        topic=EVENT_TOPICS[envelope["type"]],
+        key=envelope["order"]["id"],
+        payload=envelope,
+        headers=message_headers(event_type=envelope["type"], event_id=envelope["event_id"], correlation_id=correlation_id),
+    )
+
+
+def archive_dead_letter(*, key: str | None, headers: dict[str, str], value: bytes) -> DeadLetter:
+    """Keep a dlq message for operators; the same message archived again is the same row."""
+    fingerprint = hashlib.sha256(json.dumps(headers, sort_keys=True).encode() + b"\0" + value).hexdigest()
+    try:
+        readable = json.loads(value)
+    except ValueError:
+        readable = None
+    event = readable if isinstance(readable, dict) else {}
+    order = event.get("order") if isinstance(event.get("order"), dict) else {}
+    dead_letter, created = DeadLetter.objects.get_or_create(
+        fingerprint=fingerprint,
+        defaults={
+            "reason": headers.get("dlq_reason", "unknown")[:64],
+            "error": headers.get("dlq_error", ""),
+            "source": headers.get("dlq_source", "")[:64],
+            "original_topic": headers.get("dlq_original_topic", "")[:128],
+            "event_id": str(headers.get("dlq_original_event_id") or event.get("event_id") or "")[:64],
+            "event_type": str(headers.get("dlq_original_type") or event.get("type") or "")[:64],
+            "key": (key or str(order.get("id") or ""))[:128],
+            "headers": headers,
+            "original_value_b64": base64.b64encode(value).decode(),
+            "value": value.decode("utf-8", errors="replace"),
+        },
+    )
+    if created:
+        logger.info("dead_letter_archived", reason=dead_letter.reason, dead_letter_id=dead_letter.pk, key=dead_letter.key)
+    return dead_letter

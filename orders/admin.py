@@ -2,7 +2,10 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from orders import services
 from orders.models import Order, OrderItem, OrderTimelineEntry
+from orders_project.admin import apply_to_each, operator_name
+from payments import services as payment_services
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -47,6 +50,7 @@ class OrderAdmin(admin.ModelAdmin):
     ]
     fields = readonly_fields
     inlines = [OrderItemInline, OrderTimelineInline]
+    actions = ["retry_payment", "cancel_orders"]
     show_full_result_count = False  # COUNT(*) over a large orders table on every page is costly
 
     @admin.display(description="Payments, notifications and events")
@@ -64,6 +68,28 @@ class OrderAdmin(admin.ModelAdmin):
                 (reverse(f"admin:{name}"), order.id, label, format_html(" ({})", count) if count is not None else "")
                 for name, label, count in links
             ),
+        )
+
+    @admin.action(description="Retry payment (PAYMENT_FAILED orders): a new charge attempt")
+    def retry_payment(self, request, queryset):
+        apply_to_each(
+            self,
+            request,
+            queryset,
+            operation=lambda order: payment_services.request_payment_retry(
+                order_id=order.id, requested_by=operator_name(request)
+            ),
+            done="Payment retry requested",
+        )
+
+    @admin.action(description="Cancel orders that are not paid")
+    def cancel_orders(self, request, queryset):
+        apply_to_each(
+            self,
+            request,
+            queryset,
+            operation=lambda order: services.cancel_order(order_id=order.id, requested_by=operator_name(request)),
+            done="Cancelled",
         )
 
     def has_add_permission(self, request):

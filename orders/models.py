@@ -1,5 +1,6 @@
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -11,11 +12,17 @@ class OrderStatus(models.TextChoices):
     PAYMENT_FAILED = "PAYMENT_FAILED"
     # Parked: a step kept failing after its last retry; the event is in the dlq topic.
     FAILED = "FAILED"
+    # Cancelled by an operator before it was paid.
+    CANCELLED = "CANCELLED"
 
 
 class Order(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user_id = models.CharField(max_length=64)
+    # The API client that created the order (token authentication); it alone sees it, with staff.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, related_name="orders", on_delete=models.SET_NULL
+    )
     email = models.EmailField(max_length=254)
     status = models.CharField(max_length=32, choices=OrderStatus.choices, default=OrderStatus.CREATED)
     total_amount = models.DecimalField(max_digits=16, decimal_places=2)

@@ -11,8 +11,11 @@ from events.contract import isoformat
 from orders.models import Order, OrderTimelineEntry
 
 
-def list_orders(*, status: str | None = None, user_id: str | None = None) -> QuerySet[Order]:
+def list_orders(*, status: str | None = None, user_id: str | None = None, owner=None) -> QuerySet[Order]:
+    """Orders, newest first; only ``owner``'s when one is given."""
     orders = Order.objects.prefetch_related("items")
+    if owner is not None:
+        orders = orders.filter(owner=owner)
     if status:
         orders = orders.filter(status=status)
     if user_id:
@@ -20,9 +23,12 @@ def list_orders(*, status: str | None = None, user_id: str | None = None) -> Que
     return orders
 
 
-def get_order(*, order_id: uuid.UUID) -> Order:
-    """The order with its items; raises ``Order.DoesNotExist``."""
-    return Order.objects.prefetch_related("items").get(pk=order_id)
+def get_order(*, order_id: uuid.UUID, owner=None) -> Order:
+    """The order with its items (only if ``owner``'s, when one is given); raises ``Order.DoesNotExist``."""
+    orders = Order.objects.prefetch_related("items")
+    if owner is not None:
+        orders = orders.filter(owner=owner)
+    return orders.get(pk=order_id)
 
 
 def get_order_by_idempotency_key(*, idempotency_key: str) -> Order | None:

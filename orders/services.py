@@ -10,15 +10,18 @@ from typing import Any
 
 import structlog
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED
-from events.services import claim_event, enqueue_dead_letter, enqueue_event
+from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED, parse_event
+from events.models import DeadLetter
+from events.services import claim_event, enqueue_dead_letter, enqueue_event, republish_event
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
 from orders.selectors import get_order_by_idempotency_key, order_snapshot
 
 logger = structlog.get_logger(__name__)
 
 EVENT_SOURCE = "order-api"
+OPERATOR_SOURCE = "operator"
 
 
 class IdempotencyKeyReused(Exception):
@@ -62,13 +65,17 @@ def create_order(
     items: list[dict[str, Any]],
     correlation_id: str,
     idempotency_key: str | None = None,
+    owner=None,
 ) -> OrderCreation:
     """Create an order, its items, its first timeline entry and its ORDER_CREATED outbox event atomically.
 
     With an ``idempotency_key`` a repeated request returns the first order; concurrent
     requests with the same key race on the key's unique constraint and all but one
-    get the winner's order back.
+    get the winner's order back. Keys are per ``owner`` (the API client): two clients using
+    the same key get two orders.
     """
+    if idempotency_key and owner is not None:
+        idempotency_key = f"client-{owner.pk}:{idempotency_key}"
     fingerprint = request_fingerprint(user_id=user_id, email=email, items=items)
     if idempotency_key:
         replay = _replay(idempotency_key=idempotency_key, fingerprint=fingerprint)
@@ -84,6 +91,7 @@ def create_order(
                 correlation_id=correlation_id,
                 idempotency_key=idempotency_key or None,
                 request_fingerprint=fingerprint,
+                owner=owner,
             )
             OrderItem.objects.bulk_create(OrderItem(order=order, **item) for item in items)
             event = enqueue_event(
@@ -116,11 +124,18 @@ def create_order(
 
 
 # The order state machine: the only place order statuses change.
+# PROCESSING cannot be cancelled: a charge may be under way (it ends in seconds, then it can).
 TRANSITIONS: dict[str, frozenset[str]] = {
-    OrderStatus.CREATED: frozenset({OrderStatus.PROCESSING, OrderStatus.FAILED}),
+    OrderStatus.CREATED: frozenset({OrderStatus.PROCESSING, OrderStatus.FAILED, OrderStatus.CANCELLED}),
     OrderStatus.PROCESSING: frozenset({OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED}),
+    # An operator's payment retry.
+    OrderStatus.PAYMENT_FAILED: frozenset({OrderStatus.PROCESSING, OrderStatus.CANCELLED}),
+    # A parked order resumes where it stopped when its event is re-published from dlq.
+    OrderStatus.FAILED: frozenset({OrderStatus.CREATED, OrderStatus.PROCESSING, OrderStatus.CANCELLED}),
 }
-TERMINAL_STATUSES = frozenset({OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED})
+TERMINAL_STATUSES = frozenset(
+    {OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED, OrderStatus.CANCELLED}
+)
 # The contract event each status change announces.
 STATUS_EVENTS = {
     OrderStatus.PROCESSING: ORDER_PROCESSING,
@@ -128,6 +143,11 @@ STATUS_EVENTS = {
     OrderStatus.PAYMENT_FAILED: PAYMENT_FAILED,
 }
 PROCESSING_HANDLER = "orders.start_processing"
+
+
+class DeadLetterAlreadyRepublished(Exception):
+    def __init__(self, dead_letter: DeadLetter):
+        super().__init__(f"Dead letter {dead_letter.pk} was re-published already, at {dead_letter.republished_at}")
 
 
 class InvalidTransition(Exception):
@@ -146,15 +166,29 @@ def _locked_order(order_id) -> Order:
     return Order.objects.select_for_update().get(pk=order_id)
 
 
-def _transition(*, order: Order, to_status: str, message: str, source: str, attempt: int = 1):
-    """Move a locked ``order`` to ``to_status`` with its timeline entry and, if any, its outbox event."""
+def _transition(
+    *,
+    order: Order,
+    to_status: str,
+    message: str,
+    source: str,
+    attempt: int = 1,
+    label: str | None = None,
+    announce: bool = True,
+):
+    """Move a locked ``order`` to ``to_status`` with its timeline entry and, if any, its outbox event.
+
+    ``label`` names the timeline entry of a change that announces no event (default: the status);
+    ``announce=False`` writes no event even for a status that has one (a resumed order).
+    """
+    announce = announce and to_status in STATUS_EVENTS
     if not can_transition(from_status=order.status, to_status=to_status):
         raise InvalidTransition(order, to_status)
     order.status = to_status
     order.save(update_fields=["status", "updated_at"])
     event = None
-    event_type = STATUS_EVENTS.get(to_status, to_status)
-    if to_status in STATUS_EVENTS:
+    event_type = STATUS_EVENTS[to_status] if announce else label or to_status
+    if announce:
         event = enqueue_event(
             event_type=event_type,
             order=order_snapshot(order=order),
@@ -225,3 +259,77 @@ def record_order_event(*, order_id, event_type: str, event_id, message: str) -> 
     OrderTimelineEntry.objects.create(
         order_id=order_id, status=order.status, event_type=event_type, event_id=event_id, message=message[:255]
     )
+
+
+def reopen_for_payment(*, order_id, attempt: int, requested_by: str):
+    """PAYMENT_FAILED -> PROCESSING for another payment attempt (in the caller's transaction).
+
+    The ORDER_PROCESSING event it writes carries ``attempt``; the bridge starts a charge for
+    any ORDER_PROCESSING after the first attempt.
+    """
+    return _transition(
+        order=_locked_order(order_id),
+        to_status=OrderStatus.PROCESSING,
+        message=f"Payment retry, attempt {attempt}, requested by {requested_by}",
+        source=OPERATOR_SOURCE,
+        attempt=attempt,
+    )
+
+
+def cancel_order(*, order_id, requested_by: str, reason: str = "") -> None:
+    """Cancel an order that is not paid: from CREATED, PAYMENT_FAILED or FAILED."""
+    with transaction.atomic():
+        order = _locked_order(order_id)
+        _transition(
+            order=order,
+            to_status=OrderStatus.CANCELLED,
+            message=f"Cancelled by {requested_by}" + (f": {reason}" if reason else ""),
+            source=OPERATOR_SOURCE,
+            label="CANCELLED",
+        )
+    logger.info("order_cancelled", order_id=str(order_id), requested_by=requested_by)
+
+
+def _status_before_parking(order: Order) -> str:
+    entry = order.timeline.exclude(status=OrderStatus.FAILED).order_by("-created_at", "-id").first()
+    return entry.status if entry else OrderStatus.CREATED
+
+
+def republish_dead_letter(*, dead_letter_id: int, requested_by: str):
+    """Send a dead-lettered event (or its operator-fixed value) to its topic again.
+
+    The event must now pass the contract. A parked order resumes in the status it was parked
+    from, so the handlers that had not applied the event do their part; those that had (their
+    inbox holds the event id) do nothing again. Recorded in the order's timeline.
+    """
+    with transaction.atomic():
+        dead_letter = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
+        if dead_letter.republished_at:
+            raise DeadLetterAlreadyRepublished(dead_letter)
+        raw = (dead_letter.fixed_value or dead_letter.value).encode()
+        envelope = parse_event(raw, max_bytes=len(raw) + 1)
+        order_id = envelope["order"]["id"]
+        order = Order.objects.select_for_update().filter(pk=order_id).first()
+        if order and order.status == OrderStatus.FAILED:
+            _transition(
+                order=order,
+                to_status=_status_before_parking(order),
+                message=f"Resumed by {requested_by} to retry {envelope['type']}",
+                source=OPERATOR_SOURCE,
+                label="RESUMED",
+                announce=False,  # it was announced when first reached
+            )
+        event = republish_event(envelope=envelope)
+        dead_letter.republished_at = timezone.now()
+        dead_letter.republished_by = requested_by
+        dead_letter.republished_event = event
+        dead_letter.save(update_fields=["republished_at", "republished_by", "republished_event"])
+        if order:
+            record_order_event(
+                order_id=order_id,
+                event_type=envelope["type"],
+                event_id=envelope["event_id"],
+                message=f"Re-published from dlq by {requested_by} (was: {dead_letter.reason})",
+            )
+    logger.info("dead_letter_republished", order_id=order_id, event_id=envelope["event_id"], requested_by=requested_by)
+    return event

@@ -21,6 +21,7 @@ from orders.serializers import (
     OrderStatusSerializer,
     OrderTimelineEntrySerializer,
 )
+from orders_project.api_access import sees_all_orders
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _VALID_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -51,10 +52,15 @@ class OrderViewSet(viewsets.GenericViewSet):
     def get_serializer_class(self):
         return OrderCreateSerializer if self.action == "create" else OrderSerializer
 
+    def _owner(self):
+        """None (all orders) or the client whose orders alone it may see."""
+        return None if sees_all_orders(self.request.user) else self.request.user
+
     def _order(self) -> Order:
         try:
-            return selectors.get_order(order_id=self.kwargs["pk"])
+            return selectors.get_order(order_id=self.kwargs["pk"], owner=self._owner())
         except Order.DoesNotExist:
+            # Someone else's order answers as a missing one: its existence is not disclosed either.
             raise NotFound("Order not found") from None
 
     @extend_schema(
@@ -76,6 +82,7 @@ class OrderViewSet(viewsets.GenericViewSet):
                 **serializer.validated_data,
                 correlation_id=request.correlation_id,
                 idempotency_key=_idempotency_key(request),
+                owner=request.user if request.user.is_authenticated else None,
             )
         except services.IdempotencyKeyReused as exc:
             return Response({"error": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
@@ -98,7 +105,7 @@ class OrderViewSet(viewsets.GenericViewSet):
     def list(self, request):
         filters = OrderListFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        page = self.paginate_queryset(selectors.list_orders(**filters.validated_data))
+        page = self.paginate_queryset(selectors.list_orders(**filters.validated_data, owner=self._owner()))
         return self.get_paginated_response(OrderSerializer(page, many=True).data)
 
     @extend_schema(summary="An order with its items, total and status", responses={200: OrderSerializer, 404: ERROR_RESPONSE})

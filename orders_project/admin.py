@@ -1,6 +1,6 @@
 """Admin building blocks shared by the apps."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 
 class ReadOnlyModelAdmin(admin.ModelAdmin):
@@ -17,3 +17,24 @@ class ReadOnlyModelAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+def apply_to_each(modeladmin, request, queryset, *, operation, done: str) -> None:
+    """Run ``operation(obj)`` for each selected object; report each failure and the count done.
+
+    An operation refuses by raising; the others still run.
+    """
+    succeeded = 0
+    for obj in queryset:
+        try:
+            operation(obj)
+        except Exception as exc:  # each refusal is shown to the operator, with its reason
+            modeladmin.message_user(request, f"{obj}: {exc}", level=messages.ERROR)
+        else:
+            succeeded += 1
+    if succeeded:
+        modeladmin.message_user(request, f"{done}: {succeeded}", level=messages.SUCCESS)
+
+
+def operator_name(request) -> str:
+    return f"admin:{request.user.get_username()}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from orders_project.config import BASE_DIR, env, load_config
 from orders_project.logging import configure_structlog, logging_config
 
@@ -13,6 +15,13 @@ SERVICE_NAME = CONFIG["service_name"]
 ENVIRONMENT = CONFIG["environment"]
 SECRET_KEY = CONFIG["django"]["secret_key"]
 DEBUG = CONFIG["django"]["debug"]
+PRODUCTION = ENVIRONMENT == "production"
+if PRODUCTION:
+    # Refuse to start rather than run production with a debugger page or a key from the repository.
+    if DEBUG:
+        raise ImproperlyConfigured("DJANGO_DEBUG must be false when ENVIRONMENT is production")
+    if SECRET_KEY.startswith("dev-insecure") or len(SECRET_KEY) < 32:
+        raise ImproperlyConfigured("Set DJANGO_SECRET_KEY to a random value of 32+ characters in production")
 ALLOWED_HOSTS = CONFIG["http"]["allowed_hosts"]
 HTTP_PORT = int(CONFIG["http"]["port"])
 MAX_REQUEST_BODY_BYTES = CONFIG["http"]["max_body_bytes"]
@@ -27,6 +36,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "events",
@@ -122,6 +132,16 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "orders_project.pagination.StandardPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "orders_project.exceptions.api_exception_handler",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    # Open or token-only as API_REQUIRE_AUTH says, read per request.
+    "DEFAULT_PERMISSION_CLASSES": ["orders_project.api_access.ApiAccess"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "orders_project.api_access.AnonymousThrottle",
+        "orders_project.api_access.ClientThrottle",
+    ],
     # Decimals leave the API as strings ("75.97"), never as floats.
     "COERCE_DECIMAL_TO_STRING": True,
 }
@@ -154,6 +174,10 @@ ORDER_LIMITS = CONFIG["orders"]
 PAYMENTS = CONFIG["payments"]
 NOTIFICATION = CONFIG["notification"]
 METRICS = CONFIG["metrics"]
+API = CONFIG["api"]
+# Token authentication, each client seeing only its own orders: always on in production.
+API_REQUIRE_AUTH = API["require_auth"] or PRODUCTION
+CACHES = {"default": env.cache_url_config(CONFIG["cache"]["url"])}
 
 # Celery (orders_project/celery.py reads every CELERY_* setting).
 _celery = CONFIG["celery"]

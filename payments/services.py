@@ -96,3 +96,17 @@ def charge_order(*, order_id, event_id, source: str, gateway: PaymentGateway | N
         reference=result.reference,
     )
     return payment
+
+
+def request_payment_retry(*, order_id, requested_by: str):
+    """Charge a PAYMENT_FAILED order again: a new attempt with a new idempotency key.
+
+    Reopens the order (PAYMENT_FAILED -> PROCESSING) with an ORDER_PROCESSING event for the
+    next attempt, which the bridge turns into a charge. The one-approved-payment-per-order
+    constraint still holds whatever happens.
+    """
+    with transaction.atomic():
+        attempt = Payment.objects.filter(order_id=order_id).count() + 1
+        event = order_services.reopen_for_payment(order_id=order_id, attempt=attempt, requested_by=requested_by)
+    logger.info("payment_retry_requested", order_id=str(order_id), attempt=attempt, requested_by=requested_by)
+    return event

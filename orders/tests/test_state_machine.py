@@ -40,7 +40,15 @@ def created_event_id(order: Order) -> uuid.UUID:
         ("PROCESSING", "CREATED", False),
         ("PAID", "PAYMENT_FAILED", False),
         ("PAYMENT_FAILED", "PAID", False),
-        ("FAILED", "PROCESSING", False),
+        ("PAYMENT_FAILED", "PROCESSING", True),  # payment retry
+        ("FAILED", "PROCESSING", True),  # resumed after a re-publish
+        ("CREATED", "CANCELLED", True),
+        ("PAYMENT_FAILED", "CANCELLED", True),
+        ("FAILED", "CANCELLED", True),
+        ("PROCESSING", "CANCELLED", False),
+        ("PAID", "CANCELLED", False),
+        ("CANCELLED", "PROCESSING", False),
+        ("CANCELLED", "CREATED", False),
     ],
 )
 def test_transitions(from_status, to_status, allowed):

@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 
 from events.contract import TOPIC_DLQ, TOPIC_NOTIFICATIONS, TOPIC_ORDERS, TOPIC_PAYMENTS
 from events.embedded_broker import EmbeddedKafkaBroker, free_port
-from events.models import InboxEntry, OutboxEvent
+from events.models import DeadLetter, InboxEntry, OutboxEvent
 from notifications.models import Notification
 from orders import services as order_services
 from orders.models import Order, OrderStatus
@@ -280,7 +280,7 @@ def test_relay_started_while_kafka_is_down_publishes_everything_once_it_is_up(sy
         system.start("relay")
 
 
-def test_payment_that_keeps_timing_out_parks_the_order_with_a_dlq_event(system):
+def test_payment_that_keeps_timing_out_parks_the_order_then_republishing_completes_it(system, admin_client):
     system.stop("worker")
     system.start(
         "worker_with_timeouts",
@@ -318,6 +318,54 @@ def test_payment_that_keeps_timing_out_parks_the_order_with_a_dlq_event(system):
     assert json.loads(message.value())["type"] == "ORDER_CREATED"
     assert any(e["event"] == "order_parked" for e in system.log_events("worker_with_timeouts"))
 
+    # The bridge archives the dlq message; after the fix (the gateway answers again) an operator
+    # re-publishes it and the order completes, charged once under the same key.
+    dead_letter = wait_until(
+        lambda: DeadLetter.objects.filter(key=order_id, reason="payment_gave_up").first(), timeout=30
+    )
+    response = admin_client.post(
+        "/admin/events/deadletter/", {"action": "republish", "_selected_action": [dead_letter.pk]}, follow=True
+    )
+    assert "Re-published: 1" in response.content.decode()
+    wait_for_completion([order_id], notifications_per_order=3)
+    order = Order.objects.get(pk=order_id)
+    assert order.status == expected_status(order_id)
+    payment = Payment.objects.get(order_id=order_id)
+    assert payment.status in ("APPROVED", "DECLINED") and payment.gateway_calls == 4
+    assert SimulatedCharge.objects.filter(idempotency_key__startswith=order_id).count() == 1
+    assert [entry for entry in order.timeline.values_list("status", flat=True)][-1] == order.status
+
+
+def test_admin_payment_retry_charges_a_declined_order_again_through_the_pipeline(system, admin_client):
+    gateway = SimulatedGateway(success_rate=0.85, timeout_rate=0.0, seed=PAYMENT_SEED)
+    while True:  # an order the seeded gateway declines
+        order_id = post_order(system.base_url, user_id="declined_then_retried")
+        if not gateway.would_approve(idempotency_key=f"{order_id}:1"):
+            break
+    wait_for_completion([order_id])
+    assert Order.objects.get(pk=order_id).status == OrderStatus.PAYMENT_FAILED
+
+    response = admin_client.post(
+        "/admin/orders/order/", {"action": "retry_payment", "_selected_action": [order_id]}, follow=True
+    )
+    assert "Payment retry requested: 1" in response.content.decode()
+    second_approves = gateway.would_approve(idempotency_key=f"{order_id}:2")
+    wait_until(
+        lambda: Payment.objects.filter(order_id=order_id, attempt=2).exclude(status="PENDING").exists(),
+        timeout=30,
+        message="the retry was not charged",
+    )
+    # ORDER_PROCESSING (retry) and the outcome get their notifications too: 3 + 2.
+    wait_for_completion([order_id], notifications_per_order=5)
+
+    order = Order.objects.get(pk=order_id)
+    assert order.status == (OrderStatus.PAID if second_approves else OrderStatus.PAYMENT_FAILED)
+    assert list(Payment.objects.filter(order=order).values_list("attempt", "status")) == [
+        (1, "DECLINED"),
+        (2, "APPROVED" if second_approves else "DECLINED"),
+    ]
+    assert Payment.objects.filter(order=order, status="APPROVED").count() <= 1
+
 
 @pytest.mark.parametrize("name, stopped_event", [("relay", "relay_stopped"), ("bridge", "bridge_stopped"), ("worker", None)])
 def test_processes_stop_cleanly_on_sigterm(system, name, stopped_event):
@@ -340,7 +388,7 @@ def _total(samples: dict, name: str, **labels: str) -> float:
 
 def _settled_lag(system) -> dict | None:
     lag = {key: value for key, value in system.metrics("bridge").items() if key[0] == "bridge_consumer_lag"}
-    return lag if len(lag) == 9 and not any(lag.values()) else None
+    return lag if len(lag) == 10 and not any(lag.values()) else None
 
 
 def test_metrics_of_every_process_follow_the_orders(system):
@@ -349,13 +397,16 @@ def test_metrics_of_every_process_follow_the_orders(system):
             web = parse_metrics(response.read().decode())
         return {"web": web, **{name: system.metrics(name) for name in ("relay", "bridge", "worker")}}
 
-    def scrape_when_serving():
+    def scrape_when_quiet():
+        """Counters once earlier tests' last events are through (a process may be restarting)."""
         try:
+            if OutboxEvent.objects.filter(published_at__isnull=True).exists() or not _settled_lag(system):
+                return None
             return scrape()
-        except OSError:  # a process restarted by an earlier test may still be starting
+        except OSError:
             return None
 
-    before = wait_until(scrape_when_serving, timeout=30)
+    before = wait_until(scrape_when_quiet, timeout=30)
     order_ids = [post_order(system.base_url, user_id=f"metrics_{index}") for index in range(5)]
     wait_for_completion(order_ids)
     statuses = Counter(Order.objects.filter(pk__in=order_ids).values_list("status", flat=True))
@@ -385,9 +436,9 @@ def test_metrics_of_every_process_follow_the_orders(system):
     lag = wait_until(
         lambda: _settled_lag(system),
         timeout=15,
-        message="bridge did not report zero lag on its 9 partitions",
+        message="bridge did not report zero lag on its 10 partitions",
     )
-    assert {dict(labels)["topic"] for _name, labels in lag} == {"orders", "payments", "notifications"}
+    assert {dict(labels)["topic"] for _name, labels in lag} == {"orders", "payments", "notifications", "dlq"}
     assert grew("worker", "pipeline_tasks_total", task="orders.process_order", outcome="success") == 5
     assert grew("worker", "pipeline_tasks_total", task="payments.charge_payment", outcome="success") == 5
     assert grew("worker", "pipeline_tasks_total", task="notifications.send_notifications", outcome="success") == 15

@@ -12,7 +12,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         kafka, bridge = settings.KAFKA, settings.BRIDGE
         config = BridgeSettings(
-            topics=[topic for topic in kafka["topics"] if topic in TOPIC_PARTITIONS],
+            # The event topics, and dlq: its messages are archived for the admin.
+            topics=[topic for topic in [*kafka["topics"], kafka["dlq_topic"]] if topic in TOPIC_PARTITIONS],
             group_id=kafka["group_id"],
             batch_size=bridge["batch_size"],
             poll_timeout=bridge["poll_timeout"],

@@ -1,0 +1,188 @@
+"""Admin actions: retry a payment, cancel an order, re-publish a dead letter."""
+
+from __future__ import annotations
+
+import base64
+import json
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError
+
+from events import services as event_services
+from events.models import DeadLetter, OutboxEvent
+from orders import services
+from orders.models import Order, OrderStatus
+from payments import services as payment_services
+from payments.gateway import SimulatedGateway
+from payments.models import Payment, PaymentStatus, SimulatedCharge
+
+pytestmark = pytest.mark.django_db
+
+APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="admin-actions")
+DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="admin-actions")
+
+
+@pytest.fixture
+def staff_client(client, django_user_model):
+    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
+    client.force_login(user)
+    return client
+
+
+def new_order() -> Order:
+    return services.create_order(
+        user_id="ops",
+        email="ops@example.com",
+        items=[{"product_id": "p", "product_name": "W", "quantity": 1, "price": Decimal("12.50")}],
+        correlation_id="corr-ops",
+    ).order
+
+
+def created_event(order: Order) -> dict:
+    return OutboxEvent.objects.get(key=str(order.id), event_type="ORDER_CREATED").payload
+
+
+def charged_order(gateway: SimulatedGateway) -> Order:
+    order = new_order()
+    envelope = created_event(order)
+    services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
+    payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=gateway)
+    order.refresh_from_db()
+    return order
+
+
+def run_action(client, model_path: str, action: str, *pks) -> str:
+    response = client.post(
+        f"/admin/{model_path}/", {"action": action, "_selected_action": [str(pk) for pk in pks]}, follow=True
+    )
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_retry_payment_charges_a_new_attempt_and_records_it(staff_client):
+    order = charged_order(DECLINE)
+    assert order.status == OrderStatus.PAYMENT_FAILED
+
+    page = run_action(staff_client, "orders/order", "retry_payment", order.pk)
+
+    assert "Payment retry requested: 1" in page
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PROCESSING
+    retry_event = OutboxEvent.objects.filter(key=str(order.id), event_type="ORDER_PROCESSING").latest("id")
+    assert retry_event.payload["metadata"]["attempt"] == 2
+    assert order.timeline.filter(message="Payment retry, attempt 2, requested by admin:operator").exists()
+
+    payment_services.charge_order(order_id=order.id, event_id=retry_event.event_id, source="test", gateway=APPROVE)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PAID
+    assert list(Payment.objects.filter(order=order).values_list("attempt", "status")) == [(1, "DECLINED"), (2, "APPROVED")]
+    assert SimulatedCharge.objects.filter(idempotency_key__startswith=str(order.id)).count() == 2
+
+
+def test_retry_payment_is_refused_for_an_order_that_did_not_fail_payment(staff_client):
+    order = charged_order(APPROVE)
+
+    page = run_action(staff_client, "orders/order", "retry_payment", order.pk)
+
+    assert "cannot go from PAID to PROCESSING" in page
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PAID
+    assert Payment.objects.filter(order=order).count() == 1
+
+
+def test_an_order_can_never_have_two_approved_payments():
+    order = charged_order(APPROVE)
+    with pytest.raises(IntegrityError):
+        Payment.objects.create(
+            order=order, attempt=2, idempotency_key=f"{order.id}:2", amount=order.total_amount, currency="USD",
+            status=PaymentStatus.APPROVED,
+        )
+
+
+def test_cancel_an_unpaid_order_and_the_pipeline_leaves_it_alone(staff_client):
+    order = new_order()
+
+    page = run_action(staff_client, "orders/order", "cancel_orders", order.pk)
+
+    assert "Cancelled: 1" in page
+    order.refresh_from_db()
+    assert order.status == OrderStatus.CANCELLED
+    assert order.timeline.filter(event_type="CANCELLED", message="Cancelled by admin:operator").exists()
+    # The ORDER_CREATED event may still be on its way: it finds a cancelled order and does nothing.
+    envelope = created_event(order)
+    assert services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test") is False
+    assert payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test") is None
+    assert not Payment.objects.filter(order=order).exists()
+
+
+def test_paid_and_processing_orders_cannot_be_cancelled(staff_client):
+    paid = charged_order(APPROVE)
+    processing = new_order()
+    services.start_processing(order_id=processing.id, event_id=created_event(processing)["event_id"], source="test")
+
+    page = run_action(staff_client, "orders/order", "cancel_orders", paid.pk, processing.pk)
+
+    assert "cannot go from PAID to CANCELLED" in page
+    assert "cannot go from PROCESSING to CANCELLED" in page
+    assert set(Order.objects.filter(pk__in=[paid.pk, processing.pk]).values_list("status", flat=True)) == {
+        "PAID",
+        "PROCESSING",
+    }
+
+
+def archive_outbox_dead_letter(row: OutboxEvent) -> DeadLetter:
+    """What the bridge does when the relay published this dlq row."""
+    value = json.dumps(row.payload).encode()
+    return event_services.archive_dead_letter(key=row.key, headers=row.headers, value=value)
+
+
+def test_republish_a_parked_order_resumes_it_and_the_payment_completes_once(staff_client):
+    order = new_order()
+    envelope = created_event(order)
+    services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
+    services.park_order(order_id=order.id, reason="payment_gave_up", error="GatewayTimeout: t", original_event=envelope, source="test")
+    dead_letter = archive_outbox_dead_letter(OutboxEvent.objects.get(topic="dlq"))
+    assert archive_outbox_dead_letter(OutboxEvent.objects.get(topic="dlq")).pk == dead_letter.pk  # archived once
+    assert (dead_letter.reason, dead_letter.event_type, dead_letter.key) == ("payment_gave_up", "ORDER_CREATED", str(order.id))
+
+    page = run_action(staff_client, "events/deadletter", "republish", dead_letter.pk)
+
+    assert "Re-published: 1" in page
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PROCESSING
+    republished = OutboxEvent.objects.filter(topic="orders", event_id=envelope["event_id"]).order_by("id")
+    assert republished.count() == 2 and republished.last().published_at is None
+    dead_letter.refresh_from_db()
+    assert dead_letter.republished_by == "admin:operator" and dead_letter.republished_event == republished.last()
+    messages = list(order.timeline.values_list("event_type", "message"))
+    assert ("RESUMED", "Resumed by admin:operator to retry ORDER_CREATED") in messages
+    assert ("ORDER_CREATED", "Re-published from dlq by admin:operator (was: payment_gave_up)") in messages
+
+    # The re-delivered event: processing was done (inbox), the charge was not.
+    assert services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test") is False
+    payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=APPROVE)
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PAID
+
+    assert "re-published already" in run_action(staff_client, "events/deadletter", "republish", dead_letter.pk)
+
+
+def test_a_malformed_dead_letter_is_republished_with_its_fixed_value_only(staff_client):
+    order = new_order()
+    good = created_event(order)
+    broken = json.dumps(good)[:-10].encode()
+    dead_letter = event_services.archive_dead_letter(
+        key=str(order.id), headers={"dlq_reason": "not_json", "dlq_source": "kafka-bridge"}, value=broken
+    )
+    assert base64.b64decode(dead_letter.original_value_b64) == broken
+
+    page = run_action(staff_client, "events/deadletter", "republish", dead_letter.pk)
+    assert "not_json" in page  # the original still fails the contract: nothing written
+    assert OutboxEvent.objects.filter(event_id=good["event_id"]).count() == 1
+
+    change = staff_client.post(f"/admin/events/deadletter/{dead_letter.pk}/change/", {"fixed_value": json.dumps(good)})
+    assert change.status_code == 302
+    assert "Re-published: 1" in run_action(staff_client, "events/deadletter", "republish", dead_letter.pk)
+    assert OutboxEvent.objects.filter(event_id=good["event_id"], topic="orders").count() == 2
