@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from events.contract import TOPIC_DLQ, InvalidEvent, dead_letter_headers, parse_event
 from events.kafka import client_config
 from events.lifecycle import backoff_delays
+from events.relay import build_producer, needs_new_producer
 from events.routes import dead_letter_task, tasks_for
 from events.topics import ensure_topics_until_ready
 from orders_project.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSAGES, serve_process_metrics
@@ -64,9 +65,10 @@ class KafkaBridge:
                 }
             )
         )
-        self.dlq_producer = Producer(
-            client_config(**{"enable.idempotence": True, "acks": "all", "delivery.timeout.ms": config.delivery_timeout_ms})
-        )
+        self.dlq_producer = self._build_dlq_producer()
+
+    def _build_dlq_producer(self) -> Producer:
+        return build_producer(delivery_timeout_ms=self.config.delivery_timeout_ms)
 
     def run(self) -> None:
         serve_process_metrics(port=self.config.metrics_port, process="bridge")
@@ -92,7 +94,7 @@ class KafkaBridge:
 
     def handle_batch(self, messages: list[Message]) -> None:
         done: dict[tuple[str, int], int] = {}
-        dead_letter_errors: list[str] = []
+        dead_letter_errors: list[KafkaError] = []
         for message in messages:
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
@@ -105,12 +107,14 @@ class KafkaBridge:
         structlog.contextvars.clear_contextvars()
         if self.dlq_producer.flush(self.config.delivery_timeout_ms / 1000 + 5) or dead_letter_errors:
             # Not confirmed on dlq: commit nothing, read the batch again (tasks are idempotent).
-            logger.error("dlq_publish_failed", errors=dead_letter_errors)
+            logger.error("dlq_publish_failed", errors=[str(error) for error in dead_letter_errors])
+            if any(needs_new_producer(error) for error in dead_letter_errors):
+                self.dlq_producer = self._build_dlq_producer()
             self._rewind(messages)
             return
         self._commit(done)
 
-    def _tasks(self, message: Message, dead_letter_errors: list[str]) -> list[Signature] | None:
+    def _tasks(self, message: Message, dead_letter_errors: list[KafkaError]) -> list[Signature] | None:
         """The message's tasks; None if it went to dlq instead."""
         if message.topic() == TOPIC_DLQ:
             return [dead_letter_task(key=message.key(), headers=message.headers() or [], value=message.value())]
@@ -128,7 +132,7 @@ class KafkaBridge:
         )
         return tasks_for(envelope)
 
-    def _handle(self, message: Message, dead_letter_errors: list[str]) -> bool:
+    def _handle(self, message: Message, dead_letter_errors: list[KafkaError]) -> bool:
         structlog.contextvars.clear_contextvars()
         tasks = self._tasks(message, dead_letter_errors)
         if tasks is None:
@@ -154,7 +158,7 @@ class KafkaBridge:
             return True
         return False
 
-    def _dead_letter(self, message: Message, exc: InvalidEvent, errors: list[str]) -> None:
+    def _dead_letter(self, message: Message, exc: InvalidEvent, errors: list[KafkaError]) -> None:
         headers = dict((name, value) for name, value in (message.headers() or []))
         headers.update(
             (name, value.encode())
@@ -170,7 +174,7 @@ class KafkaBridge:
 
         def report(error, _message):
             if error is not None:
-                errors.append(str(error))
+                errors.append(error)
 
         self.dlq_producer.produce(
             TOPIC_DLQ, key=message.key(), value=message.value() or b"", headers=list(headers.items()), on_delivery=report

@@ -22,9 +22,20 @@ def free_port() -> int:
 
 
 class EmbeddedKafkaBroker:
-    def __init__(self, *, port: int | None = None, log_path: Path | None = None):
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        log_path: Path | None = None,
+        storage_engine: str = "memory://tansu/",
+        env: dict[str, str] | None = None,
+    ):
+        """``storage_engine``: memory (gone when it stops) or ``s3://bucket/`` (kept across restarts,
+        with the AWS_* variables of ``env`` pointing at the object store)."""
         self.port = port or free_port()
         self.log_path = log_path
+        self.storage_engine = storage_engine
+        self.env = env
         self.process: subprocess.Popen | None = None
 
     @property
@@ -43,8 +54,9 @@ class EmbeddedKafkaBroker:
                 "--advertised-listener-url",
                 url,
                 "--storage-engine",
-                "memory://tansu/",
+                self.storage_engine,
             ],
+            env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import structlog
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -43,11 +43,23 @@ def build_producer(*, delivery_timeout_ms: int) -> Producer:
     )
 
 
+# Errors after which an idempotent producer cannot go on (a broker that restarted may no longer
+# know its producer id): only a new producer can publish again.
+PRODUCER_RESET_ERRORS = frozenset(
+    {KafkaError._FATAL, KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.INVALID_PRODUCER_EPOCH}
+)
+
+
+def needs_new_producer(error: KafkaError) -> bool:
+    return error.fatal() or error.code() in PRODUCER_RESET_ERRORS
+
+
 @dataclass
 class BatchResult:
     published: int = 0
     failed: int = 0
     errors: Counter = field(default_factory=Counter)
+    producer_broken: bool = False
 
 
 @contextlib.contextmanager
@@ -81,6 +93,7 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
                     delivered.append(event_pk)
                 else:
                     failures[event_pk] = str(error)
+                    result.producer_broken |= needs_new_producer(error)
 
             return report
 
@@ -155,6 +168,9 @@ def run_relay(
             logger.warning("relay_database_error", error=str(exc))
             connection.close()  # a fresh connection on the next try (the server may have restarted)
             result = BatchResult(failed=1)
+        if result.producer_broken:
+            logger.warning("relay_producer_replaced", errors=dict(result.errors))
+            producer = build_producer(delivery_timeout_ms=delivery_timeout_ms)
         if result.failed:
             delay = next(delays)
             logger.warning("relay_publish_failed", failed=result.failed, published=result.published, errors=dict(result.errors), retry_in=delay)

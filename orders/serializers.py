@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
@@ -36,6 +37,15 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "number", "minimum": 0.01},
+            {"type": "string", "pattern": r"^\d{1,10}(\.\d{1,2})?$"},
+        ],
+        "description": "A positive amount with at most two decimals, as a JSON number or a string.",
+    }
+)
 class MoneyField(serializers.DecimalField):
     """A positive amount with at most two decimals, as a JSON number or a numeric string."""
 
@@ -50,16 +60,18 @@ class MoneyField(serializers.DecimalField):
 
 
 class OrderItemInputSerializer(serializers.Serializer):
-    product_id = StrictCharField(max_length=64)
-    product_name = StrictCharField(max_length=200)
+    product_id = StrictCharField(min_length=1, max_length=64)
+    product_name = StrictCharField(min_length=1, max_length=200)
     quantity = StrictIntegerField(min_value=1, max_value=settings.ORDER_LIMITS["max_quantity"])
     price = MoneyField(max_value=Decimal(settings.ORDER_LIMITS["max_price"]))
 
 
 class OrderCreateSerializer(serializers.Serializer):
-    user_id = StrictCharField(max_length=64)
+    user_id = StrictCharField(min_length=1, max_length=64)
     email = StrictEmailField(max_length=254)
-    items = OrderItemInputSerializer(many=True, allow_empty=False, max_length=settings.ORDER_LIMITS["max_items"])
+    items = OrderItemInputSerializer(
+        many=True, allow_empty=False, min_length=1, max_length=settings.ORDER_LIMITS["max_items"]
+    )
 
 
 class OrderCreatedSerializer(serializers.Serializer):
@@ -102,4 +114,11 @@ class OrderTimelineEntrySerializer(serializers.ModelSerializer):
 
 class OrderListFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=OrderStatus.choices, required=False)
-    user_id = serializers.CharField(max_length=64, required=False)
+    user_id = serializers.CharField(min_length=1, max_length=64, required=False)
+
+    def validate(self, attrs):
+        # Query strings give "" for "?status=": DRF would drop it silently; it is a bad filter.
+        blank = [name for name in self.fields if self.initial_data.get(name) == ""]
+        if blank:
+            raise serializers.ValidationError({name: ["This filter may not be blank."] for name in blank})
+        return attrs

@@ -267,8 +267,12 @@ def reopen_for_payment(*, order_id, attempt: int, requested_by: str):
     The ORDER_PROCESSING event it writes carries ``attempt``; the bridge starts a charge for
     any ORDER_PROCESSING after the first attempt.
     """
+    order = _locked_order(order_id)
+    if order.status != OrderStatus.PAYMENT_FAILED:
+        # FAILED -> PROCESSING is allowed too, but that is resuming a parked order (re-publish).
+        raise InvalidTransition(order, OrderStatus.PROCESSING)
     return _transition(
-        order=_locked_order(order_id),
+        order=order,
         to_status=OrderStatus.PROCESSING,
         message=f"Payment retry, attempt {attempt}, requested by {requested_by}",
         source=OPERATOR_SOURCE,

@@ -100,7 +100,7 @@ class OrderViewSet(viewsets.GenericViewSet):
             OpenApiParameter("status", OpenApiTypes.STR, enum=OrderStatus.values),
             OpenApiParameter("user_id", OpenApiTypes.STR),
         ],
-        responses={200: OrderSerializer(many=True), 400: ERROR_RESPONSE},
+        responses={200: OrderSerializer(many=True), 400: ERROR_RESPONSE, 404: OpenApiResponse(description="No such page")},
     )
     def list(self, request):
         filters = OrderListFilterSerializer(data=request.query_params)

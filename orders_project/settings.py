@@ -154,6 +154,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "orders_project.schema.complete_schema",
+    ],
 }
 
 
@@ -202,7 +206,12 @@ CELERY_SQL_BROKER_POLL_INTERVAL = _celery["sql_poll_interval"]
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # A task taken by a worker that died goes back to the queue after this; a retry waits in the
     # worker (ETA) unacknowledged, so it must outlast the longest backoff.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _celery["visibility_timeout"]}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": _celery["visibility_timeout"],
+        # Look for such tasks every 5 s (kombu's default sweep comes every 100 s).
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+    }
 
 EMAIL_BACKEND = NOTIFICATION["email_backend"]
 DEFAULT_FROM_EMAIL = NOTIFICATION["email_from"]

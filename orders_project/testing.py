@@ -8,14 +8,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
-
-import urllib.request
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from django.conf import settings
@@ -195,3 +195,127 @@ def read_topics(*, bootstrap_servers: str, topics: Iterable[str], timeout: float
         return messages
     finally:
         consumer.close()
+
+
+class ObjectStore:
+    """A local S3 server (moto) for the Kafka-protocol broker's storage, so the broker's topics,
+    messages and group offsets outlive a broker restart, as Apache Kafka's do."""
+
+    BUCKET = "tansu"
+
+    def __init__(self, *, log_path: Path):
+        self.port = free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ObjectStore:
+        server = Path(sys.executable).parent / "moto_server"
+        self.process = subprocess.Popen(
+            [str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        # moto accepts unsigned requests: a plain PUT creates the bucket.
+        wait_until(self._create_bucket, timeout=30, interval=0.2, message="S3 server did not start")
+        return self
+
+    def _create_bucket(self) -> bool:
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{self.url}/{self.BUCKET}", method="PUT"), timeout=2)
+            return True
+        except OSError:
+            return False
+
+    def broker_env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": self.url,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+class OrderLoad:
+    """Posts orders over HTTP at a steady rate from a background thread, the way a shop would:
+    each order has an Idempotency-Key and is re-sent with it until it gets a 201."""
+
+    def __init__(self, *, base_url: str, rate: float, body: Callable[[int], dict[str, Any]]):
+        self.base_url = base_url
+        self.interval = 1.0 / rate
+        self.body = body
+        self.accepted: list[str] = []
+        self.failed_attempts = 0
+        self.unaccepted: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> OrderLoad:
+        self._thread.start()
+        return self
+
+    def stop(self, *, retry_for: float = 60.0) -> None:
+        """Stop taking new orders; the one being sent is retried for up to ``retry_for`` seconds."""
+        self._retry_for = retry_for
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        index = 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self._post(index)
+            index += 1
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _post(self, index: int) -> None:
+        key = f"load-{uuid.uuid4()}"
+        data = json.dumps(self.body(index)).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        give_up_at = None
+        while True:
+            try:
+                request = urllib.request.Request(f"{self.base_url}/orders", data=data, headers=headers)
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    self.accepted.append(json.load(response)["order_id"])
+                    return
+            except OSError:  # refused, reset, 5xx while a dependency is down: send it again
+                self.failed_attempts += 1
+            if self._stop.is_set():
+                give_up_at = give_up_at or time.monotonic() + self._retry_for
+                if time.monotonic() > give_up_at:
+                    self.unaccepted.append(key)
+                    return
+            time.sleep(0.2)
+
+
+FAULT_COLUMNS = [
+    ("fault", "fault"),
+    ("posted", "orders posted"),
+    ("completed", "orders completed"),
+    ("duplicates", "duplicates"),
+    ("lost", "lost"),
+    ("recover_s", "time to recover (s)"),
+    ("redeliveries", "redeliveries absorbed"),
+    ("retried_posts", "POSTs retried by clients"),
+]
+
+
+def fault_table(rows: list[dict[str, Any]]) -> str:
+    """The fault suite's results as a Markdown table."""
+    lines = ["| " + " | ".join(title for _key, title in FAULT_COLUMNS) + " |"]
+    lines.append("|" + "|".join(" --- " for _ in FAULT_COLUMNS) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(key, "")) for key, _title in FAULT_COLUMNS) + " |")
+    return "\n".join(lines)

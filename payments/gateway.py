@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 import secrets
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -47,10 +48,11 @@ class SimulatedGateway:
 
     DECLINE_REASON = "Card declined by the simulated gateway"
 
-    def __init__(self, *, success_rate: float, timeout_rate: float, seed: str):
+    def __init__(self, *, success_rate: float, timeout_rate: float, seed: str, latency_ms: int = 0):
         self.success_rate = success_rate
         self.timeout_rate = timeout_rate
         self.seed = seed
+        self.latency_ms = latency_ms
 
     def _draw(self, *parts: object) -> float:
         return random.Random(":".join(map(str, (self.seed, *parts)))).random()
@@ -72,16 +74,20 @@ class SimulatedGateway:
                 },
             )
             SimulatedCharge.objects.filter(pk=charge.pk).update(calls=F("calls") + 1)
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000)
         if self._draw("timeout", idempotency_key, charge.calls + 1) < self.timeout_rate:
             raise GatewayTimeout(f"Simulated gateway timed out on {idempotency_key}")
         return ChargeResult(approved=charge.approved, reference=charge.reference, decline_reason=charge.decline_reason)
 
 
 @lru_cache(maxsize=1)
-def _configured_gateway(success_rate: float, timeout_rate: float, seed: str) -> SimulatedGateway:
-    return SimulatedGateway(success_rate=success_rate, timeout_rate=timeout_rate, seed=seed or secrets.token_hex(8))
+def _configured_gateway(success_rate: float, timeout_rate: float, seed: str, latency_ms: int) -> SimulatedGateway:
+    return SimulatedGateway(
+        success_rate=success_rate, timeout_rate=timeout_rate, seed=seed or secrets.token_hex(8), latency_ms=latency_ms
+    )
 
 
 def get_gateway() -> PaymentGateway:
     config = settings.PAYMENTS
-    return _configured_gateway(config["success_rate"], config["timeout_rate"], config["seed"])
+    return _configured_gateway(config["success_rate"], config["timeout_rate"], config["seed"], config["latency_ms"])
