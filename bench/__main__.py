@@ -1,3 +1,7 @@
+import sys
+
 from bench.runner import main
 
-raise SystemExit(main())
+# Guarded: multiprocessing's spawn imports this module again (as __mp_main__) in its children.
+if __name__ == "__main__":
+    sys.exit(main())

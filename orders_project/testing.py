@@ -308,6 +308,7 @@ FAULT_COLUMNS = [
     ("lost", "lost"),
     ("recover_s", "time to recover (s)"),
     ("redeliveries", "redeliveries absorbed"),
+    ("replayed_charges", "charges replayed under their key"),
     ("retried_posts", "POSTs retried by clients"),
 ]
 

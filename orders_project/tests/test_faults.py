@@ -193,6 +193,10 @@ def run_fault(system, name: str, inject, *, before: float = 3.0, after: float = 
         "lost": result["lost"] + len(load.unaccepted),
         "recover_s": recover_s,
         "redeliveries": redeliveries() - redelivered_before,
+        # Gateway calls repeated for one payment attempt (a worker died or timed out mid-charge).
+        "replayed_charges": SimulatedCharge.objects.filter(
+            calls__gt=1, idempotency_key__in=[f"{order_id}:1" for order_id in load.accepted]
+        ).count(),
         "retried_posts": load.failed_attempts,
     }
     FAULT_REPORT.append(row)

@@ -1,0 +1,257 @@
+"""In-process measurements: the ORM-only baseline (create_order without HTTP) and the query
+census (SQL statements and transactions per request and per task)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.env import SEED_ORDER, seed_items
+
+
+def _create_one(items: list[dict]) -> None:
+    from orders.services import create_order
+
+    create_order(
+        user_id=SEED_ORDER["user_id"],
+        email=SEED_ORDER["email"],
+        items=items,
+        correlation_id=str(uuid.uuid4()),
+        idempotency_key=f"bench-orm-{uuid.uuid4().hex}",
+    )
+
+
+def create_loop(*, duration: float, start_at: float | None = None) -> int:
+    """Orders created back to back for ``duration`` s (from ``start_at``, a time.time())."""
+    items = seed_items()
+    _create_one(items)  # warm: connection, imports, first-query caches
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.time()))
+    deadline = time.perf_counter() + duration
+    count = 0
+    while time.perf_counter() < deadline:
+        _create_one(seed_items())
+        count += 1
+    return count
+
+
+def _child(duration: float, start_at: float, results) -> None:
+    from bench.env import setup_django
+
+    setup_django()
+    try:
+        results.put(create_loop(duration=duration, start_at=start_at))
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+
+
+def orm_baseline(*, duration: float, processes: int) -> dict[str, Any]:
+    """orders/s of create_order in a loop: in this process (1), or in ``processes`` spawned processes."""
+    if processes == 1:
+        started = time.perf_counter()
+        count = create_loop(duration=duration)
+        return {"processes": 1, "orders": count, "duration_s": duration, "rate": count / duration,
+                "wall_s": time.perf_counter() - started}
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    start_at = time.time() + 8.0  # time for the children to start Django and warm up
+    children = [context.Process(target=_child, args=(duration, start_at, results), daemon=True) for _ in range(processes)]
+    try:
+        for child in children:
+            child.start()
+        counts = [results.get(timeout=duration + 60) for _ in children]
+    finally:
+        for child in children:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+                child.join(timeout=5)
+    total = sum(counts)
+    return {"processes": processes, "orders": total, "per_process": counts, "duration_s": duration, "rate": total / duration}
+
+
+class QueryCensus:
+    """Counts SQL statements by kind and transactions on the default connection.
+
+    A transaction is either an ``atomic()`` block that commits or a statement run in autocommit;
+    it is a write transaction if it ran an INSERT, UPDATE or DELETE.
+    """
+
+    WRITES = ("INSERT", "UPDATE", "DELETE")
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self._dirty = False
+        self._connection = None
+        self._original_commit = None
+        self._wrapper_cm = None
+
+    def _wrapper(self, execute, sql, params, many, context):
+        kind = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
+        connection = context["connection"]
+        self.counts["statements"] += 1
+        self.counts[f"sql_{kind.lower()}"] += 1
+        if connection.in_atomic_block:
+            if kind in self.WRITES:
+                self._dirty = True
+        else:
+            self.counts["transactions"] += 1
+            if kind in self.WRITES:
+                self.counts["write_transactions"] += 1
+        return execute(sql, params, many, context)
+
+    def _commit(self):
+        self.counts["transactions"] += 1
+        self.counts["commits"] += 1
+        if self._dirty:
+            self.counts["write_transactions"] += 1
+        self._dirty = False
+        return self._original_commit()
+
+    def __enter__(self) -> QueryCensus:
+        from django.db import connections
+
+        self._connection = connections["default"]
+        self._connection.ensure_connection()
+        self._original_commit = self._connection.commit
+        self._connection.commit = self._commit  # instance attribute: what atomic() calls on exit
+        self._wrapper_cm = self._connection.execute_wrapper(self._wrapper)
+        self._wrapper_cm.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._wrapper_cm.__exit__(*exc)
+        del self._connection.commit
+
+    def snapshot(self) -> Counter:
+        return Counter(self.counts)
+
+
+def _measure(census: QueryCensus, operation, calls: list) -> dict[str, Any]:
+    before = census.snapshot()
+    started = time.perf_counter()
+    for call in calls:
+        operation(call)
+    elapsed = time.perf_counter() - started
+    delta = census.snapshot() - before
+    n = len(calls)
+    result = {key: round(value / n, 2) for key, value in sorted(delta.items())}
+    result["ms_per_call"] = round(elapsed / n * 1000, 2)
+    result["calls"] = n
+    return result
+
+
+def prepared_orders(count: int) -> list[dict[str, Any]]:
+    """``count`` orders created through the service, with their ORDER_CREATED event id and envelope."""
+    from events.models import OutboxEvent
+    from orders.services import create_order
+
+    orders = []
+    for _ in range(count):
+        creation = create_order(
+            user_id=SEED_ORDER["user_id"],
+            email=SEED_ORDER["email"],
+            items=seed_items(),
+            correlation_id=str(uuid.uuid4()),
+            idempotency_key=f"bench-census-{uuid.uuid4().hex}",
+        )
+        event = OutboxEvent.objects.get(key=str(creation.order.id), event_type="ORDER_CREATED")
+        orders.append({"order_id": creation.order.id, "event_id": str(event.event_id), "envelope": event.payload})
+    return orders
+
+
+def order_envelopes(order_id, event_types: tuple[str, ...]) -> list[dict]:
+    from events.models import OutboxEvent
+
+    return [
+        event.payload
+        for event in OutboxEvent.objects.filter(key=str(order_id), event_type__in=event_types).order_by("id")
+    ]
+
+
+@contextlib.contextmanager
+def quiet_stdout(log_path: Path | None):
+    """The console email backend prints every email; send them to a file."""
+    stream = log_path.open("a") if log_path else io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stream):
+            yield
+    finally:
+        stream.close()
+
+
+def query_census(*, count: int, log_path: Path | None) -> dict[str, Any]:
+    """SQL statements and transactions per call of each step of an order's life, in-process."""
+    from rest_framework.test import APIClient
+
+    from bench.httpload import BODY
+    from notifications.services import send_event_notifications
+    from orders.services import create_order, start_processing
+    from payments.services import charge_order
+
+    client = APIClient()
+    results: dict[str, Any] = {}
+    with quiet_stdout(log_path), QueryCensus() as census:
+        _create_one(seed_items())  # warm
+        results["create_order (service)"] = _measure(
+            census,
+            lambda _: create_order(
+                user_id=SEED_ORDER["user_id"],
+                email=SEED_ORDER["email"],
+                items=seed_items(),
+                correlation_id=str(uuid.uuid4()),
+                idempotency_key=f"bench-census-{uuid.uuid4().hex}",
+            ),
+            list(range(count)),
+        )
+
+        def post(_):
+            response = client.post(
+                "/orders", data=BODY, content_type="application/json", HTTP_IDEMPOTENCY_KEY=f"bench-c-{uuid.uuid4().hex}"
+            )
+            assert response.status_code == 201, response.content
+
+        results["POST /orders (DRF test client)"] = _measure(census, post, list(range(count)))
+        orders = prepared_orders(count)
+        results["process_order: start_processing"] = _measure(
+            census,
+            lambda o: start_processing(order_id=o["order_id"], event_id=o["event_id"], source="order-worker"),
+            orders,
+        )
+        results["charge_payment: charge_order"] = _measure(
+            census,
+            lambda o: charge_order(order_id=o["order_id"], event_id=o["event_id"], source="payment-worker"),
+            orders,
+        )
+        envelopes = [
+            envelope
+            for o in orders
+            for envelope in order_envelopes(o["order_id"], ("ORDER_CREATED", "ORDER_PROCESSING", "ORDER_PAID", "PAYMENT_FAILED"))
+        ]
+        results["send_notifications: send_event_notifications (per event)"] = _measure(
+            census, lambda envelope: send_event_notifications(envelope=envelope), envelopes
+        )
+    return results
+
+
+def census_per_order(census: dict[str, Any]) -> dict[str, float]:
+    """Statements and transactions one order needs in the workers' and web's code (relay excluded)."""
+    steps = {
+        "POST /orders (DRF test client)": 1,
+        "process_order: start_processing": 1,
+        "charge_payment: charge_order": 1,
+        "send_notifications: send_event_notifications (per event)": 3,
+    }
+    total: Counter = Counter()
+    for step, times in steps.items():
+        for key in ("statements", "transactions", "write_transactions", "sql_select", "sql_insert", "sql_update", "sql_savepoint"):
+            total[key] += census[step].get(key, 0) * times
+    return {key: round(value, 1) for key, value in total.items()}
