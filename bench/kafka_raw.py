@@ -51,9 +51,10 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
         time.sleep(0.2)
 
 
-def produce(*, bootstrap: str, topic: str, duration: float) -> dict[str, Any]:
+def produce(*, bootstrap: str, topic: str, duration: float, max_messages: int = 300_000) -> dict[str, Any]:
     """Keyed ~600-byte messages, acks=all, idempotent (the relay's producer settings), as fast
-    as librdkafka takes them for ``duration`` s; the rate counts confirmed deliveries."""
+    as librdkafka takes them for ``duration`` s or ``max_messages`` (the broker keeps them in
+    memory); the rate counts confirmed deliveries."""
     producer = Producer(
         {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
          "delivery.timeout.ms": 60000}
@@ -68,7 +69,7 @@ def produce(*, bootstrap: str, topic: str, duration: float) -> dict[str, Any]:
     sent = 0
     started = time.perf_counter()
     deadline = started + duration
-    while time.perf_counter() < deadline:
+    while time.perf_counter() < deadline and sent < max_messages:
         try:
             producer.produce(topic, key=keys[sent % 1000], value=value, on_delivery=report)
             sent += 1

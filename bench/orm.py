@@ -219,6 +219,7 @@ def query_census(*, count: int, log_path: Path | None) -> dict[str, Any]:
             )
             assert response.status_code == 201, response.content
 
+        post(None)  # warm: URL resolver, DRF's first request
         results["POST /orders (DRF test client)"] = _measure(census, post, list(range(count)))
         orders = prepared_orders(count)
         results["process_order: start_processing"] = _measure(

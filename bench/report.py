@@ -143,11 +143,12 @@ def table(results: dict[str, Any]) -> str:
     census = results.get("census", {})
     if census:
         add("SQL PER STEP (in-process census on PostgreSQL; tx = transactions, wtx = write transactions)")
-        add("  step                                                     stmts  select insert update savept   tx  wtx   ms")
+        add("  step                                                     stmts  select insert update savept*  tx  wtx   ms")
         for name, c in census.get("steps", {}).items():
             add(f"  {name:<56} {c.get('statements', 0):>5} {c.get('sql_select', 0):>7} {c.get('sql_insert', 0):>6}"
-                f" {c.get('sql_update', 0):>6} {c.get('sql_savepoint', 0):>6} {c.get('transactions', 0):>4}"
+                f" {c.get('sql_update', 0):>6} {c.get('sql_savepoint', 0) + c.get('sql_release', 0):>6} {c.get('transactions', 0):>4}"
                 f" {c.get('write_transactions', 0):>4} {c.get('ms_per_call', 0):>5}")
+        add("  (* SAVEPOINT + RELEASE SAVEPOINT statements: a nested atomic() costs two round trips)")
         per = census.get("per_order", {})
         add(f"  one order (POST + process + charge + 3 notifications, relay excluded): {per.get('statements')} statements,"
             f" {per.get('transactions')} transactions of which {per.get('write_transactions')} write")

@@ -39,8 +39,8 @@ def order_timeline(*, order_id: uuid.UUID) -> QuerySet[OrderTimelineEntry]:
     return OrderTimelineEntry.objects.filter(order_id=order_id).order_by("created_at", "id")
 
 
-def order_snapshot(*, order: Order) -> dict[str, Any]:
-    """The ``order`` object of the event contract."""
+def order_snapshot(*, order: Order, items: list | None = None) -> dict[str, Any]:
+    """The ``order`` object of the event contract (``items``: the order's items, if at hand)."""
     return {
         "id": str(order.id),
         "user_id": order.user_id,
@@ -52,7 +52,7 @@ def order_snapshot(*, order: Order) -> dict[str, Any]:
                 "quantity": item.quantity,
                 "price": str(item.price),
             }
-            for item in order.items.all()
+            for item in (order.items.all() if items is None else items)
         ],
         "total_amount": str(order.total_amount),
         "status": order.status,

@@ -93,10 +93,10 @@ def create_order(
                 request_fingerprint=fingerprint,
                 owner=owner,
             )
-            OrderItem.objects.bulk_create(OrderItem(order=order, **item) for item in items)
+            created_items = OrderItem.objects.bulk_create([OrderItem(order=order, **item) for item in items])
             event = enqueue_event(
                 event_type=ORDER_CREATED,
-                order=order_snapshot(order=order),
+                order=order_snapshot(order=order, items=created_items),
                 correlation_id=correlation_id,
                 source=EVENT_SOURCE,
             )
