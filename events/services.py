@@ -68,10 +68,13 @@ def enqueue_dead_letter(
 
 def was_handled(*, handler: str, event_id: str) -> bool:
     """True, and the redelivery counted, if ``handler`` already applied ``event_id``."""
-    updated = InboxEntry.objects.filter(handler=handler, event_id=event_id).update(redeliveries=F("redeliveries") + 1)
-    if updated:
-        logger.info("event_already_handled", handler=handler, event_id=str(event_id))
-    return bool(updated)
+    entries = InboxEntry.objects.filter(handler=handler, event_id=event_id)
+    # A read first: the first delivery, by far the most common, then writes nothing.
+    if not entries.exists():
+        return False
+    entries.update(redeliveries=F("redeliveries") + 1)
+    logger.info("event_already_handled", handler=handler, event_id=str(event_id))
+    return True
 
 
 def claim_event(*, handler: str, event_id: str) -> bool:

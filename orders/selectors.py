@@ -31,6 +31,11 @@ def get_order(*, order_id: uuid.UUID, owner=None) -> Order:
     return orders.get(pk=order_id)
 
 
+def get_order_status_and_total(*, order_id: uuid.UUID) -> tuple[str, Any]:
+    """(status, total_amount) in one small query; raises ``Order.DoesNotExist``."""
+    return Order.objects.values_list("status", "total_amount").get(pk=order_id)
+
+
 def get_order_by_idempotency_key(*, idempotency_key: str) -> Order | None:
     return Order.objects.filter(idempotency_key=idempotency_key).first()
 

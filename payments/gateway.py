@@ -16,8 +16,8 @@ from functools import lru_cache
 from typing import Protocol
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import connection
+from django.utils import timezone
 
 from orders_project.celery import TransientError
 from payments.models import SimulatedCharge
@@ -62,23 +62,44 @@ class SimulatedGateway:
 
     def charge(self, *, idempotency_key: str, amount: Decimal, currency: str) -> ChargeResult:
         approved = self.would_approve(idempotency_key=idempotency_key)
-        with transaction.atomic():
-            charge, _created = SimulatedCharge.objects.get_or_create(
-                idempotency_key=idempotency_key,
-                defaults={
-                    "amount": amount,
-                    "currency": currency,
-                    "approved": approved,
-                    "reference": "sim_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:20],
-                    "decline_reason": "" if approved else self.DECLINE_REASON,
-                },
-            )
-            SimulatedCharge.objects.filter(pk=charge.pk).update(calls=F("calls") + 1)
+        reference = "sim_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
+        approved, reference, decline_reason, calls = self._record(
+            idempotency_key=idempotency_key,
+            amount=amount,
+            currency=currency,
+            approved=approved,
+            reference=reference,
+            decline_reason="" if approved else self.DECLINE_REASON,
+        )
         if self.latency_ms:
             time.sleep(self.latency_ms / 1000)
-        if self._draw("timeout", idempotency_key, charge.calls + 1) < self.timeout_rate:
+        if self._draw("timeout", idempotency_key, calls) < self.timeout_rate:
             raise GatewayTimeout(f"Simulated gateway timed out on {idempotency_key}")
-        return ChargeResult(approved=charge.approved, reference=charge.reference, decline_reason=charge.decline_reason)
+        return ChargeResult(approved=approved, reference=reference, decline_reason=decline_reason)
+
+    @staticmethod
+    def _record(**charge) -> tuple[bool, str, str, int]:
+        """The ledger row for the key: created on the first call, its call count raised on the next
+        ones, in one statement (SQLite 3.35+, PostgreSQL); returns what the first call decided."""
+        table = SimulatedCharge._meta.db_table
+        amount = SimulatedCharge._meta.get_field("amount").get_db_prep_save(charge["amount"], connection)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (idempotency_key, amount, currency, approved, reference, decline_reason, calls, "
+                "created_at) VALUES (%s, %s, %s, %s, %s, %s, 1, %s) ON CONFLICT (idempotency_key) "
+                f"DO UPDATE SET calls = {table}.calls + 1 RETURNING approved, reference, decline_reason, calls",
+                [
+                    charge["idempotency_key"],
+                    amount,
+                    charge["currency"],
+                    charge["approved"],
+                    charge["reference"],
+                    charge["decline_reason"],
+                    timezone.now(),
+                ],
+            )
+            approved, reference, decline_reason, calls = cursor.fetchone()
+        return bool(approved), reference, decline_reason, calls
 
 
 @lru_cache(maxsize=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from events.services import claim_event, was_handled
@@ -21,27 +22,31 @@ CHARGE_HANDLER = "payments.charge_order"
 
 
 def _open_attempt(*, order_id) -> Payment | None:
-    """The order's pending payment attempt, created if needed; None if the order is not awaiting payment."""
-    order = order_selectors.get_order(order_id=order_id)
-    if order.status != OrderStatus.PROCESSING:
-        logger.info("payment_skipped", order_id=str(order_id), status=order.status)
+    """The order's pending payment attempt, created if needed, with this gateway call counted;
+    None if the order is not awaiting payment."""
+    status, total_amount = order_selectors.get_order_status_and_total(order_id=order_id)
+    if status != OrderStatus.PROCESSING:
+        logger.info("payment_skipped", order_id=str(order_id), status=status)
         return None
-    pending = Payment.objects.filter(order_id=order_id, status=PaymentStatus.PENDING).order_by("-attempt").first()
+    attempts = list(Payment.objects.filter(order_id=order_id).order_by("attempt"))
+    pending = next((payment for payment in reversed(attempts) if payment.status == PaymentStatus.PENDING), None)
     if pending:
+        Payment.objects.filter(pk=pending.pk).update(gateway_calls=F("gateway_calls") + 1)
         return pending
-    attempt = Payment.objects.filter(order_id=order_id).count() + 1
+    attempt = len(attempts) + 1
     try:
         with transaction.atomic():
             return Payment.objects.create(
                 order_id=order_id,
                 attempt=attempt,
                 idempotency_key=f"{order_id}:{attempt}",
-                amount=order.total_amount,
+                amount=total_amount,
                 currency=settings.PAYMENTS["currency"],
+                gateway_calls=1,
             )
     except IntegrityError:
         # A concurrent delivery of the same event opened this attempt first.
-        return Payment.objects.get(order_id=order_id, attempt=attempt)
+        return _open_attempt(order_id=order_id)
 
 
 def charge_order(*, order_id, event_id, source: str, gateway: PaymentGateway | None = None) -> Payment | None:
@@ -56,7 +61,6 @@ def charge_order(*, order_id, event_id, source: str, gateway: PaymentGateway | N
     payment = _open_attempt(order_id=order_id)
     if payment is None:
         return None
-    Payment.objects.filter(pk=payment.pk).update(gateway_calls=payment.gateway_calls + 1)
     try:
         result = (gateway or get_gateway()).charge(
             idempotency_key=payment.idempotency_key, amount=payment.amount, currency=payment.currency
