@@ -143,20 +143,29 @@ def api_levels(system: System, *, levels: list[int], duration: float, broker_pid
         before = system.cpu_snapshot(broker_pid=broker_pid)
         result = closed_loop(host="127.0.0.1", port=system.port, concurrency=concurrency, duration=duration)
         used = cpu.delta(before, system.cpu_snapshot(broker_pid=broker_pid))
-        result["machine_busy_pct"] = 100 * used["machine_busy"] / used["machine_total"] if used["machine_total"] else None
-        result["cpu_ms_per_order"] = _cpu_per_order(used, result["status_201"])
+        result.update(_cpu_fields(used, result["status_201"]))
         results.append(result)
         time.sleep(1.0)
     return results
 
 
-def _cpu_per_order(used: dict[str, float], orders: int) -> dict[str, float]:
+def _cpu_per_order(used: dict, orders: int) -> dict[str, float]:
+    """CPU ms per order by process; "other" is the rest of the machine's busy time (the kernel,
+    and anything else running on this host meanwhile)."""
     if not orders:
         return {}
     return {
         name: round(seconds / orders * 1000, 2)
         for name, seconds in used.items()
-        if name not in ("machine_busy", "machine_total") and seconds > 0
+        if not name.startswith("_") and name not in ("machine_busy", "machine_total") and seconds > 0
+    }
+
+
+def _cpu_fields(used: dict, orders: int) -> dict[str, Any]:
+    return {
+        "machine_busy_pct": cpu.busy_pct(used),
+        "cpu_ms_per_order": _cpu_per_order(used, orders),
+        "other_processes": used.get("_other_top", []),
     }
 
 
@@ -217,7 +226,7 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
         target=lambda: holder.setdefault(
             "log",
             backlog_limited(host="127.0.0.1", port=system.port, duration=warmup + window, backlog=backlog, done=done,
-                            posters=POSTERS, cleanup=connection.close),
+                            posters=POSTERS, cleanup=lambda: connection.close()),
         ),
         daemon=True,
     )
@@ -251,18 +260,22 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
         "relay_published_rate": _count_between(system.log_times("relay", "event_published"), t_a, t_b) / elapsed,
         "bridge_dispatched_rate": _count_between(system.log_times("bridge", "event_dispatched"), t_a, t_b) / elapsed,
         "tasks_succeeded_rate": _count_between([r["end"] for r in system.task_runs()], t_a, t_b) / elapsed,
-        "machine_busy_pct": 100 * used["machine_busy"] / used["machine_total"] if used["machine_total"] else None,
-        "cpu_ms_per_order": _cpu_per_order(used, finished),
+        **_cpu_fields(used, finished),
     }
     return result
 
 
 def sustained(system: System, *, rate: float, duration: float, warm: float, broker_pid: int | None,
-              drain_timeout: float) -> dict[str, Any]:
+              drain_timeout: float, idle_window: float) -> dict[str, Any]:
     """Orders at a fixed offered ``rate`` for ``duration`` s; then every order's way through the stages."""
     from bench.env import database_counters
 
+    # The idle system's own commits (the relay polls the outbox every 50 ms), subtracted below.
+    idle_start, idle_before = time.monotonic(), database_counters()
+    time.sleep(idle_window)
     db_before = database_counters()
+    counted_from = time.monotonic()
+    idle_rate = (db_before["xact_commit"] - idle_before["xact_commit"]) / (counted_from - idle_start)
     cpu_before = system.cpu_snapshot(broker_pid=broker_pid)
     t_start = time.time()
     log = paced(host="127.0.0.1", port=system.port, rate=rate, duration=duration)
@@ -272,18 +285,20 @@ def sustained(system: System, *, rate: float, duration: float, warm: float, brok
     # pg_stat_database: idle backends report their counts after up to 10 s.
     time.sleep(11)
     db_after = database_counters()
+    counted_s = time.monotonic() - counted_from
     analysis = analyse(system, log, t_start=t_start, t_end=t_end, warm=warm)
     accepted = analysis["accepted"]
     used = cpu.delta(cpu_before, cpu_after)
     db_delta = {key: db_after[key] - db_before[key] for key in db_after}
+    db_delta["xact_commit_minus_idle"] = db_delta["xact_commit"] - idle_rate * counted_s
     return {
         "offered_rate": rate,
         "duration_s": duration,
         "drain": drained,
         **analysis,
         "db_per_order": {key: round(value / accepted, 1) for key, value in db_delta.items()} if accepted else {},
-        "machine_busy_pct": 100 * used["machine_busy"] / used["machine_total"] if used["machine_total"] else None,
-        "cpu_ms_per_order": _cpu_per_order(used, accepted),
+        "db_idle_commits_per_s": round(idle_rate, 1),
+        **_cpu_fields(used, accepted),
     }
 
 
@@ -356,7 +371,16 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
         "to processing (ORDER_PROCESSING - published)", "chain hand-over (charge start - process end)",
         "charge_payment task run", "payment (terminal - ORDER_PROCESSING)", "POST to terminal", "client lateness",
     ]
+    dispatch_times = sorted(t for t in system.log_times("bridge", "event_dispatched") if t_start <= t <= t_end)
+    pauses = [b - a for a, b in zip(dispatch_times, dispatch_times[1:]) if b - a > 1.0]
     return {
+        # While orders keep coming (several events a second), a second without a dispatch is the bridge stalled.
+        "bridge_pauses": {
+            "count": len(pauses),
+            "total_s": round(sum(pauses), 1),
+            "share_of_run": round(sum(pauses) / (t_end - t_start), 3) if t_end > t_start else None,
+            "longest_s": round(max(pauses), 2) if pauses else 0,
+        },
         "posted": len(log.posted),
         "accepted": len(accepted),
         "non_201": sum(1 for p in log.posted if p.status != 201),

@@ -122,8 +122,9 @@ def database_counters() -> dict[str, int]:
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted, tup_fetched "
+            "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted, tup_fetched, sessions "
             "FROM pg_stat_database WHERE datname = current_database()"
         )
         row = cursor.fetchone()
-    return dict(zip(["xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted", "tup_fetched"], row))
+    keys = ["xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted", "tup_fetched", "sessions"]
+    return dict(zip(keys, row))

@@ -62,7 +62,9 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" if value < 0.01 else f"{100 * value:.1f}%"
 
 
 def _verdict(ok: bool, value) -> str:
@@ -81,14 +83,16 @@ def table(results: dict[str, Any]) -> str:
     add(f"Machine: {meta['cores']} cores, {meta['postgres']}, Redis db 5, Kafka-protocol broker Tansu (in memory), all on this host")
     add(f"System: web gunicorn {meta['http_workers']} workers x {meta['http_threads']} threads (gthread); relay; bridge; "
         f"Celery worker threads -c {meta['celery_concurrency']} prefetch {meta['celery_prefetch']}")
+    add(f"Load average (1, 5, 15 min) at start {meta.get('load_average_at_start')}, at end {meta.get('load_average_at_end')}"
+        " (anything else running on the host competes for the same 2 cores)")
     add(f"Env: DJANGO_DEBUG={meta['django_debug']}, DJANGO_LOG_LEVEL={meta['log_level']} (every process writes a JSON line"
         f" per request/event/task to its log file), PAYMENTS_SEED=bench, throttling off, email: console backend")
     add("")
     add("BASELINES (same run, same machine)")
     orm1 = base.get("orm_1", {})
     orm2 = base.get("orm_2", {})
-    add(f"  ORM-only create_order, 1 process ............... {fmt(orm1.get('rate')):>10} orders/s")
-    add(f"  ORM-only create_order, 2 processes ............. {fmt(orm2.get('rate')):>10} orders/s")
+    add(f"  ORM-only create_order, 1 process ............... {fmt(orm1.get('rate')):>10} orders/s {_busy(orm1)}")
+    add(f"  ORM-only create_order, 2 processes ............. {fmt(orm2.get('rate')):>10} orders/s {_busy(orm2)}")
     add(f"  => ORM-only baseline (the better of the two) ... {fmt(base.get('orm_baseline_rate')):>10} orders/s")
     kafka = base.get("kafka", {})
     produce, consume = kafka.get("produce") or {}, kafka.get("consume") or {}
@@ -98,17 +102,17 @@ def table(results: dict[str, Any]) -> str:
     celery = base.get("celery_noop", {})
     add(f"  Celery no-op on Redis, threads -c {celery.get('concurrency', '?')}: sent {fmt(celery.get('send_rate'), 0)} tasks/s,"
         f" completed {fmt(celery.get('rate'), 0)} tasks/s ({celery.get('tasks', '?')} tasks; queue drained at"
-        f" {fmt(celery.get('drain_rate'), 0)}/s)")
+        f" {fmt(celery.get('drain_rate'), 0)}/s) {_busy(celery)}")
     add("")
     api = results.get("api", {})
     add("API  POST /orders (web alone; each request a seed order with its own Idempotency-Key)")
-    add("  concurrency  orders/s   p50 ms   p95 ms   p99 ms   non-201   CPU busy   CPU ms/order web+pg")
+    add("  concurrency  orders/s   p50 ms   p95 ms   p99 ms   non-201   CPU busy   CPU ms/order: web + postgres + client + other")
     for level in api.get("levels", []):
         lat = level["latency_ms"]
         cpu = level.get("cpu_ms_per_order", {})
         add(f"  {level['concurrency']:>11}  {fmt(level['throughput']):>8} {fmt(lat['p50']):>8} {fmt(lat['p95']):>8} "
             f"{fmt(lat['p99']):>8} {sum(level['non_201'].values()):>9} {fmt(level.get('machine_busy_pct'), 0):>9}%"
-            f"   {fmt(cpu.get('web'))} + {fmt(cpu.get('postgresql'))}")
+            f"   {fmt(cpu.get('web'))} + {fmt(cpu.get('postgresql'))} + {fmt(cpu.get('benchmark client'))} + {fmt(cpu.get('other'))}")
     add("")
     e2e = results.get("e2e", {})
     sat, sus = e2e.get("saturation", {}), e2e.get("sustained", {})
@@ -120,12 +124,16 @@ def table(results: dict[str, Any]) -> str:
         add(f"    method: {sat.get('method')}")
         add(f"    at that rate: relay published {fmt(sat.get('relay_published_rate'))} events/s, bridge dispatched"
             f" {fmt(sat.get('bridge_dispatched_rate'))} msg/s, worker finished {fmt(sat.get('tasks_succeeded_rate'))} tasks/s")
-        add(f"    CPU ms per finished order: {_cpu_line(sat.get('cpu_ms_per_order', {}))}")
+        add(f"    CPU ms per finished order: {_cpu_line(sat.get('cpu_ms_per_order', {}))}{_others(sat)}")
     if sus:
         add(f"  Sustained at half of it: {fmt(sus.get('offered_rate'))} orders/s offered for {sus.get('duration_s'):.0f} s ->"
             f" {fmt(sus.get('terminal_rate'))} orders/s reached PAID/PAYMENT_FAILED; {sus.get('accepted')} accepted,"
             f" {sus.get('non_201')} non-201, {sus.get('terminal')} terminal {sus.get('statuses')}; CPU busy"
             f" {fmt(sus.get('machine_busy_pct'), 0)}%")
+        pauses = sus.get("bridge_pauses") or {}
+        if pauses:
+            add(f"    bridge: {pauses['count']} pauses of more than 1 s between two dispatches while orders kept coming,"
+                f" {pauses['total_s']} s in all ({_pct(pauses['share_of_run'])} of the run), longest {pauses['longest_s']} s")
         add("    stage                                            p50 ms    p95 ms    p99 ms    max ms")
         for name, s in sus.get("stages_ms", {}).items():
             add(f"    {name:<46} {fmt(s['p50']):>8} {fmt(s['p95']):>9} {fmt(s['p99']):>9} {fmt(s['max']):>9}")
@@ -136,9 +144,11 @@ def table(results: dict[str, Any]) -> str:
                 add(f"    {name:<46} {fmt(s['p50']):>8} {fmt(s['p95']):>9} {fmt(s['p99']):>9} {s['count']:>8}")
         db = sus.get("db_per_order", {})
         if db:
-            add(f"    PostgreSQL per order (pg_stat_database, all processes incl. the relay's idle polls): {db.get('xact_commit')}"
-                f" commits, {db.get('tup_inserted')} rows inserted, {db.get('tup_updated')} updated")
-        add(f"    CPU ms per order: {_cpu_line(sus.get('cpu_ms_per_order', {}))}")
+            add(f"    PostgreSQL per order (pg_stat_database, all processes): {db.get('xact_commit_minus_idle')} commits"
+                f" ({db.get('xact_commit')} before subtracting the idle system's {sus.get('db_idle_commits_per_s')}/s: the"
+                f" relay's outbox polls), {db.get('sessions')} new connections, {db.get('tup_inserted')} rows inserted,"
+                f" {db.get('tup_updated')} updated")
+        add(f"    CPU ms per order: {_cpu_line(sus.get('cpu_ms_per_order', {}))}{_others(sus)}")
     add("")
     census = results.get("census", {})
     if census:
@@ -186,6 +196,20 @@ def table(results: dict[str, Any]) -> str:
         for error in results["errors"]:
             add(f"  {error}")
     return "\n".join(lines)
+
+
+def _busy(result: dict) -> str:
+    cpu = result.get("cpu") or {}
+    if cpu.get("busy_pct") is None:
+        return ""
+    other = f", other {cpu['other_pct']:.0f}%" if cpu.get("other_pct", 0) >= 3 else ""
+    top = f" {', '.join(cpu['other_processes'][:2])}" if other and cpu.get("other_processes") else ""
+    return f"[CPU {cpu['busy_pct']:.0f}%{other}{top}]"
+
+
+def _others(result: dict) -> str:
+    top = result.get("other_processes") or []
+    return f" (other = not ours: {', '.join(top)})" if top else ""
 
 
 def _cpu_line(cpu: dict[str, float]) -> str:

@@ -34,14 +34,15 @@ class Durations:
     census_orders: int
     profile: float
     drain_timeout: float
+    idle_window: float
 
 
 FULL = Durations(orm=10, kafka_produce=8, noop_tasks=5000, api=10, api_levels=(1, 4, 16, 32), saturation_warmup=8,
-                 saturation_window=20, saturation_backlog=60, sustained=60, sustained_warm=5, census_orders=20,
-                 profile=5, drain_timeout=180)
+                 saturation_window=30, saturation_backlog=60, sustained=60, sustained_warm=5, census_orders=20,
+                 profile=5, drain_timeout=180, idle_window=8)
 QUICK = Durations(orm=3, kafka_produce=3, noop_tasks=1500, api=3, api_levels=(1, 4, 16, 32), saturation_warmup=4,
-                  saturation_window=8, saturation_backlog=60, sustained=15, sustained_warm=3, census_orders=10,
-                  profile=2, drain_timeout=120)
+                  saturation_window=10, saturation_backlog=60, sustained=15, sustained_warm=3, census_orders=10,
+                  profile=2, drain_timeout=120, idle_window=4)
 
 
 class Progress:
@@ -85,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "meta": {
             "date": now.strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": _git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            # BENCH_COMMIT labels a run of code that is not a git checkout (an exported commit, say).
+            "commit": os.environ.get("BENCH_COMMIT") or _git("rev-parse", "--short", "HEAD"),
+            "dirty": not os.environ.get("BENCH_COMMIT") and bool(_git("status", "--porcelain", "--untracked-files=no")),
             "mode": "quick" if args.quick else "full",
             "cores": os.cpu_count(),
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
             "database_url": DATABASE_URL,
             "celery_broker_url": REDIS_URL,
             "logs": str(run_dir.relative_to(BASE_DIR)),
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
     finally:
         _cleanup(results, progress, noop_processes)
+    results["meta"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return _report(results, stamp, progress)
 
 
@@ -136,6 +140,34 @@ def _cleanup(results, progress, noop_processes) -> None:
         connections.close_all()
     except Exception:  # noqa: BLE001 - Django may not be set up
         pass
+
+
+def _cpu_snapshot(noop_processes: list) -> dict:
+    from bench import cpu
+
+    broker = _RUNNING.get("broker")
+    return cpu.snapshot(
+        sessions={"benchmark": os.getsid(0), **{f"noop worker {p.pid}": p.pid for p in noop_processes}},
+        pids={"kafka broker (Tansu)": broker.process.pid} if broker and broker.process else {},
+        commands={"postgresql": "postgres", "redis": "redis-server"},
+    )
+
+
+def _with_cpu(noop_processes: list, function, *args, **kwargs):
+    """Runs ``function``; adds to its result how busy the machine was and what else ran."""
+    from bench import cpu
+
+    before = _cpu_snapshot(noop_processes)
+    result = function(*args, **kwargs)
+    used = cpu.delta(before, _cpu_snapshot(noop_processes))
+    if isinstance(result, dict):
+        result["cpu"] = {
+            "busy_pct": cpu.busy_pct(used),
+            "other_pct": 100 * used["other"] / used["machine_total"] if used["machine_total"] else None,
+            "other_processes": used["_other_top"],
+            "seconds": {k: round(v, 2) for k, v in used.items() if not k.startswith("_") and v > 0.01},
+        }
+    return result
 
 
 def _phase(name: str, results: dict, progress: Progress, function, *args, **kwargs):
@@ -198,10 +230,10 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
 
     if "orm" in phases:
         baselines["orm_1"] = _phase(f"ORM-only baseline, 1 process, {d.orm:.0f} s", results, progress,
-                                    orm.orm_baseline, duration=d.orm, processes=1) or {}
+                                    _with_cpu, noop_processes, orm.orm_baseline, duration=d.orm, processes=1) or {}
         bench_env.truncate_order_tables()
         baselines["orm_2"] = _phase(f"ORM-only baseline, 2 processes, {d.orm:.0f} s", results, progress,
-                                    orm.orm_baseline, duration=d.orm, processes=2) or {}
+                                    _with_cpu, noop_processes, orm.orm_baseline, duration=d.orm, processes=2) or {}
         bench_env.truncate_order_tables()
         rates = [b.get("rate") for b in (baselines["orm_1"], baselines["orm_2"]) if b.get("rate")]
         baselines["orm_baseline_rate"] = max(rates) if rates else None
@@ -227,13 +259,15 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
             consumed = kafka_raw.consume(bootstrap=broker.bootstrap_servers, topic=topic)
             return {"topic": topic, "produce": produced, "consume": consumed}
 
-        baselines["kafka"] = _phase(f"Kafka raw produce {d.kafka_produce:.0f} s and consume", results, progress, kafka_phase) or {}
+        baselines["kafka"] = _phase(f"Kafka raw produce {d.kafka_produce:.0f} s and consume", results, progress,
+                                    _with_cpu, noop_processes, kafka_phase) or {}
 
     if "celery" in phases:
         from bench import celery_raw
 
         baselines["celery_noop"] = _phase(
-            f"Celery no-op baseline, {d.noop_tasks} tasks", results, progress, celery_raw.run_noop_baseline,
+            f"Celery no-op baseline, {d.noop_tasks} tasks", results, progress, _with_cpu, noop_processes,
+            celery_raw.run_noop_baseline,
             tasks=d.noop_tasks, concurrency=settings.CELERY_WORKER_CONCURRENCY, log_dir=run_dir, run_id=run_id,
             register=noop_processes.append,
         ) or {}
@@ -276,7 +310,7 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
                 rate = max(0.5, sat["max_sustainable_rate"] / 2)
                 sus = _phase(f"E2E sustained at {rate:.1f} orders/s for {d.sustained:.0f} s", results, progress,
                              e2e.sustained, system, rate=rate, duration=d.sustained, warm=d.sustained_warm,
-                             broker_pid=broker_pid, drain_timeout=d.drain_timeout)
+                             broker_pid=broker_pid, drain_timeout=d.drain_timeout, idle_window=d.idle_window)
                 if sus:
                     e2e_results["sustained"] = sus
                     p = sus["stages_ms"].get("POST to terminal", {})

@@ -84,8 +84,11 @@ class KafkaBridge:
         lag_read_at = 0.0
         try:
             while not self.stop.is_set():
-                messages = self.consumer.consume(num_messages=self.config.batch_size, timeout=self.config.poll_timeout)
+                # Wait for one message, then take what else is already fetched without waiting:
+                # consume(n, timeout) would hold a small batch until the timeout to fill it.
+                messages = self.consumer.consume(num_messages=1, timeout=self.config.poll_timeout)
                 if messages:
+                    messages += self.consumer.consume(num_messages=self.config.batch_size - 1, timeout=0)
                     self.handle_batch(messages)
                 if time.monotonic() - lag_read_at > LAG_INTERVAL:
                     self._record_lag()
