@@ -26,8 +26,9 @@ from orders_project.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_
 logger = structlog.get_logger(__name__)
 
 DLQ_SOURCE = "kafka-bridge"
-# Seconds between consumer-lag readings (each asks the broker for the partitions' end offsets).
+# Seconds between consumer-lag readings, and between lookups of committed offsets for them.
 LAG_INTERVAL = 2.0
+COMMITTED_LOOKUP_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,6 @@ class BridgeSettings:
     max_backoff: float
     delivery_timeout_ms: int
     metrics_port: int
-
-
-def _log_assignment(action: str):
-    def callback(_consumer, partitions):
-        logger.info(action, partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
-
-    return callback
 
 
 class KafkaBridge:
@@ -62,13 +56,22 @@ class KafkaBridge:
                     # Rebalances come at once when a bridge stops cleanly (it leaves the group).
                     "session.timeout.ms": 10000,
                     "heartbeat.interval.ms": 2000,
-                    # A broker that holds fetches for fetch.wait.max.ms (500) even with data waiting
-                    # adds that to every event's latency; 20 ms bounds it at little cost.
-                    "fetch.wait.max.ms": 20,
                 }
             )
         )
         self.dlq_producer = self._build_dlq_producer()
+        # Next offset to read per partition, for the lag metric.
+        self._read_up_to: dict[tuple[str, int], int] = {}
+        self._next_committed_lookup = 0.0
+
+    def _on_assign(self, _consumer, partitions) -> None:
+        logger.info("partitions_assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        self._next_committed_lookup = 0.0
+
+    def _on_revoke(self, _consumer, partitions) -> None:
+        logger.info("partitions_revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        for p in partitions:
+            self._read_up_to.pop((p.topic, p.partition), None)
 
     def _build_dlq_producer(self) -> Producer:
         return build_producer(delivery_timeout_ms=self.config.delivery_timeout_ms)
@@ -78,17 +81,16 @@ class KafkaBridge:
         if not ensure_topics_until_ready(stop=self.stop, max_backoff=self.config.max_backoff):
             return
         self.consumer.subscribe(
-            self.config.topics, on_assign=_log_assignment("partitions_assigned"), on_revoke=_log_assignment("partitions_revoked")
+            self.config.topics, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         logger.info("bridge_started", topics=self.config.topics, group_id=self.config.group_id)
         lag_read_at = 0.0
         try:
             while not self.stop.is_set():
-                # Wait for one message, then take what else is already fetched without waiting:
-                # consume(n, timeout) would hold a small batch until the timeout to fill it.
-                messages = self.consumer.consume(num_messages=1, timeout=self.config.poll_timeout)
+                # consume() returns when the batch is full or the timeout passes: a short timeout
+                # bounds what a lone event waits.
+                messages = self.consumer.consume(num_messages=self.config.batch_size, timeout=self.config.poll_timeout)
                 if messages:
-                    messages += self.consumer.consume(num_messages=self.config.batch_size - 1, timeout=0)
                     self.handle_batch(messages)
                 if time.monotonic() - lag_read_at > LAG_INTERVAL:
                     self._record_lag()
@@ -195,22 +197,28 @@ class KafkaBridge:
         )
 
     def _record_lag(self) -> None:
+        """Lag per partition from what the consumer already knows (positions, the end offsets the
+        fetches reported); the broker is asked only for the committed offset of a partition
+        nothing was read from yet, at most every COMMITTED_LOOKUP_INTERVAL seconds."""
         try:
             positions = self.consumer.position(self.consumer.assignment())
-            # Until a message of a partition is consumed its position is unset: count from the
-            # group's committed offset, or from the start of the partition if there is none.
-            unset = [position for position in positions if position.offset < 0]
-            committed = {
-                (tp.topic, tp.partition): tp.offset for tp in (self.consumer.committed(unset, timeout=1.0) if unset else [])
-            }
             for position in positions:
-                # The offsets the last fetch responses reported: no extra round trip to the broker.
-                low, high = self.consumer.get_watermark_offsets(position, cached=True)
-                if high < 0:
-                    low, high = self.consumer.get_watermark_offsets(position, timeout=1.0)
-                offset = position.offset if position.offset >= 0 else committed.get((position.topic, position.partition), -1)
-                behind = high - (offset if offset >= 0 else low)
-                BRIDGE_LAG.labels(position.topic, str(position.partition)).set(max(0, behind))
+                if position.offset >= 0:
+                    self._read_up_to[(position.topic, position.partition)] = position.offset
+            unknown = [p for p in positions if (p.topic, p.partition) not in self._read_up_to]
+            if unknown and time.monotonic() >= self._next_committed_lookup:
+                self._next_committed_lookup = time.monotonic() + COMMITTED_LOOKUP_INTERVAL
+                for tp in self.consumer.committed(unknown, timeout=0.5):
+                    low, _high = self.consumer.get_watermark_offsets(tp, cached=True)
+                    # Never committed: the group starts at the beginning of the partition.
+                    start = tp.offset if tp.offset >= 0 else low
+                    if start >= 0:
+                        self._read_up_to[(tp.topic, tp.partition)] = start
+            for position in positions:
+                key = (position.topic, position.partition)
+                _low, high = self.consumer.get_watermark_offsets(position, cached=True)
+                if high >= 0 and key in self._read_up_to:
+                    BRIDGE_LAG.labels(position.topic, str(position.partition)).set(max(0, high - self._read_up_to[key]))
         except Exception as exc:  # a metric must never stop the bridge
             logger.warning("consumer_lag_unavailable", error=str(exc))
 
