@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from events.embedded_broker import EmbeddedKafkaBroker
 from orders_project.config import BASE_DIR, load_config

@@ -14,6 +14,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,6 +111,19 @@ class ProcessGroup:
         )
         return self.processes[name]
 
+    def start_system(self, *, port: int) -> None:
+        """web (on ``port``), relay, bridge and a worker, as run-local starts them; returns once web
+        answers and the bridge has partitions (a group join takes 10-20 s on the bundled broker)."""
+        for name in ("web", "relay", "bridge", "worker"):
+            self.start(name)
+        self.base_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{self.base_url}/health"), timeout=30, message="web did not come up")
+        wait_until(
+            lambda: any(event["event"] == "partitions_assigned" for event in self.log_events("bridge")),
+            timeout=60,
+            message="bridge got no partitions",
+        )
+
     def signal(self, name: str, signum: int) -> None:
         os.killpg(self.processes[name].pid, signum)
 
@@ -155,6 +169,14 @@ class ProcessGroup:
                 except json.JSONDecodeError:
                     continue
         return events
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except OSError:
+        return False
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -320,3 +342,25 @@ def fault_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(key, "")) for key, _title in FAULT_COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def create_test_order(
+    *, user_id: str, email: str, quantity: int = 1, price: str = "1.00", correlation_id: str, product_name: str = "W"
+):
+    """An order of one line, written through the service as the API writes it."""
+    from orders.services import create_order
+
+    item = {"product_id": "p", "product_name": product_name, "quantity": quantity, "price": Decimal(price)}
+    return create_order(user_id=user_id, email=email, items=[item], correlation_id=correlation_id).order
+
+
+def create_test_orders(count: int, *, prefix: str, price: str = "1.00") -> list[str]:
+    """``count`` such orders; their ids."""
+    return [
+        str(
+            create_test_order(
+                user_id=f"{prefix}_{index}", email=f"{prefix}@example.com", price=price, correlation_id=f"{prefix}-{index}"
+            ).id
+        )
+        for index in range(count)
+    ]

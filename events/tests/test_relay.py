@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -13,24 +12,13 @@ from events.embedded_broker import free_port
 from events.models import OutboxEvent
 from events.relay import build_producer, publish_pending_events
 from events.topics import ensure_topics
-from orders import services as order_services
-from orders_project.testing import read_topics
+from orders_project.testing import create_test_orders, read_topics
 
 pytestmark = pytest.mark.django_db
 
 
 def make_orders(count: int) -> list[str]:
-    return [
-        str(
-            order_services.create_order(
-                user_id=f"relay_{index}",
-                email="relay@example.com",
-                items=[{"product_id": "p", "product_name": "Widget", "quantity": 1, "price": Decimal("2.50")}],
-                correlation_id=f"relay-{index}",
-            ).order.id
-        )
-        for index in range(count)
-    ]
+    return create_test_orders(count, prefix="relay", price="2.50")
 
 
 def test_topics_are_created_once_with_the_contract_partitions(kafka_settings, kafka_broker):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -12,8 +11,7 @@ from django.db import connection
 from events.contract import TOPIC_ORDERS
 from events.embedded_broker import EmbeddedKafkaBroker
 from events.models import OutboxEvent
-from orders import services as order_services
-from orders_project.testing import ProcessGroup, read_topics, wait_until
+from orders_project.testing import ProcessGroup, create_test_orders, read_topics, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -33,13 +31,7 @@ def test_two_relays_share_the_outbox_without_publishing_a_row_twice(tmp_path):
             lambda: all(any(e["event"] == "relay_started" for e in relays.log_events(n)) for n in ("relay_a", "relay_b")),
             timeout=30,
         )
-        for index in range(300):
-            order_services.create_order(
-                user_id=f"multi_{index}",
-                email="multi@example.com",
-                items=[{"product_id": "p", "product_name": "W", "quantity": 1, "price": Decimal("1.00")}],
-                correlation_id=f"multi-{index}",
-            )
+        create_test_orders(300, prefix="multi")
         wait_until(lambda: not OutboxEvent.objects.filter(published_at__isnull=True).exists(), timeout=60)
     finally:
         relays.stop_all()

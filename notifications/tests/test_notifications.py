@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 
 import pytest
 from django.core import mail
@@ -11,20 +10,17 @@ from events.embedded_broker import free_port
 from events.models import OutboxEvent
 from notifications import services
 from notifications.models import Notification
-from orders import services as order_services
 from orders.models import Order
+from orders_project.testing import create_test_order
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def envelope():
-    order = order_services.create_order(
-        user_id="note_user",
-        email="note@example.com",
-        items=[{"product_id": "p", "product_name": "Widget", "quantity": 2, "price": Decimal("4.00")}],
-        correlation_id="corr-note",
-    ).order
+    order = create_test_order(
+        user_id="note_user", email="note@example.com", quantity=2, price="4.00", correlation_id="corr-note", product_name="Widget"
+    )
     return OutboxEvent.objects.get(key=str(order.id)).payload
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError
@@ -13,6 +12,7 @@ from events import services as event_services
 from events.models import DeadLetter, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
+from orders_project.testing import create_test_order
 from payments import services as payment_services
 from payments.gateway import SimulatedGateway
 from payments.models import Payment, PaymentStatus, SimulatedCharge
@@ -31,12 +31,7 @@ def staff_client(client, django_user_model):
 
 
 def new_order() -> Order:
-    return services.create_order(
-        user_id="ops",
-        email="ops@example.com",
-        items=[{"product_id": "p", "product_name": "W", "quantity": 1, "price": Decimal("12.50")}],
-        correlation_id="corr-ops",
-    ).order
+    return create_test_order(user_id="ops", email="ops@example.com", price="12.50", correlation_id="corr-ops")
 
 
 def created_event(order: Order) -> dict:

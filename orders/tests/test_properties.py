@@ -15,6 +15,7 @@ from events.models import OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
 from orders.serializers import OrderCreateSerializer
+from orders_project.testing import create_test_order
 
 LIMITS = django_settings.ORDER_LIMITS
 # Text a person could type: no NUL or surrogates, not only spaces (both are refused, on purpose).
@@ -117,12 +118,7 @@ STEPS = {
 @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.sampled_from(sorted(STEPS)), max_size=8))
 def test_any_sequence_of_steps_follows_the_state_machine(steps):
-    order = services.create_order(
-        user_id="prop",
-        email="prop@example.com",
-        items=[{"product_id": "p", "product_name": "W", "quantity": 1, "price": Decimal("1.00")}],
-        correlation_id="prop",
-    ).order
+    order = create_test_order(user_id="prop", email="prop@example.com", correlation_id="prop")
     expected = OrderStatus.CREATED
     processed = False
     for name in steps:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
 
 import pytest
 
 from events.models import InboxEntry, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
+from orders_project.testing import create_test_order
 
 pytestmark = pytest.mark.django_db
 SOURCE = "test"
@@ -17,12 +17,7 @@ SOURCE = "test"
 
 @pytest.fixture
 def order() -> Order:
-    return services.create_order(
-        user_id="sm",
-        email="sm@example.com",
-        items=[{"product_id": "p", "product_name": "W", "quantity": 2, "price": Decimal("5.00")}],
-        correlation_id="corr-sm",
-    ).order
+    return create_test_order(user_id="sm", email="sm@example.com", quantity=2, price="5.00", correlation_id="corr-sm")
 
 
 def created_event_id(order: Order) -> uuid.UUID:

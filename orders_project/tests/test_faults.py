@@ -80,11 +80,8 @@ def system(django_db_setup, django_db_blocker, kafka, tmp_path_factory):
         OUTBOX_BATCH_SIZE="20",
     )
     with django_db_blocker.unblock():
-        for name in ("web", "relay", "bridge", "worker"):
-            group.start(name)
-        group.base_url = f"http://127.0.0.1:{port}"
+        group.start_system(port=port)
         group.kafka = kafka
-        wait_until(lambda: _assigned(group, "bridge"), timeout=60, message="bridge got no partitions")
         yield group
         group.stop_all()
 

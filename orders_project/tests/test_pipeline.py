@@ -7,7 +7,6 @@ import json
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from decimal import Decimal
 
 import pytest
 from confluent_kafka import Producer
@@ -16,9 +15,8 @@ from events.contract import TOPIC_DLQ, TOPIC_NOTIFICATIONS, TOPIC_ORDERS, TOPIC_
 from events.embedded_broker import EmbeddedKafkaBroker, free_port
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from notifications.models import Notification
-from orders import services as order_services
 from orders.models import Order, OrderStatus
-from orders_project.testing import ProcessGroup, parse_metrics, read_topics, wait_until
+from orders_project.testing import ProcessGroup, create_test_orders, parse_metrics, read_topics, wait_until
 from payments.gateway import SimulatedGateway
 from payments.models import Payment, SimulatedCharge
 
@@ -41,27 +39,10 @@ def system(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory):
         PAYMENTS_SEED=PAYMENT_SEED,
     )
     with django_db_blocker.unblock():
-        for name in ("web", "relay", "bridge", "worker"):
-            group.start(name)
-        group.base_url = f"http://127.0.0.1:{port}"
+        group.start_system(port=port)
         group.broker = kafka_broker
-        wait_until(lambda: _get(f"{group.base_url}/health"), timeout=30, message="web did not come up")
-        # A consumer-group join takes 10-20 s on this broker: wait for the assignment, not a fixed time.
-        wait_until(
-            lambda: any(event["event"] == "partitions_assigned" for event in group.log_events("bridge")),
-            timeout=60,
-            message="bridge got no partitions",
-        )
         yield group
         group.stop_all()
-
-
-def _get(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.load(response)
-    except OSError:
-        return None
 
 
 def post_order(base_url: str, *, user_id: str, correlation_id: str | None = None) -> str:
@@ -244,17 +225,7 @@ def test_relay_started_while_kafka_is_down_publishes_everything_once_it_is_up(sy
     relay = ProcessGroup(env={**system.env, "KAFKA_BROKERS": outage_broker.bootstrap_servers}, log_dir=tmp_path)
     try:
         relay.start("relay")
-        order_ids = [
-            str(
-                order_services.create_order(
-                    user_id=f"outage_{index}",
-                    email="outage@example.com",
-                    items=[{"product_id": "p", "product_name": "Widget", "quantity": 1, "price": Decimal("9.99")}],
-                    correlation_id=f"outage-{index}",
-                ).order.id
-            )
-            for index in range(10)
-        ]
+        order_ids = create_test_orders(10, prefix="outage", price="9.99")
         wait_until(
             lambda: any(e["event"] == "kafka_unavailable" for e in relay.log_events("relay")),
             timeout=30,

@@ -9,6 +9,7 @@ import pytest
 
 from events.models import OutboxEvent
 from orders import services as order_services
+from orders_project.testing import create_test_order
 from payments import services
 from payments.gateway import GatewayTimeout, SimulatedGateway
 from payments.models import Payment, SimulatedCharge
@@ -19,12 +20,7 @@ SOURCE = "test"
 
 @pytest.fixture
 def processing_order():
-    order = order_services.create_order(
-        user_id="pay",
-        email="pay@example.com",
-        items=[{"product_id": "p", "product_name": "W", "quantity": 3, "price": Decimal("10.01")}],
-        correlation_id="corr-pay",
-    ).order
+    order = create_test_order(user_id="pay", email="pay@example.com", quantity=3, price="10.01", correlation_id="corr-pay")
     event_id = OutboxEvent.objects.get(key=str(order.id)).event_id
     order_services.start_processing(order_id=order.id, event_id=event_id, source=SOURCE)
     order.refresh_from_db()
