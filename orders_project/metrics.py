@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import structlog
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min
 from django.utils import timezone
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -56,7 +56,7 @@ class DatabaseStateCollector:
             orders.add_metric([status], counts.get(status, 0))
         yield orders
         backlog = OutboxEvent.objects.filter(published_at__isnull=True).aggregate(
-            pending=Count("id"), oldest=Min("created_at", filter=Q(published_at__isnull=True))
+            pending=Count("id"), oldest=Min("created_at")
         )
         yield GaugeMetricFamily("outbox_backlog", "Outbox events not yet published", value=backlog["pending"])
         age = (timezone.now() - backlog["oldest"]).total_seconds() if backlog["oldest"] else 0.0
