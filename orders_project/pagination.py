@@ -4,7 +4,8 @@ from rest_framework.pagination import PageNumberPagination
 
 
 class StandardPagination(PageNumberPagination):
-    """``?page=N`` and ``?page_size=M`` (1 to ``max_page_size``); a bad page size is a 400."""
+    """``?page=N`` and ``?page_size=M`` (1 to ``max_page_size``); a page or page size that is not
+    a number is a 400 (DRF would read ``?page=`` as page 1); a page past the end is a 404."""
 
     page_size = settings.ORDER_LIMITS["page_size"]
     page_size_query_param = "page_size"
@@ -17,6 +18,12 @@ class StandardPagination(PageNumberPagination):
         if not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
             raise ValidationError({self.page_size_query_param: [f"An integer from 1 to {self.max_page_size}."]})
         return int(raw)
+
+    def get_page_number(self, request, paginator):
+        raw = request.query_params.get(self.page_query_param)
+        if raw is not None and not raw.isdigit():
+            raise ValidationError({self.page_query_param: ["A positive integer."]})
+        return super().get_page_number(request, paginator)
 
     def get_schema_operation_parameters(self, view):
         parameters = super().get_schema_operation_parameters(view)

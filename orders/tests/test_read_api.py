@@ -91,3 +91,11 @@ def test_list_does_not_query_per_order(api_client, create, django_assert_max_num
         create()
     with django_assert_max_num_queries(3):
         assert api_client.get("/orders").json()["count"] == 5
+
+
+@pytest.mark.parametrize("page", ["", "abc", "-1"])
+def test_a_page_that_is_not_a_number_is_refused(api_client, page):
+    response = api_client.get(f"/orders?page={page}")
+
+    assert response.status_code == 400
+    assert "page" in response.json()["fields"]
