@@ -26,7 +26,7 @@ class OrderItemInline(ReadOnlyInline):
 
 class OrderTimelineInline(ReadOnlyInline):
     model = OrderTimelineEntry
-    fields = readonly_fields = ["created_at", "event_type", "status", "event_id", "message"]
+    fields = readonly_fields = ["created_at", "event_type", "previous_status", "status", "event_id", "message"]
     ordering = ["created_at", "id"]
 
 

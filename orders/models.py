@@ -69,6 +69,8 @@ class OrderTimelineEntry(models.Model):
 
     order = models.ForeignKey(Order, related_name="timeline", on_delete=models.CASCADE)
     status = models.CharField(max_length=32, choices=OrderStatus.choices)
+    # The status this entry changed from; blank for the first entry and for events that change none.
+    previous_status = models.CharField(max_length=32, choices=OrderStatus.choices, blank=True, default="")
     event_type = models.CharField(max_length=64)
     event_id = models.UUIDField(null=True, blank=True)
     message = models.CharField(max_length=255, blank=True)

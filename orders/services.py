@@ -184,6 +184,7 @@ def _transition(
     announce = announce and to_status in STATUS_EVENTS
     if not can_transition(from_status=order.status, to_status=to_status):
         raise InvalidTransition(order, to_status)
+    previous_status = order.status
     order.status = to_status
     order.save(update_fields=["status", "updated_at"])
     event = None
@@ -199,6 +200,7 @@ def _transition(
     OrderTimelineEntry.objects.create(
         order=order,
         status=to_status,
+        previous_status=previous_status,
         event_type=event_type,
         event_id=event.event_id if event else None,
         message=message[:255],
@@ -295,8 +297,10 @@ def cancel_order(*, order_id, requested_by: str, reason: str = "") -> None:
 
 
 def _status_before_parking(order: Order) -> str:
-    entry = order.timeline.exclude(status=OrderStatus.FAILED).order_by("-created_at", "-id").first()
-    return entry.status if entry else OrderStatus.CREATED
+    # From the parking change itself: entries about events (a notification, say) carry the
+    # status they were written under, which can lag behind a concurrent change.
+    entry = order.timeline.filter(status=OrderStatus.FAILED).exclude(previous_status="").order_by("-created_at", "-id").first()
+    return entry.previous_status if entry else OrderStatus.CREATED
 
 
 def republish_dead_letter(*, dead_letter_id: int, requested_by: str):

@@ -164,6 +164,25 @@ def test_republish_a_parked_order_resumes_it_and_the_payment_completes_once(staf
     assert "re-published already" in run_action(staff_client, "events/deadletter", "republish", dead_letter.pk)
 
 
+def test_a_parked_order_resumes_from_the_status_it_was_parked_from_whatever_came_after(staff_client):
+    # The ORDER_CREATED notification runs beside process_order: its timeline entry can carry
+    # CREATED (read before processing committed) and still come after the PROCESSING entry.
+    order = new_order()
+    envelope = created_event(order)
+    services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
+    order.timeline.create(status=OrderStatus.CREATED, event_type="NOTIFICATION_SENT", message="email sent for ORDER_CREATED")
+    services.park_order(order_id=order.id, reason="payment_gave_up", error="GatewayTimeout: t", original_event=envelope, source="test")
+    order.timeline.create(status=OrderStatus.FAILED, event_type="NOTIFICATION_SENT", message="email sent for ORDER_PROCESSING")
+    dead_letter = archive_outbox_dead_letter(OutboxEvent.objects.get(topic="dlq"))
+
+    run_action(staff_client, "events/deadletter", "republish", dead_letter.pk)
+
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PROCESSING
+    changes = list(order.timeline.exclude(previous_status="").values_list("previous_status", "status"))
+    assert changes == [("CREATED", "PROCESSING"), ("PROCESSING", "FAILED"), ("FAILED", "PROCESSING")]
+
+
 def test_a_malformed_dead_letter_is_republished_with_its_fixed_value_only(staff_client):
     order = new_order()
     good = created_event(order)
