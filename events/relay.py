@@ -50,6 +50,13 @@ PRODUCER_RESET_ERRORS = frozenset(
 )
 
 
+# With acks=all, a delivery without an offset is a retried batch the broker answered as a
+# duplicate of one it already had. A broker that restarted can answer so for a batch it never
+# stored (the bundled broker does): such a row is published again, and the consumers' inbox
+# drops the copy if the first one was stored after all.
+UNPLACED_DELIVERY = "confirmed as a duplicate without an offset: publishing again"
+
+
 def needs_new_producer(error: KafkaError) -> bool:
     return error.fatal() or error.code() in PRODUCER_RESET_ERRORS
 
@@ -88,12 +95,14 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
         failures: dict[int, str] = {}
 
         def on_delivery(event_pk: int):
-            def report(error, _message):
-                if error is None:
-                    delivered.append(event_pk)
-                else:
+            def report(error, message):
+                if error is not None:
                     failures[event_pk] = str(error)
                     result.producer_broken |= needs_new_producer(error)
+                elif message.offset() is None:
+                    failures[event_pk] = UNPLACED_DELIVERY
+                else:
+                    delivered.append(event_pk)
 
             return report
 
