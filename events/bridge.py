@@ -16,7 +16,7 @@ from celery import Signature
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from events.contract import TOPIC_DLQ, InvalidEvent, dead_letter_headers, parse_event
-from events.kafka import client_config
+from events.kafka import client_config, delivery_error
 from events.lifecycle import backoff_delays
 from events.relay import build_producer, needs_new_producer
 from events.routes import dead_letter_task, tasks_for
@@ -180,7 +180,8 @@ class KafkaBridge:
             ).items()
         )
 
-        def report(error, _message):
+        def report(error, delivered):
+            error = delivery_error(error, delivered)
             if error is not None:
                 errors.append(error)
 

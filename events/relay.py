@@ -20,7 +20,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from events.kafka import client_config
+from events.kafka import client_config, delivery_error
 from events.lifecycle import backoff_delays
 from events.models import OutboxEvent
 from events.topics import ensure_topics_until_ready
@@ -48,13 +48,6 @@ def build_producer(*, delivery_timeout_ms: int) -> Producer:
 PRODUCER_RESET_ERRORS = frozenset(
     {KafkaError._FATAL, KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.INVALID_PRODUCER_EPOCH}
 )
-
-
-# With acks=all, a delivery without an offset is a retried batch the broker answered as a
-# duplicate of one it already had. A broker that restarted can answer so for a batch it never
-# stored (the bundled broker does): such a row is published again, and the consumers' inbox
-# drops the copy if the first one was stored after all.
-UNPLACED_DELIVERY = "confirmed as a duplicate without an offset: publishing again"
 
 
 def needs_new_producer(error: KafkaError) -> bool:
@@ -96,13 +89,12 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
 
         def on_delivery(event_pk: int):
             def report(error, message):
-                if error is not None:
+                error = delivery_error(error, message)
+                if error is None:
+                    delivered.append(event_pk)
+                else:
                     failures[event_pk] = str(error)
                     result.producer_broken |= needs_new_producer(error)
-                elif message.offset() is None:
-                    failures[event_pk] = UNPLACED_DELIVERY
-                else:
-                    delivered.append(event_pk)
 
             return report
 
