@@ -20,13 +20,13 @@ def _stat(pid_dir: Path) -> tuple[str, int, float] | None:
     return comm, int(rest[3]), (int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])) / TICKS
 
 
-def snapshot(*, sessions: dict[str, int], pids: dict[str, int], commands: dict[str, str]) -> dict:
-    """CPU seconds so far: per named session (a process started with start_new_session and its
-    children), per pid, per command name (every ``postgres`` process, say), and every other
+def snapshot(*, sessions: dict[str, list[int]], pids: dict[str, int], commands: dict[str, str]) -> dict:
+    """CPU seconds so far: per name of sessions (processes started with start_new_session and
+    their children), per pid, per command name (every ``postgres`` process, say), and every other
     process by pid (key ``_others``)."""
     totals: dict = dict.fromkeys([*sessions, *pids, *commands], 0.0)
     others: dict[int, tuple[str, float]] = {}
-    by_session = {sid: name for name, sid in sessions.items()}
+    by_session = {sid: name for name, sids in sessions.items() for sid in sids}
     by_pid = {pid: name for name, pid in pids.items()}
     by_comm = {comm: name for name, comm in commands.items()}
     for pid_dir in Path("/proc").iterdir():

@@ -30,17 +30,19 @@ _SUCCEEDED = re.compile(r"^Task (?P<task>[\w.]+)\[[^\]]+\] succeeded in (?P<runt
 class System:
     """The four processes through orders_project.testing.ProcessGroup; every one is killed in stop()."""
 
-    def __init__(self, *, env: dict[str, str], log_dir: Path, http_port: int):
+    def __init__(self, *, env: dict[str, str], log_dir: Path, http_port: int, workers: int = 1):
         from orders_project.testing import ProcessGroup
 
         self.group = ProcessGroup(env=env, log_dir=log_dir)
+        # Worker processes, each a `celery worker` of its own (one per core is the default).
+        self.workers = ["worker", *(f"worker-{n}" for n in range(2, workers + 1))]
         self.port = http_port
         self.base_url = f"http://127.0.0.1:{http_port}"
         self.started: dict[str, subprocess.Popen] = {}
 
     def start(self, *names: str) -> None:
         for name in names:
-            self.started[name] = self.group.start(name)
+            self.started[name] = self.group.start(name, command="worker" if name in self.workers else None)
 
     def _alive(self, name: str) -> None:
         process = self.started[name]
@@ -73,8 +75,9 @@ class System:
             what="bridge partitions_assigned",
         )
 
-    def wait_worker(self, timeout: float = 60) -> None:
-        self._wait("worker", lambda: " ready." in self.group.log("worker"), timeout=timeout, what="worker ready")
+    def wait_workers(self, timeout: float = 60) -> None:
+        for name in self.workers:
+            self._wait(name, lambda: " ready." in self.group.log(name), timeout=timeout, what=f"{name} ready")
 
     def wait_relay(self, timeout: float = 60) -> None:
         self._wait(
@@ -103,8 +106,11 @@ class System:
         pids = {"benchmark client": os.getpid()}
         if broker_pid:
             pids["kafka broker (Tansu)"] = broker_pid
+        sessions: dict[str, list[int]] = {}
+        for name, process in self.started.items():
+            sessions.setdefault("worker" if name in self.workers else name, []).append(process.pid)
         return cpu.snapshot(
-            sessions={name: process.pid for name, process in self.started.items()},
+            sessions=sessions,
             pids=pids,
             commands={"postgresql": "postgres", "redis": "redis-server"},
         )
@@ -124,7 +130,7 @@ class System:
     def task_runs(self) -> list[dict[str, Any]]:
         """Celery's "Task X succeeded in Ns" lines: task, event id, start and end (epoch s)."""
         runs = []
-        for e in self.group.log_events("worker"):
+        for e in (event for name in self.workers for event in self.group.log_events(name)):
             match = _SUCCEEDED.match(str(e.get("event", "")))
             if match and e.get("ts"):
                 end = epoch(e["ts"])

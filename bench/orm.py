@@ -224,12 +224,18 @@ def query_census(*, count: int, log_path: Path | None) -> dict[str, Any]:
         orders = prepared_orders(count)
         results["process_order: start_processing"] = _measure(
             census,
-            lambda o: start_processing(order_id=o["order_id"], event_id=o["event_id"], source="order-worker"),
+            lambda o: start_processing(
+                order_id=o["order_id"], event_id=o["event_id"], source="order-worker",
+                item_snapshots=o["envelope"]["order"]["items"],
+            ),
             orders,
         )
         results["charge_payment: charge_order"] = _measure(
             census,
-            lambda o: charge_order(order_id=o["order_id"], event_id=o["event_id"], source="payment-worker"),
+            lambda o: charge_order(
+                order_id=o["order_id"], event_id=o["event_id"], source="payment-worker",
+                item_snapshots=o["envelope"]["order"]["items"],
+            ),
             orders,
         )
         envelopes = [

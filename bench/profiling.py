@@ -138,12 +138,18 @@ def run_profiles(*, duration: float, out_dir: Path, stamp: str, log_path: Path) 
 
         results["start_processing (process_order task)"] = _profile(
             "start_processing",
-            each(lambda o: start_processing(order_id=o["order_id"], event_id=o["event_id"], source="order-worker"), orders),
+            each(lambda o: start_processing(
+                order_id=o["order_id"], event_id=o["event_id"], source="order-worker",
+                item_snapshots=o["envelope"]["order"]["items"],
+            ), orders),
             out_dir, stamp,
         )
         results["charge_order (charge_payment task)"] = _profile(
             "charge_order",
-            each(lambda o: charge_order(order_id=o["order_id"], event_id=o["event_id"], source="payment-worker"), orders),
+            each(lambda o: charge_order(
+                order_id=o["order_id"], event_id=o["event_id"], source="payment-worker",
+                item_snapshots=o["envelope"]["order"]["items"],
+            ), orders),
             out_dir, stamp,
         )
         envelopes = [

@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile the in-process paths with pyinstrument")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="Celery worker processes of the system under test (default: one per core)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     unknown = phases - set(PHASES)
     if unknown:
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             "dirty": not os.environ.get("BENCH_COMMIT") and bool(_git("status", "--porcelain", "--untracked-files=no")),
             "mode": "quick" if args.quick else "full",
             "cores": os.cpu_count(),
+            "worker_processes": args.workers,
             "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
             "database_url": DATABASE_URL,
             "celery_broker_url": REDIS_URL,
@@ -147,7 +152,7 @@ def _cpu_snapshot(noop_processes: list) -> dict:
 
     broker = _RUNNING.get("broker")
     return cpu.snapshot(
-        sessions={"benchmark": os.getsid(0), **{f"noop worker {p.pid}": p.pid for p in noop_processes}},
+        sessions={"benchmark": [os.getsid(0)], **{f"noop worker {p.pid}": [p.pid] for p in noop_processes}},
         pids={"kafka broker (Tansu)": broker.process.pid} if broker and broker.process else {},
         commands={"postgresql": "postgres", "redis": "redis-server"},
     )
@@ -275,12 +280,12 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
     if {"api", "e2e"} & phases:
         from bench import e2e
 
-        system = e2e.System(env={**os.environ, **app_env}, log_dir=run_dir, http_port=http_port)
+        system = e2e.System(env={**os.environ, **app_env}, log_dir=run_dir, http_port=http_port, workers=args.workers)
         _RUNNING["system"] = system
-        progress("starting web, bridge and worker (relay after the API phase)")
-        system.start("web", "bridge", "worker")
+        progress(f"starting web, bridge and {args.workers} worker(s) (relay after the API phase)")
+        system.start("web", "bridge", *system.workers)
         system.wait_web(timeout=60)
-        system.wait_worker(timeout=90)
+        system.wait_workers(timeout=90)
         system.wait_bridge(timeout=120)
         progress("  web healthy, worker ready, bridge has its partitions")
         broker_pid = broker.process.pid if broker.process else None

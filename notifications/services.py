@@ -90,6 +90,7 @@ def _record(*, envelope: dict[str, Any], channel: str, message: OutgoingMessage,
         )
         order_services.record_order_event(
             order_id=order["id"],
+            status=order["status"],
             event_type=NOTIFICATION_SENT,
             event_id=event.event_id,
             message=f"{channel} sent to {message.recipient} for {envelope['type']}",

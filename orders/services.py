@@ -175,11 +175,13 @@ def _transition(
     attempt: int = 1,
     label: str | None = None,
     announce: bool = True,
+    item_snapshots: list[dict[str, Any]] | None = None,
 ):
     """Move a locked ``order`` to ``to_status`` with its timeline entry and, if any, its outbox event.
 
     ``label`` names the timeline entry of a change that announces no event (default: the status);
     ``announce=False`` writes no event even for a status that has one (a resumed order).
+    ``item_snapshots``: the order's items from the event being handled, which saves reading them.
     """
     announce = announce and to_status in STATUS_EVENTS
     if not can_transition(from_status=order.status, to_status=to_status):
@@ -192,7 +194,7 @@ def _transition(
     if announce:
         event = enqueue_event(
             event_type=event_type,
-            order=order_snapshot(order=order),
+            order=order_snapshot(order=order, item_snapshots=item_snapshots),
             correlation_id=order.correlation_id,
             source=source,
             attempt=attempt,
@@ -214,7 +216,7 @@ def _transition(
     return event
 
 
-def start_processing(*, order_id, event_id, source: str) -> bool:
+def start_processing(*, order_id, event_id, source: str, item_snapshots: list[dict[str, Any]] | None = None) -> bool:
     """Apply ORDER_CREATED: CREATED -> PROCESSING. False if the event was applied before."""
     with transaction.atomic():
         if not claim_event(handler=PROCESSING_HANDLER, event_id=event_id):
@@ -223,14 +225,35 @@ def start_processing(*, order_id, event_id, source: str) -> bool:
         if order.status != OrderStatus.CREATED:
             logger.info("order_processing_skipped", order_id=str(order_id), status=order.status)
             return False
-        _transition(order=order, to_status=OrderStatus.PROCESSING, message="Order accepted for processing", source=source)
+        _transition(
+            order=order,
+            to_status=OrderStatus.PROCESSING,
+            message="Order accepted for processing",
+            source=source,
+            item_snapshots=item_snapshots,
+        )
     return True
 
 
-def record_payment_outcome(*, order_id, approved: bool, message: str, source: str, attempt: int = 1) -> None:
+def record_payment_outcome(
+    *,
+    order_id,
+    approved: bool,
+    message: str,
+    source: str,
+    attempt: int = 1,
+    item_snapshots: list[dict[str, Any]] | None = None,
+) -> None:
     """PROCESSING -> PAID or PAYMENT_FAILED, in the caller's (the payment's) transaction."""
     to_status = OrderStatus.PAID if approved else OrderStatus.PAYMENT_FAILED
-    _transition(order=_locked_order(order_id), to_status=to_status, message=message, source=source, attempt=attempt)
+    _transition(
+        order=_locked_order(order_id),
+        to_status=to_status,
+        message=message,
+        source=source,
+        attempt=attempt,
+        item_snapshots=item_snapshots,
+    )
 
 
 def park_order(*, order_id, reason: str, error: str, original_event: dict[str, Any], source: str) -> bool:
@@ -255,11 +278,11 @@ def park_order(*, order_id, reason: str, error: str, original_event: dict[str, A
     return True
 
 
-def record_order_event(*, order_id, event_type: str, event_id, message: str) -> None:
-    """A timeline entry for an event about the order that does not change its status."""
-    order = Order.objects.only("status").get(pk=order_id)
+def record_order_event(*, order_id, status: str, event_type: str, event_id, message: str) -> None:
+    """A timeline entry for an event about the order that does not change its status; ``status``:
+    the order's status the event is about."""
     OrderTimelineEntry.objects.create(
-        order_id=order_id, status=order.status, event_type=event_type, event_id=event_id, message=message[:255]
+        order_id=order_id, status=status, event_type=event_type, event_id=event_id, message=message[:255]
     )
 
 
@@ -335,6 +358,7 @@ def republish_dead_letter(*, dead_letter_id: int, requested_by: str):
         if order:
             record_order_event(
                 order_id=order_id,
+                status=order.status,
                 event_type=envelope["type"],
                 event_id=envelope["event_id"],
                 message=f"Re-published from dlq by {requested_by} (was: {dead_letter.reason})",

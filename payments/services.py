@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -49,7 +51,14 @@ def _open_attempt(*, order_id) -> Payment | None:
         return _open_attempt(order_id=order_id)
 
 
-def charge_order(*, order_id, event_id, source: str, gateway: PaymentGateway | None = None) -> Payment | None:
+def charge_order(
+    *,
+    order_id,
+    event_id,
+    source: str,
+    gateway: PaymentGateway | None = None,
+    item_snapshots: list[dict[str, Any]] | None = None,
+) -> Payment | None:
     """Charge the order's pending attempt and record the outcome: the order goes PAID or PAYMENT_FAILED.
 
     The attempt (and its idempotency key) is committed before the gateway is called, so a
@@ -71,14 +80,17 @@ def charge_order(*, order_id, event_id, source: str, gateway: PaymentGateway | N
     with transaction.atomic():
         if not claim_event(handler=CHARGE_HANDLER, event_id=event_id):
             return None
-        payment = Payment.objects.select_for_update().get(pk=payment.pk)
-        if payment.status != PaymentStatus.PENDING:
-            return payment
-        payment.status = PaymentStatus.APPROVED if result.approved else PaymentStatus.DECLINED
-        payment.gateway_reference = result.reference
-        payment.decline_reason = result.decline_reason
-        payment.completed_at = timezone.now()
-        payment.save(update_fields=["status", "gateway_reference", "decline_reason", "completed_at"])
+        outcome = {
+            "status": PaymentStatus.APPROVED if result.approved else PaymentStatus.DECLINED,
+            "gateway_reference": result.reference,
+            "decline_reason": result.decline_reason,
+            "completed_at": timezone.now(),
+        }
+        # Only a pending attempt takes an outcome; a decided one is returned as it is.
+        if not Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PENDING).update(**outcome):
+            return Payment.objects.get(pk=payment.pk)
+        for name, value in outcome.items():
+            setattr(payment, name, value)
         order_services.record_payment_outcome(
             order_id=order_id,
             approved=result.approved,
@@ -89,6 +101,7 @@ def charge_order(*, order_id, event_id, source: str, gateway: PaymentGateway | N
             ),
             source=source,
             attempt=payment.attempt,
+            item_snapshots=item_snapshots,
         )
     PAYMENTS.labels("approved" if result.approved else "declined").inc()
     logger.info(

@@ -13,7 +13,10 @@ def charge_payment(self, envelope: dict) -> None:
     run_with_retries(
         self,
         step=lambda: services.charge_order(
-            order_id=envelope["order"]["id"], event_id=envelope["event_id"], source=WORKER_SOURCE
+            order_id=envelope["order"]["id"],
+            event_id=envelope["event_id"],
+            source=WORKER_SOURCE,
+            item_snapshots=envelope["order"]["items"],
         ),
         give_up=park_on_give_up(envelope=envelope, reason="payment_gave_up", source=WORKER_SOURCE),
     )
