@@ -3,6 +3,8 @@
 import os
 import shutil
 
+from gunicorn.glogging import Logger
+
 from orders_project.config import BASE_DIR, load_config
 from orders_project.logging import configure_structlog, logging_config
 
@@ -33,7 +35,17 @@ worker_class = "gthread"
 graceful_timeout = 20
 timeout = 30
 keepalive = 5
-accesslog = None  # CorrelationIdMiddleware writes the access log, with the correlation id
+
+
+class AccessLogFreeLogger(Logger):
+    """CorrelationIdMiddleware writes the access log, with the correlation id. gunicorn would
+    still format a line of its own per request, unseen, because logconfig_dict is set."""
+
+    def access(self, *args, **kwargs) -> None:
+        pass
+
+
+logger_class = AccessLogFreeLogger
 configure_structlog()
 logconfig_dict = logging_config(
     level=_config["django"]["log_level"], service_name=_config["service_name"], environment=_config["environment"]

@@ -69,18 +69,14 @@ def create_order(
 ) -> OrderCreation:
     """Create an order, its items, its first timeline entry and its ORDER_CREATED outbox event atomically.
 
-    With an ``idempotency_key`` a repeated request returns the first order; concurrent
-    requests with the same key race on the key's unique constraint and all but one
-    get the winner's order back. Keys are per ``owner`` (the API client): two clients using
-    the same key get two orders.
+    With an ``idempotency_key`` a repeated request returns the first order: the insert hits the
+    key's unique constraint (so do all but one of concurrent requests with the key) and the
+    first order is read back. A new key, the common case, costs no read. Keys are per ``owner``
+    (the API client): two clients using the same key get two orders.
     """
     if idempotency_key and owner is not None:
         idempotency_key = f"client-{owner.pk}:{idempotency_key}"
     fingerprint = request_fingerprint(user_id=user_id, email=email, items=items)
-    if idempotency_key:
-        replay = _replay(idempotency_key=idempotency_key, fingerprint=fingerprint)
-        if replay:
-            return replay
     try:
         with transaction.atomic():
             order = Order.objects.create(
