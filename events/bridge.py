@@ -37,6 +37,7 @@ class BridgeSettings:
     group_id: str
     batch_size: int
     poll_timeout: float
+    fetch_wait_ms: int
     max_event_bytes: int
     max_backoff: float
     delivery_timeout_ms: int
@@ -56,6 +57,7 @@ class KafkaBridge:
                     # Rebalances come at once when a bridge stops cleanly (it leaves the group).
                     "session.timeout.ms": 10000,
                     "heartbeat.interval.ms": 2000,
+                    "fetch.wait.max.ms": config.fetch_wait_ms,
                 }
             )
         )

@@ -17,6 +17,7 @@ class Command(BaseCommand):
             group_id=kafka["group_id"],
             batch_size=bridge["batch_size"],
             poll_timeout=bridge["poll_timeout"],
+            fetch_wait_ms=bridge["fetch_wait_ms"],
             max_event_bytes=bridge["max_event_bytes"],
             max_backoff=settings.OUTBOX["max_backoff"],
             delivery_timeout_ms=settings.OUTBOX["delivery_timeout_ms"],
