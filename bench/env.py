@@ -9,6 +9,8 @@ import urllib.parse
 from decimal import Decimal
 from pathlib import Path
 
+from events.embedded_broker import CLIENT_ENV
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = BASE_DIR / "var" / "benchmarks"
 
@@ -55,6 +57,7 @@ def app_environment(*, kafka_brokers: str, run_id: str, http_port: int) -> dict[
         "DATABASE_URL": DATABASE_URL,
         "CELERY_BROKER_URL": REDIS_URL,
         "CELERY_QUEUE": f"bench-pipeline-{run_id}",
+        **CLIENT_ENV,
         "KAFKA_BROKERS": kafka_brokers,
         "KAFKA_GROUP_ID": f"bench-bridge-{run_id}",
         "HTTP_PORT": str(http_port),

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from events.embedded_broker import EmbeddedKafkaBroker
+from events.embedded_broker import CLIENT_ENV, EmbeddedKafkaBroker
 from orders_project.config import BASE_DIR, load_config
 from orders_project.processes import process_commands
 
@@ -48,7 +48,7 @@ def main() -> int:
     var_dir = BASE_DIR / "var"
     var_dir.mkdir(exist_ok=True)
     broker = EmbeddedKafkaBroker(port=broker_port, log_path=var_dir / "kafka-broker.log").start()
-    env = {**os.environ, "KAFKA_BROKERS": broker.bootstrap_servers, "PYTHONUNBUFFERED": "1"}
+    env = {**CLIENT_ENV, **os.environ, "KAFKA_BROKERS": broker.bootstrap_servers, "PYTHONUNBUFFERED": "1"}
 
     stopping = False
 
