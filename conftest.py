@@ -9,15 +9,7 @@ from rest_framework.test import APIClient
 
 from events.embedded_broker import EmbeddedKafkaBroker
 from orders_project.config import BASE_DIR
-
-SEED_ORDER = {
-    "user_id": "customer_123",
-    "email": "customer@example.com",
-    "items": [
-        {"product_id": "prod_001", "product_name": "Premium Widget", "quantity": 2, "price": 29.99},
-        {"product_id": "prod_002", "product_name": "Standard Widget", "quantity": 1, "price": 15.99},
-    ],
-}
+from orders_project.testing import SEED_ORDER
 
 
 @pytest.fixture

@@ -10,22 +10,13 @@ from decimal import Decimal
 from pathlib import Path
 
 from events.embedded_broker import CLIENT_ENV
+from orders_project.testing import SEED_ORDER
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = BASE_DIR / "var" / "benchmarks"
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/orders_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
-
-# The seed's order (README walkthrough): 2 items, total 75.97.
-SEED_ORDER = {
-    "user_id": "customer_123",
-    "email": "customer@example.com",
-    "items": [
-        {"product_id": "prod_001", "product_name": "Premium Widget", "quantity": 2, "price": 29.99},
-        {"product_id": "prod_002", "product_name": "Standard Widget", "quantity": 1, "price": 15.99},
-    ],
-}
 
 # Everything an order writes; emptied between phases.
 ORDER_TABLES = [

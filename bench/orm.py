@@ -150,7 +150,7 @@ def _measure(census: QueryCensus, operation, calls: list) -> dict[str, Any]:
 
 
 def prepared_orders(count: int) -> list[dict[str, Any]]:
-    """``count`` orders created through the service, with their ORDER_CREATED event id and envelope."""
+    """``count`` orders created through the service, with their ORDER_CREATED envelope."""
     from events.models import OutboxEvent
     from orders.services import create_order
 
@@ -164,7 +164,7 @@ def prepared_orders(count: int) -> list[dict[str, Any]]:
             idempotency_key=f"bench-census-{uuid.uuid4().hex}",
         )
         event = OutboxEvent.objects.get(key=str(creation.order.id), event_type="ORDER_CREATED")
-        orders.append({"order_id": creation.order.id, "event_id": str(event.event_id), "envelope": event.payload})
+        orders.append({"order_id": creation.order.id, "envelope": event.payload})
     return orders
 
 
@@ -194,8 +194,9 @@ def query_census(*, count: int, log_path: Path | None) -> dict[str, Any]:
 
     from bench.httpload import BODY
     from notifications.services import send_event_notifications
-    from orders.services import create_order, start_processing
-    from payments.services import charge_order
+    from orders.services import create_order
+    from orders.tasks import start_processing_for
+    from payments.tasks import charge_order_for
 
     client = APIClient()
     results: dict[str, Any] = {}
@@ -222,22 +223,8 @@ def query_census(*, count: int, log_path: Path | None) -> dict[str, Any]:
         post(None)  # warm: URL resolver, DRF's first request
         results["POST /orders (DRF test client)"] = _measure(census, post, list(range(count)))
         orders = prepared_orders(count)
-        results["process_order: start_processing"] = _measure(
-            census,
-            lambda o: start_processing(
-                order_id=o["order_id"], event_id=o["event_id"], source="order-worker",
-                item_snapshots=o["envelope"]["order"]["items"],
-            ),
-            orders,
-        )
-        results["charge_payment: charge_order"] = _measure(
-            census,
-            lambda o: charge_order(
-                order_id=o["order_id"], event_id=o["event_id"], source="payment-worker",
-                item_snapshots=o["envelope"]["order"]["items"],
-            ),
-            orders,
-        )
+        results["process_order: start_processing"] = _measure(census, lambda o: start_processing_for(o["envelope"]), orders)
+        results["charge_payment: charge_order"] = _measure(census, lambda o: charge_order_for(o["envelope"]), orders)
         envelopes = [
             envelope
             for o in orders

@@ -89,8 +89,9 @@ def run_profiles(*, duration: float, out_dir: Path, stamp: str, log_path: Path) 
 
     from bench.httpload import BODY
     from notifications.services import send_event_notifications
-    from orders.services import create_order, start_processing
-    from payments.services import charge_order
+    from orders.services import create_order
+    from orders.tasks import start_processing_for
+    from payments.tasks import charge_order_for
 
     results: dict[str, Any] = {}
     with quiet_stdout(log_path):
@@ -138,18 +139,12 @@ def run_profiles(*, duration: float, out_dir: Path, stamp: str, log_path: Path) 
 
         results["start_processing (process_order task)"] = _profile(
             "start_processing",
-            each(lambda o: start_processing(
-                order_id=o["order_id"], event_id=o["event_id"], source="order-worker",
-                item_snapshots=o["envelope"]["order"]["items"],
-            ), orders),
+            each(lambda o: start_processing_for(o["envelope"]), orders),
             out_dir, stamp,
         )
         results["charge_order (charge_payment task)"] = _profile(
             "charge_order",
-            each(lambda o: charge_order(
-                order_id=o["order_id"], event_id=o["event_id"], source="payment-worker",
-                item_snapshots=o["envelope"]["order"]["items"],
-            ), orders),
+            each(lambda o: charge_order_for(o["envelope"]), orders),
             out_dir, stamp,
         )
         envelopes = [

@@ -30,6 +30,16 @@ from orders_project.processes import process_commands
 
 T = TypeVar("T")
 
+# The request body of the seed's curl example (README walkthrough): 2 items, total 75.97.
+SEED_ORDER = {
+    "user_id": "customer_123",
+    "email": "customer@example.com",
+    "items": [
+        {"product_id": "prod_001", "product_name": "Premium Widget", "quantity": 2, "price": 29.99},
+        {"product_id": "prod_002", "product_name": "Standard Widget", "quantity": 1, "price": 15.99},
+    ],
+}
+
 
 def wait_until(check: Callable[[], T], *, timeout: float, interval: float = 0.1, message: str = "") -> T:
     """Poll ``check`` until it returns something truthy; raise ``TimeoutError`` after ``timeout`` s."""

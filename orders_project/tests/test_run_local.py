@@ -13,18 +13,9 @@ import pytest
 
 from events.embedded_broker import free_port
 from orders_project.config import BASE_DIR
-from orders_project.testing import wait_until
+from orders_project.testing import SEED_ORDER, wait_until
 
 pytestmark = pytest.mark.e2e
-
-SEED_ORDER = {
-    "user_id": "customer_123",
-    "email": "customer@example.com",
-    "items": [
-        {"product_id": "prod_001", "product_name": "Premium Widget", "quantity": 2, "price": 29.99},
-        {"product_id": "prod_002", "product_name": "Standard Widget", "quantity": 1, "price": 15.99},
-    ],
-}
 
 
 def _json(url: str, body: dict | None = None):
