@@ -155,6 +155,41 @@ def api_levels(system: System, *, levels: list[int], duration: float, broker_pid
     return results
 
 
+def paired_api_vs_orm(system: System, *, concurrency: int, rounds: int, duration: float) -> dict[str, Any]:
+    """The API and the ORM-only baseline (2 processes) in alternating slices of ``duration`` s.
+
+    This host's speed drifts by a fifth from minute to minute (a fixed Python loop took 112-171 ms
+    in one quiet minute), so two figures measured minutes apart can differ by that much. Slices
+    that alternate, the order flipped every round, see the same drift; their sums give the ratio.
+    """
+    from bench.orm import OrmLoad
+
+    api_rates: list[float] = []
+    orm_rates: list[float] = []
+    with OrmLoad(2) as orm_load:
+        for round_number in range(rounds):
+            steps = ["api", "orm"] if round_number % 2 == 0 else ["orm", "api"]
+            for step in steps:
+                if step == "api":
+                    api_rates.append(closed_loop(host="127.0.0.1", port=system.port, concurrency=concurrency,
+                                                 duration=duration)["throughput"])
+                else:
+                    orm_rates.append(orm_load.run(duration)["rate"])
+                time.sleep(0.5)
+    per_round = [api / orm for api, orm in zip(api_rates, orm_rates) if orm]
+    return {
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "slice_s": duration,
+        "api_rates": [round(rate, 1) for rate in api_rates],
+        "orm_rates": [round(rate, 1) for rate in orm_rates],
+        "api_rate": sum(api_rates) / rounds,
+        "orm_rate": sum(orm_rates) / rounds,
+        "ratio": sum(api_rates) / sum(orm_rates) if sum(orm_rates) else None,
+        "ratio_per_round": [round(value, 3) for value in per_round],
+    }
+
+
 def _cpu_per_order(used: dict, orders: int) -> dict[str, float]:
     """CPU ms per order by process; "other" is the rest of the machine's busy time (the kernel,
     and anything else running on this host meanwhile)."""

@@ -41,16 +41,63 @@ def create_loop(*, duration: float, start_at: float | None = None) -> int:
     return count
 
 
-def _child(duration: float, start_at: float, results) -> None:
+def _serve(commands, results) -> None:
+    """A load process: Django set up and warm once, then one create_order loop per command."""
     from bench.env import setup_django
 
     setup_django()
     try:
-        results.put(create_loop(duration=duration, start_at=start_at))
+        results.put(create_loop(duration=0))  # warm: connection, imports, first-query caches
+        while (command := commands.get()) is not None:
+            duration, start_at = command
+            results.put(create_loop(duration=duration, start_at=start_at))
     finally:
         from django.db import connections
 
         connections.close_all()
+
+
+class OrmLoad:
+    """``processes`` spawned processes running create_order loops on request.
+
+    Started once, they can measure the baseline in short slices that alternate with another
+    measurement (the paired API rounds), each slice on the same warm processes.
+    """
+
+    def __init__(self, processes: int, *, start_timeout: float = 60.0):
+        context = multiprocessing.get_context("spawn")
+        self.results = context.Queue()
+        self.commands = [context.Queue() for _ in range(processes)]
+        self.children = [context.Process(target=_serve, args=(queue, self.results), daemon=True) for queue in self.commands]
+        for child in self.children:
+            child.start()
+        for _ in self.children:
+            self.results.get(timeout=start_timeout)
+
+    def run(self, duration: float) -> dict[str, Any]:
+        # Every process starts its loop at the same moment.
+        start_at = time.time() + 0.2
+        for queue in self.commands:
+            queue.put((duration, start_at))
+        counts = [self.results.get(timeout=duration + 60) for _ in self.children]
+        total = sum(counts)
+        return {"processes": len(self.children), "orders": total, "per_process": counts, "duration_s": duration,
+                "rate": total / duration}
+
+    def close(self) -> None:
+        for queue in self.commands:
+            queue.put(None)
+        for child in self.children:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+                child.join(timeout=5)
+
+    def __enter__(self) -> "OrmLoad":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def orm_baseline(*, duration: float, processes: int) -> dict[str, Any]:
@@ -60,22 +107,8 @@ def orm_baseline(*, duration: float, processes: int) -> dict[str, Any]:
         count = create_loop(duration=duration)
         return {"processes": 1, "orders": count, "duration_s": duration, "rate": count / duration,
                 "wall_s": time.perf_counter() - started}
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    start_at = time.time() + 8.0  # time for the children to start Django and warm up
-    children = [context.Process(target=_child, args=(duration, start_at, results), daemon=True) for _ in range(processes)]
-    try:
-        for child in children:
-            child.start()
-        counts = [results.get(timeout=duration + 60) for _ in children]
-    finally:
-        for child in children:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
-                child.join(timeout=5)
-    total = sum(counts)
-    return {"processes": processes, "orders": total, "per_process": counts, "duration_s": duration, "rate": total / duration}
+    with OrmLoad(processes) as load:
+        return load.run(duration)
 
 
 class QueryCensus:

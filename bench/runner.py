@@ -26,6 +26,8 @@ class Durations:
     noop_tasks: int
     api: float
     api_levels: tuple[int, ...]
+    paired_rounds: int
+    paired_slice: float
     saturation_warmup: float
     saturation_window: float
     saturation_backlog: int
@@ -37,10 +39,12 @@ class Durations:
     idle_window: float
 
 
-FULL = Durations(orm=10, kafka_produce=8, noop_tasks=5000, api=10, api_levels=(1, 4, 16, 32), saturation_warmup=8,
+FULL = Durations(orm=10, kafka_produce=8, noop_tasks=5000, api=10, api_levels=(1, 4, 16, 32), paired_rounds=6, paired_slice=5,
+                 saturation_warmup=8,
                  saturation_window=30, saturation_backlog=60, sustained=60, sustained_warm=5, census_orders=20,
                  profile=5, drain_timeout=180, idle_window=8)
-QUICK = Durations(orm=3, kafka_produce=3, noop_tasks=1500, api=3, api_levels=(1, 4, 16, 32), saturation_warmup=4,
+QUICK = Durations(orm=3, kafka_produce=3, noop_tasks=1500, api=3, api_levels=(1, 4, 16, 32), paired_rounds=3, paired_slice=3,
+                  saturation_warmup=4,
                   saturation_window=10, saturation_backlog=60, sustained=15, sustained_warm=3, census_orders=10,
                   profile=2, drain_timeout=120, idle_window=4)
 
@@ -298,6 +302,15 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
             for level in levels:
                 progress(f"  c={level['concurrency']}: {level['throughput']:.1f} orders/s, p99 {level['latency_ms']['p99'] or 0:.1f} ms,"
                          f" non-201 {level['non_201']}")
+            if levels:
+                best_level = max(levels, key=lambda level: level["throughput"])
+                paired = _phase(f"API (c={best_level['concurrency']}) and ORM-only (2 processes) in {d.paired_rounds} paired"
+                                f" rounds of {d.paired_slice:.0f} s each", results, progress, e2e.paired_api_vs_orm, system,
+                                concurrency=best_level["concurrency"], rounds=d.paired_rounds, duration=d.paired_slice)
+                if paired:
+                    results["api"]["paired"] = paired
+                    progress(f"  paired: API {paired['api_rate']:.1f}/s, ORM-only {paired['orm_rate']:.1f}/s,"
+                             f" ratio {paired['ratio']:.3f} (rounds {paired['ratio_per_round']})")
         bench_env.truncate_order_tables()
         if "e2e" in phases:
             system.start("relay")
