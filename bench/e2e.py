@@ -155,27 +155,25 @@ def api_levels(system: System, *, levels: list[int], duration: float, broker_pid
     return results
 
 
-def paired_api_vs_orm(system: System, *, concurrency: int, rounds: int, duration: float) -> dict[str, Any]:
+def paired_api_vs_orm(system: System, orm_load, *, concurrency: int, rounds: int, duration: float) -> dict[str, Any]:
     """The API and the ORM-only baseline (2 processes) in alternating slices of ``duration`` s.
 
     This host's speed drifts by a fifth from minute to minute (a fixed Python loop took 112-171 ms
     in one quiet minute), so two figures measured minutes apart can differ by that much. Slices
     that alternate, the order flipped every round, see the same drift; their sums give the ratio.
+    ``orm_load`` is a ``bench.orm.OrmLoad`` of 2 processes.
     """
-    from bench.orm import OrmLoad
-
     api_rates: list[float] = []
     orm_rates: list[float] = []
-    with OrmLoad(2) as orm_load:
-        for round_number in range(rounds):
-            steps = ["api", "orm"] if round_number % 2 == 0 else ["orm", "api"]
-            for step in steps:
-                if step == "api":
-                    api_rates.append(closed_loop(host="127.0.0.1", port=system.port, concurrency=concurrency,
-                                                 duration=duration)["throughput"])
-                else:
-                    orm_rates.append(orm_load.run(duration)["rate"])
-                time.sleep(0.5)
+    for round_number in range(rounds):
+        steps = ["api", "orm"] if round_number % 2 == 0 else ["orm", "api"]
+        for step in steps:
+            if step == "api":
+                api_rates.append(closed_loop(host="127.0.0.1", port=system.port, concurrency=concurrency,
+                                             duration=duration)["throughput"])
+            else:
+                orm_rates.append(orm_load.run(duration)["rate"])
+            time.sleep(0.5)
     per_round = [api / orm for api, orm in zip(api_rates, orm_rates) if orm]
     return {
         "concurrency": concurrency,

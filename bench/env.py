@@ -17,6 +17,12 @@ OUTPUT_DIR = BASE_DIR / "var" / "benchmarks"
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/orders_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+# The ORM-only loops write to a database of their own on the same server: measured while the
+# relay runs (around the end-to-end phase), their orders must not enter the pipeline.
+ORM_DATABASE_URL = os.environ.get(
+    "BENCH_ORM_DATABASE_URL",
+    urllib.parse.urlunsplit((lambda parts: parts._replace(path=parts.path + "_orm"))(urllib.parse.urlsplit(DATABASE_URL))),
+)
 
 # Everything an order writes; emptied between phases.
 ORDER_TABLES = [
@@ -101,13 +107,22 @@ def setup_django(*, log_file: Path | None = None) -> None:
                 handler.setStream(stream)
 
 
-def truncate_order_tables() -> None:
+def truncate_order_tables(url: str | None = None) -> None:
+    """Empties the order tables of the system's database (Django's connection), or of ``url``'s."""
+    statements = ["SET lock_timeout = '20s'", f"TRUNCATE {', '.join(ORDER_TABLES)} RESTART IDENTITY CASCADE",
+                  "SET lock_timeout = 0"]
+    if url:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        return
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("SET lock_timeout = '20s'")
-        cursor.execute(f"TRUNCATE {', '.join(ORDER_TABLES)} RESTART IDENTITY CASCADE")
-        cursor.execute("SET lock_timeout = 0")
+        for statement in statements:
+            cursor.execute(statement)
 
 
 def database_counters() -> dict[str, int]:

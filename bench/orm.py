@@ -42,9 +42,13 @@ def create_loop(*, duration: float, start_at: float | None = None) -> int:
 
 
 def _serve(commands, results) -> None:
-    """A load process: Django set up and warm once, then one create_order loop per command."""
-    from bench.env import setup_django
+    """A load process on the ORM-only database: Django set up and warm once, then one
+    create_order loop per command."""
+    import os
 
+    from bench.env import ORM_DATABASE_URL, setup_django
+
+    os.environ["DATABASE_URL"] = ORM_DATABASE_URL
     setup_django()
     try:
         results.put(create_loop(duration=0))  # warm: connection, imports, first-query caches
@@ -58,10 +62,11 @@ def _serve(commands, results) -> None:
 
 
 class OrmLoad:
-    """``processes`` spawned processes running create_order loops on request.
+    """``processes`` spawned processes running create_order loops on request, on the ORM-only
+    database (``bench.env.ORM_DATABASE_URL``, same server).
 
-    Started once, they can measure the baseline in short slices that alternate with another
-    measurement (the paired API rounds), each slice on the same warm processes.
+    Started once, they can measure the baseline in short slices that alternate with, or bracket,
+    another measurement, each slice on the same warm processes. Idle between slices, they use no CPU.
     """
 
     def __init__(self, processes: int, *, start_timeout: float = 60.0):
@@ -101,12 +106,7 @@ class OrmLoad:
 
 
 def orm_baseline(*, duration: float, processes: int) -> dict[str, Any]:
-    """orders/s of create_order in a loop: in this process (1), or in ``processes`` spawned processes."""
-    if processes == 1:
-        started = time.perf_counter()
-        count = create_loop(duration=duration)
-        return {"processes": 1, "orders": count, "duration_s": duration, "rate": count / duration,
-                "wall_s": time.perf_counter() - started}
+    """orders/s of create_order in a loop in ``processes`` spawned processes."""
     with OrmLoad(processes) as load:
         return load.run(duration)
 

@@ -49,7 +49,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     out["api_vs_orm_separate"] = ratio(api, orm)
     out["api_vs_orm"] = paired.get("ratio") if paired.get("ratio") is not None else out["api_vs_orm_separate"]
     out["orm_per_order_pipeline"] = orm / TRANSACTIONS_PER_ORDER if orm else None
-    out["e2e_vs_orm_per_tx"] = ratio(e2e_rate, out["orm_per_order_pipeline"])
+    out["e2e_vs_orm_per_tx_separate"] = ratio(e2e_rate, out["orm_per_order_pipeline"])
+    # The verdict uses the ORM-only rate measured just before and after the maximum when it ran.
+    bracket = (e2e.get("orm_bracket") or {}).get("rate")
+    out["e2e_vs_orm_per_tx"] = (ratio(e2e_rate, bracket / TRANSACTIONS_PER_ORDER) if bracket
+                                else out["e2e_vs_orm_per_tx_separate"])
     out["e2e_sustained_vs_orm_per_tx"] = ratio(sus.get("terminal_rate"), out["orm_per_order_pipeline"])
     out["p99_post_to_terminal_s"] = p99 / 1000 if p99 is not None else None
     out["e2e_vs_api"] = ratio(e2e_rate, api)
@@ -135,6 +139,10 @@ def table(results: dict[str, Any]) -> str:
         add(f"    at that rate: relay published {fmt(sat.get('relay_published_rate'))} events/s, bridge dispatched"
             f" {fmt(sat.get('bridge_dispatched_rate'))} msg/s, worker finished {fmt(sat.get('tasks_succeeded_rate'))} tasks/s")
         add(f"    CPU ms per finished order: {_cpu_line(sat.get('cpu_ms_per_order', {}))}{_others(sat)}")
+        bracket = e2e.get("orm_bracket")
+        if bracket:
+            add(f"    ORM-only (2 processes, {bracket['slice_s']:.0f} s) just before and just after: {bracket['rates']} orders/s,"
+                f" mean {fmt(bracket['rate'])}: the ratio's baseline")
     if sus:
         add(f"  Sustained at half of it: {fmt(sus.get('offered_rate'))} orders/s offered for {sus.get('duration_s'):.0f} s ->"
             f" {fmt(sus.get('terminal_rate'))} orders/s reached PAID/PAYMENT_FAILED; {sus.get('accepted')} accepted,"
@@ -185,8 +193,12 @@ def table(results: dict[str, Any]) -> str:
         f"{_verdict(r.get('pass', {}).get('api_vs_orm'), r.get('api_vs_orm'))}")
     if paired.get("ratio") is not None:
         add(f"  (API best level / ORM-only baseline, minutes apart ........ {_pct(r.get('api_vs_orm_separate')):>9})")
-    add(f"  end-to-end max / (ORM-only / {TRANSACTIONS_PER_ORDER} tx per order) ................ {_pct(r.get('e2e_vs_orm_per_tx')):>9}"
+    bracket = e2e.get("orm_bracket") or {}
+    label = "ORM-only around it" if bracket else "ORM-only baseline"
+    add(f"  end-to-end max / ({label} / {TRANSACTIONS_PER_ORDER} tx per order) {'.' * (24 - len(label))} {_pct(r.get('e2e_vs_orm_per_tx')):>9}"
         f"   >= 40%    {_verdict(r.get('pass', {}).get('e2e_vs_orm_per_tx'), r.get('e2e_vs_orm_per_tx'))}")
+    if bracket:
+        add(f"  (end-to-end max / (ORM-only baseline / {TRANSACTIONS_PER_ORDER}), minutes apart ..... {_pct(r.get('e2e_vs_orm_per_tx_separate')):>9})")
     p99 = r.get("p99_post_to_terminal_s")
     add(f"  p99 POST-to-terminal at half the sustained max ............. {(fmt(p99, 2) + ' s') if p99 is not None else '-':>9}"
         f"   < 2 s     {_verdict(r.get('pass', {}).get('p99_post_to_terminal_s'), p99)}")

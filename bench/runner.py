@@ -139,6 +139,9 @@ def _cleanup(results, progress, noop_processes) -> None:
             except ProcessLookupError:
                 pass
             process.wait(timeout=10)
+    orm_load = _RUNNING.pop("orm_load", None)
+    if orm_load is not None:
+        orm_load.close()
     broker = _RUNNING.pop("broker", None)
     if broker is not None:
         progress("stopping the Kafka broker")
@@ -208,13 +211,16 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
     app_env = bench_env.app_environment(kafka_brokers=broker.bootstrap_servers, run_id=run_id, http_port=http_port)
     os.environ.update(app_env)
     os.environ["BENCH_LOG_FILE"] = str(run_dir / "bench-process.log")
-    migrate = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, env=os.environ.copy(),
-        capture_output=True, text=True, timeout=300,
-    )
-    (run_dir / "migrate.log").write_text(migrate.stdout + migrate.stderr)
-    if migrate.returncode:
-        raise RuntimeError(f"migrate failed; see {run_dir / 'migrate.log'}")
+    bench_env.ensure_database(bench_env.ORM_DATABASE_URL)
+    for url, log_name in ((DATABASE_URL, "migrate.log"), (bench_env.ORM_DATABASE_URL, "migrate-orm.log")):
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": url},
+            capture_output=True, text=True, timeout=300,
+        )
+        (run_dir / log_name).write_text(migrate.stdout + migrate.stderr)
+        if migrate.returncode:
+            raise RuntimeError(f"migrate failed; see {run_dir / log_name}")
+    bench_env.truncate_order_tables(bench_env.ORM_DATABASE_URL)
     bench_env.setup_django()
     from django.conf import settings
     from django.db import connection
@@ -224,6 +230,7 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
         pg_version = cursor.fetchone()[0]
     results["meta"].update(
         postgres=f"PostgreSQL {pg_version}",
+        orm_database_url=bench_env.ORM_DATABASE_URL,
         http_workers=settings.CONFIG["http"]["workers"],
         http_threads=settings.CONFIG["http"]["threads"],
         celery_concurrency=settings.CELERY_WORKER_CONCURRENCY,
@@ -240,10 +247,8 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
     if "orm" in phases:
         baselines["orm_1"] = _phase(f"ORM-only baseline, 1 process, {d.orm:.0f} s", results, progress,
                                     _with_cpu, noop_processes, orm.orm_baseline, duration=d.orm, processes=1) or {}
-        bench_env.truncate_order_tables()
         baselines["orm_2"] = _phase(f"ORM-only baseline, 2 processes, {d.orm:.0f} s", results, progress,
                                     _with_cpu, noop_processes, orm.orm_baseline, duration=d.orm, processes=2) or {}
-        bench_env.truncate_order_tables()
         rates = [b.get("rate") for b in (baselines["orm_1"], baselines["orm_2"]) if b.get("rate")]
         baselines["orm_baseline_rate"] = max(rates) if rates else None
         progress(f"  ORM-only: 1 process {baselines['orm_1'].get('rate', 0):.1f}/s, "
@@ -292,6 +297,9 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
         system.wait_workers(timeout=90)
         system.wait_bridge(timeout=120)
         progress("  web healthy, worker ready, bridge has its partitions")
+        # Two warm ORM-only processes for the paired API rounds and the brackets around the
+        # end-to-end maximum; idle, they use no CPU.
+        orm_load = _RUNNING["orm_load"] = orm.OrmLoad(2)
         broker_pid = broker.process.pid if broker.process else None
         if "api" in phases:
             levels = _phase(f"API POST /orders at concurrency {', '.join(map(str, d.api_levels))}, {d.api:.0f} s each",
@@ -306,7 +314,7 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
                 best_level = max(levels, key=lambda level: level["throughput"])
                 paired = _phase(f"API (c={best_level['concurrency']}) and ORM-only (2 processes) in {d.paired_rounds} paired"
                                 f" rounds of {d.paired_slice:.0f} s each", results, progress, e2e.paired_api_vs_orm, system,
-                                concurrency=best_level["concurrency"], rounds=d.paired_rounds, duration=d.paired_slice)
+                                orm_load, concurrency=best_level["concurrency"], rounds=d.paired_rounds, duration=d.paired_slice)
                 if paired:
                     results["api"]["paired"] = paired
                     progress(f"  paired: API {paired['api_rate']:.1f}/s, ORM-only {paired['orm_rate']:.1f}/s,"
@@ -316,6 +324,8 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
             system.start("relay")
             system.wait_relay(timeout=60)
             results["e2e"] = e2e_results = {}
+            # The ORM-only baseline just before and just after the maximum, in the same minutes.
+            bracket = [orm_load.run(d.paired_slice)["rate"]]
             sat = _phase(f"E2E max sustainable rate ({d.saturation_warmup:.0f} s warm-up + {d.saturation_window:.0f} s)",
                          results, progress, e2e.saturation, system, warmup=d.saturation_warmup,
                          window=d.saturation_window, backlog=d.saturation_backlog, broker_pid=broker_pid)
@@ -325,6 +335,10 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
                 drained = e2e.drain(timeout=d.drain_timeout)
                 e2e_results["saturation_drain"] = drained
                 progress(f"  drained in {drained['seconds']:.1f} s ({drained})")
+                bracket.append(orm_load.run(d.paired_slice)["rate"])
+                e2e_results["orm_bracket"] = {"rates": [round(rate, 1) for rate in bracket],
+                                              "rate": sum(bracket) / len(bracket), "slice_s": d.paired_slice}
+                progress(f"  ORM-only (2 processes) just before and after: {bracket[0]:.1f} and {bracket[1]:.1f} orders/s")
                 rate = max(0.5, sat["max_sustainable_rate"] / 2)
                 sus = _phase(f"E2E sustained at {rate:.1f} orders/s for {d.sustained:.0f} s", results, progress,
                              e2e.sustained, system, rate=rate, duration=d.sustained, warm=d.sustained_warm,
