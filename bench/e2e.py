@@ -22,7 +22,6 @@ from bench.stats import epoch, summary
 TERMINAL = ("PAID", "PAYMENT_FAILED", "FAILED", "CANCELLED")
 NOTIFICATIONS_PER_ORDER = 3  # email for ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED
 EVENTS_PER_ORDER = 6  # ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED, 3 x NOTIFICATION_SENT
-TASKS_PER_ORDER = 5  # process_order, charge_payment, 3 x send_notifications
 POSTERS = 4  # client threads of the saturation run
 _SUCCEEDED = re.compile(r"^Task (?P<task>[\w.]+)\[[^\]]+\] succeeded in (?P<runtime>[0-9.eE-]+)s")
 

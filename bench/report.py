@@ -14,7 +14,7 @@ TRANSACTIONS_REASONING = [
     "process_order: inbox claim + CREATED->PROCESSING + timeline + outbox = 1",
     "charge_payment: open the attempt (Payment row) = 1, gateway ledger (SimulatedCharge) = 1,"
     " record the outcome (inbox + payment + order + timeline + outbox) = 1",
-    "send_notifications: 3 events (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED) x 1"
+    "send_notifications_batch: 3 events (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED) x 1"
     " (inbox + notification + NOTIFICATION_SENT outbox + timeline) = 3",
     "relay: marks published once per batch of up to 500 rows (6 rows per order): ~0 per order",
     "= 8. Autocommit statements the code runs besides (inbox was_handled UPDATEs, the"

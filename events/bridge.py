@@ -19,7 +19,7 @@ from events.contract import TOPIC_DLQ, InvalidEvent, dead_letter_headers, parse_
 from events.kafka import client_config, delivery_error
 from events.lifecycle import backoff_delays
 from events.relay import build_producer, needs_new_producer
-from events.routes import dead_letter_task, tasks_for
+from events.routes import dead_letter_task, notification_tasks, notifies, tasks_for
 from events.topics import ensure_topics_until_ready
 from orders_project.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSAGES, serve_process_metrics
 
@@ -105,16 +105,20 @@ class KafkaBridge:
     def handle_batch(self, messages: list[Message]) -> None:
         done: dict[tuple[str, int], int] = {}
         dead_letter_errors: list[KafkaError] = []
+        # Events whose customer notifications go out together, once the batch is read.
+        to_notify: list[dict] = []
         for message in messages:
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     logger.warning("kafka_consume_error", error=str(message.error()))
                 continue
             position = (message.topic(), message.partition())
-            if not self._handle(message, dead_letter_errors):
+            if not self._handle(message, dead_letter_errors, to_notify):
                 break  # stopping while the Celery broker is away: leave the rest for redelivery
             done[position] = message.offset()
         structlog.contextvars.clear_contextvars()
+        if to_notify and not self._dispatch(notification_tasks(to_notify)):
+            return  # stopping while the Celery broker is away: nothing committed, the batch comes again
         if self.dlq_producer.flush(self.config.delivery_timeout_ms / 1000 + 5) or dead_letter_errors:
             # Not confirmed on dlq: commit nothing, read the batch again (tasks are idempotent).
             logger.error("dlq_publish_failed", errors=[str(error) for error in dead_letter_errors])
@@ -124,10 +128,10 @@ class KafkaBridge:
             return
         self._commit(done)
 
-    def _tasks(self, message: Message, dead_letter_errors: list[KafkaError]) -> list[Signature] | None:
-        """The message's tasks; None if it went to dlq instead."""
+    def _tasks(self, message: Message, dead_letter_errors: list[KafkaError]) -> tuple[list[Signature], dict | None] | None:
+        """The message's tasks, and its event if the customer is to be told; None if it went to dlq instead."""
         if message.topic() == TOPIC_DLQ:
-            return [dead_letter_task(key=message.key(), headers=message.headers() or [], value=message.value())]
+            return [dead_letter_task(key=message.key(), headers=message.headers() or [], value=message.value())], None
         try:
             envelope = parse_event(message.value(), max_bytes=self.config.max_event_bytes)
         except InvalidEvent as exc:
@@ -140,13 +144,31 @@ class KafkaBridge:
             correlation_id=envelope["metadata"]["correlation_id"],
             event_type=envelope["type"],
         )
-        return tasks_for(envelope)
+        return tasks_for(envelope), envelope if notifies(envelope) else None
 
-    def _handle(self, message: Message, dead_letter_errors: list[KafkaError]) -> bool:
+    def _handle(self, message: Message, dead_letter_errors: list[KafkaError], to_notify: list[dict]) -> bool:
         structlog.contextvars.clear_contextvars()
-        tasks = self._tasks(message, dead_letter_errors)
-        if tasks is None:
+        routed = self._tasks(message, dead_letter_errors)
+        if routed is None:
             return True
+        tasks, notify = routed
+        if not self._dispatch(tasks):
+            return False
+        if notify is not None:
+            to_notify.append(notify)
+        BRIDGE_MESSAGES.labels(message.topic(), "dispatched" if tasks or notify else "no_task").inc()
+        logger.info(
+            "event_dispatched",
+            tasks=len(tasks),
+            notify=notify is not None,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+        )
+        return True
+
+    def _dispatch(self, tasks: list[Signature]) -> bool:
+        """True once the Celery broker took every task; False if the bridge is stopping first."""
         for delay in backoff_delays(start=0.5, ceiling=self.config.max_backoff):
             if delay and self.stop.wait(delay):
                 return False
@@ -157,14 +179,6 @@ class KafkaBridge:
                 BRIDGE_DISPATCH_FAILURES.inc()
                 logger.warning("celery_dispatch_failed", error=f"{type(exc).__name__}: {exc}")
                 continue
-            BRIDGE_MESSAGES.labels(message.topic(), "dispatched" if tasks else "no_task").inc()
-            logger.info(
-                "event_dispatched",
-                tasks=len(tasks),
-                topic=message.topic(),
-                partition=message.partition(),
-                offset=message.offset(),
-            )
             return True
         return False
 

@@ -1,14 +1,59 @@
+import structlog
 from celery import shared_task
 
 from notifications import services
-from orders_project.celery import run_with_retries
+from orders_project.celery import TRANSIENT_ERRORS, run_with_retries
+
+logger = structlog.get_logger(__name__)
 
 
-@shared_task(bind=True, name="notifications.send_notifications")
-def send_notifications(self, envelope: dict) -> None:
-    """An order event: tell the customer on each enabled channel."""
-    run_with_retries(
-        self,
-        step=lambda: services.send_event_notifications(envelope=envelope),
-        give_up=lambda exc: services.record_delivery_failure(envelope=envelope, error=f"{type(exc).__name__}: {exc}"),
-    )
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@shared_task(bind=True, name="notifications.send_notifications_batch")
+def send_notifications_batch(self, envelopes: list[dict]) -> None:
+    """Order events from one bridge batch: tell each event's customer on each enabled channel.
+
+    Each event stands alone: one that fails does not hold the others up, the retry carries only
+    the events that failed with a transient error, and an error that is not transient is
+    recorded for its event at once.
+    """
+    failed: list[dict] = []
+
+    def send_each() -> None:
+        errors: list[Exception] = []
+        for envelope in envelopes:
+            context = {
+                "event_id": envelope["event_id"],
+                "order_id": envelope["order"]["id"],
+                "correlation_id": envelope["metadata"]["correlation_id"],
+            }
+            with structlog.contextvars.bound_contextvars(**context):
+                try:
+                    services.send_event_notifications(envelope=envelope)
+                except TRANSIENT_ERRORS as exc:
+                    failed.append(envelope)
+                    errors.append(exc)
+                except Exception as exc:  # noqa: BLE001 - a bug or data it cannot handle: recorded, not retried
+                    logger.exception("notification_step_failed")
+                    try:
+                        services.record_delivery_failure(envelope=envelope, error=_failure(exc))
+                    except TRANSIENT_ERRORS as recording_error:  # the database away: try the event again
+                        failed.append(envelope)
+                        errors.append(recording_error)
+        if errors:
+            raise errors[0]
+
+    def give_up(exc: Exception) -> None:
+        for envelope in failed:
+            services.record_delivery_failure(envelope=envelope, error=_failure(exc))
+
+    run_with_retries(self, step=send_each, give_up=give_up, retry_args=(failed,))
+
+
+@shared_task(name="notifications.send_notifications")
+def send_notifications(envelope: dict) -> None:
+    """One event, as a bridge of the previous release queued it (during a rolling upgrade):
+    handed on as a batch of one."""
+    send_notifications_batch.delay([envelope])

@@ -115,13 +115,16 @@ def retry_delay(*, retries: int) -> float:
     return random.uniform(0, ceiling)
 
 
-def run_with_retries(task, *, step: Callable[[], T], give_up: Callable[[Exception], None]) -> T | None:
+def run_with_retries(
+    task, *, step: Callable[[], T], give_up: Callable[[Exception], None], retry_args: tuple | None = None
+) -> T | None:
     """Run a pipeline step; retry transient errors, and after the last retry call ``give_up``.
 
     ``give_up`` records the failure visibly (a parked order, a failed notification, a dlq
     event); an error that is not transient (a bug, data the step cannot handle) goes there at
     once. If the failure cannot be recorded either (the database is still away), the task is
-    retried once more rather than acknowledged with nothing written.
+    retried once more rather than acknowledged with nothing written. ``retry_args`` replace the
+    task's arguments in the retry (the part of its work still to do); None keeps them.
     """
     logger = structlog.get_logger(__name__)
     try:
@@ -130,13 +133,13 @@ def run_with_retries(task, *, step: Callable[[], T], give_up: Callable[[Exceptio
         retries = task.request.retries
         if retries < task.max_retries:
             logger.warning("task_retrying", error=f"{type(exc).__name__}: {exc}", retries=retries + 1)
-            raise task.retry(exc=exc, countdown=retry_delay(retries=retries)) from exc
+            raise task.retry(args=retry_args, exc=exc, countdown=retry_delay(retries=retries)) from exc
         try:
             give_up(exc)
             TASKS.labels(task.name, "gave_up").inc()
         except TRANSIENT_ERRORS as recording_error:
             raise task.retry(
-                exc=recording_error, countdown=retry_delay(retries=retries), max_retries=retries + 1
+                args=retry_args, exc=recording_error, countdown=retry_delay(retries=retries), max_retries=retries + 1
             ) from recording_error
         return None
     except Exception as exc:
