@@ -7,8 +7,16 @@ from orders_project.celery import TRANSIENT_ERRORS, run_with_retries
 logger = structlog.get_logger(__name__)
 
 
-def _failure(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def _record_failure(envelope: dict, exc: Exception) -> None:
+    """Record the event's notifications FAILED and send it to dlq. A transient error (the database
+    away) propagates, to be retried; any other is logged, so that one event cannot stop the rest
+    of its batch."""
+    try:
+        services.record_delivery_failure(envelope=envelope, error=f"{type(exc).__name__}: {exc}")
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - logged with its traceback; the other events go on
+        logger.exception("notification_failure_unrecorded")
 
 
 @shared_task(bind=True, name="notifications.send_notifications_batch")
@@ -38,7 +46,7 @@ def send_notifications_batch(self, envelopes: list[dict]) -> None:
                 except Exception as exc:  # noqa: BLE001 - a bug or data it cannot handle: recorded, not retried
                     logger.exception("notification_step_failed")
                     try:
-                        services.record_delivery_failure(envelope=envelope, error=_failure(exc))
+                        _record_failure(envelope, exc)
                     except TRANSIENT_ERRORS as recording_error:  # the database away: try the event again
                         failed.append(envelope)
                         errors.append(recording_error)
@@ -47,7 +55,7 @@ def send_notifications_batch(self, envelopes: list[dict]) -> None:
 
     def give_up(exc: Exception) -> None:
         for envelope in failed:
-            services.record_delivery_failure(envelope=envelope, error=_failure(exc))
+            _record_failure(envelope, exc)
 
     run_with_retries(self, step=send_each, give_up=give_up, retry_args=(failed,))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import uuid
 
 import pytest
 from django.core import mail
@@ -72,3 +73,16 @@ def test_a_task_queued_by_the_previous_release_is_handed_on(refusing_mail, setti
     send_notifications.apply(args=(event,)).get()
 
     assert [message.to[0] for message in mail.outbox] == ["old@example.com"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_that_cannot_even_be_recorded_does_not_stop_its_batch(refusing_mail):
+    # An event about an order this database does not have: its records break the foreign key.
+    stranger = {**created_event("stranger@example.com", "stranger"), "event_id": str(uuid.uuid4())}
+    stranger["order"] = {**stranger["order"], "id": str(uuid.uuid4())}
+    good = created_event("good@example.com", "good")
+
+    send_notifications_batch.apply(args=([stranger, good],)).get()
+
+    assert Notification.objects.get(order_id=good["order"]["id"]).status == "SENT"
+    assert not Notification.objects.filter(order_id=stranger["order"]["id"]).exists()
