@@ -263,7 +263,7 @@ def query_census(*, count: int, log_path: Path | None) -> dict[str, Any]:
             for o in orders
             for envelope in order_envelopes(o["order_id"], ("ORDER_CREATED", "ORDER_PROCESSING", "ORDER_PAID", "PAYMENT_FAILED"))
         ]
-        results["send_notifications: send_event_notifications (per event)"] = _measure(
+        results["send_notifications_batch: send_event_notifications (per event)"] = _measure(
             census, lambda envelope: send_event_notifications(envelope=envelope), envelopes
         )
     return results
@@ -275,7 +275,7 @@ def census_per_order(census: dict[str, Any]) -> dict[str, float]:
         "POST /orders (DRF test client)": 1,
         "process_order: start_processing": 1,
         "charge_payment: charge_order": 1,
-        "send_notifications: send_event_notifications (per event)": 3,
+        "send_notifications_batch: send_event_notifications (per event)": 3,
     }
     total: Counter = Counter()
     for step, times in steps.items():

@@ -152,7 +152,7 @@ def run_profiles(*, duration: float, out_dir: Path, stamp: str, log_path: Path) 
             for o in orders
             for envelope in order_envelopes(o["order_id"], ("ORDER_CREATED", "ORDER_PROCESSING", "ORDER_PAID", "PAYMENT_FAILED"))
         ]
-        results["send_event_notifications (send_notifications task, per event)"] = _profile(
+        results["send_event_notifications (send_notifications_batch task, per event)"] = _profile(
             "send_event_notifications",
             each(lambda envelope: send_event_notifications(envelope=envelope), envelopes),
             out_dir, stamp,
