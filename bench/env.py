@@ -19,9 +19,9 @@ DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
 # The ORM-only loops write to a database of their own on the same server: measured while the
 # relay runs (around the end-to-end phase), their orders must not enter the pipeline.
+_DATABASE_PARTS = urllib.parse.urlsplit(DATABASE_URL)
 ORM_DATABASE_URL = os.environ.get(
-    "BENCH_ORM_DATABASE_URL",
-    urllib.parse.urlunsplit((lambda parts: parts._replace(path=parts.path + "_orm"))(urllib.parse.urlsplit(DATABASE_URL))),
+    "BENCH_ORM_DATABASE_URL", urllib.parse.urlunsplit(_DATABASE_PARTS._replace(path=_DATABASE_PARTS.path + "_orm"))
 )
 
 # Everything an order writes; emptied between phases.

@@ -27,12 +27,9 @@ def _create_one(items: list[dict]) -> None:
     )
 
 
-def create_loop(*, duration: float, start_at: float | None = None) -> int:
-    """Orders created back to back for ``duration`` s (from ``start_at``, a time.time())."""
-    items = seed_items()
-    _create_one(items)  # warm: connection, imports, first-query caches
-    if start_at is not None:
-        time.sleep(max(0.0, start_at - time.time()))
+def create_loop(*, duration: float, start_at: float) -> int:
+    """Orders created back to back for ``duration`` s from ``start_at`` (a time.time())."""
+    time.sleep(max(0.0, start_at - time.time()))
     deadline = time.perf_counter() + duration
     count = 0
     while time.perf_counter() < deadline:
@@ -51,7 +48,8 @@ def _serve(commands, results) -> None:
     os.environ["DATABASE_URL"] = ORM_DATABASE_URL
     setup_django()
     try:
-        results.put(create_loop(duration=0))  # warm: connection, imports, first-query caches
+        _create_one(seed_items())  # warm: connection, imports, first-query caches
+        results.put("ready")
         while (command := commands.get()) is not None:
             duration, start_at = command
             results.put(create_loop(duration=duration, start_at=start_at))

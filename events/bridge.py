@@ -15,7 +15,7 @@ import structlog
 from celery import Signature
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from events.contract import TOPIC_DLQ, InvalidEvent, dead_letter_headers, parse_event
+from events.contract import TOPIC_DLQ, InvalidEvent, dead_letter_headers, log_context, parse_event
 from events.kafka import client_config, delivery_error
 from events.lifecycle import backoff_delays
 from events.relay import build_producer, needs_new_producer
@@ -138,12 +138,7 @@ class KafkaBridge:
             self._dead_letter(message, exc, dead_letter_errors)
             BRIDGE_MESSAGES.labels(message.topic(), "dead_lettered").inc()
             return None
-        structlog.contextvars.bind_contextvars(
-            event_id=envelope["event_id"],
-            order_id=envelope["order"]["id"],
-            correlation_id=envelope["metadata"]["correlation_id"],
-            event_type=envelope["type"],
-        )
+        structlog.contextvars.bind_contextvars(**log_context(envelope), event_type=envelope["type"])
         return tasks_for(envelope), envelope if notifies(envelope) else None
 
     def _handle(self, message: Message, dead_letter_errors: list[KafkaError], to_notify: list[dict]) -> bool:

@@ -62,6 +62,15 @@ def build_envelope(
     return envelope
 
 
+def log_context(envelope: dict[str, Any]) -> dict[str, str]:
+    """The ids every log line about this event carries."""
+    return {
+        "event_id": envelope["event_id"],
+        "order_id": envelope["order"]["id"],
+        "correlation_id": envelope["metadata"]["correlation_id"],
+    }
+
+
 def message_headers(*, event_type: str, event_id: str, correlation_id: str) -> dict[str, str]:
     """The Kafka headers every event carries."""
     return {"event_type": event_type, "event_id": event_id, "correlation_id": correlation_id}

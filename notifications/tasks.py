@@ -1,6 +1,7 @@
 import structlog
 from celery import shared_task
 
+from events.contract import log_context
 from notifications import services
 from orders_project.celery import TRANSIENT_ERRORS, run_with_retries
 
@@ -32,12 +33,7 @@ def send_notifications_batch(self, envelopes: list[dict]) -> None:
     def send_each() -> None:
         errors: list[Exception] = []
         for envelope in envelopes:
-            context = {
-                "event_id": envelope["event_id"],
-                "order_id": envelope["order"]["id"],
-                "correlation_id": envelope["metadata"]["correlation_id"],
-            }
-            with structlog.contextvars.bound_contextvars(**context):
+            with structlog.contextvars.bound_contextvars(**log_context(envelope)):
                 try:
                     services.send_event_notifications(envelope=envelope)
                 except TRANSIENT_ERRORS as exc:
