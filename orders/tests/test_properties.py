@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from events.models import OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
+from rest_framework import serializers
+
 from orders.serializers import OrderCreateSerializer
 from orders_project.testing import create_test_order
 
@@ -71,6 +73,51 @@ def test_one_bad_item_field_makes_the_whole_order_invalid(order, field, data):
 
     assert not serializer.is_valid()
     assert field in serializer.errors["items"][position]
+
+
+class DrfPathOnly(OrderCreateSerializer):
+    """The same fields through DRF's generic path only, without DeclaredFieldsFastPath."""
+
+    def to_internal_value(self, data):
+        return serializers.Serializer.to_internal_value(self, data)
+
+    def run_validators(self, value):
+        serializers.Serializer.run_validators(self, value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=3),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@FAST
+@given(valid_orders, st.data())
+def test_the_fast_path_decides_exactly_as_drf(order, data):
+    """Whatever the body, valid or broken anywhere, both paths give the same verdict, the same
+    values and the same errors."""
+    if data.draw(st.booleans()):
+        position = data.draw(st.integers(min_value=0, max_value=len(order["items"]) - 1))
+        field = data.draw(st.sampled_from(sorted(BREAKERS)))
+        order["items"][position][field] = data.draw(BREAKERS[field] | json_values)
+    if data.draw(st.booleans()):
+        length = data.draw(st.sampled_from([0, LIMITS["max_items"], LIMITS["max_items"] + 1]))
+        order["items"] = order["items"][:1] * length
+    if data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(["user_id", "email", "items", "extra"]))
+        order[key] = data.draw(json_values)
+    if data.draw(st.booleans()):
+        del order[data.draw(st.sampled_from(sorted(order)))]
+    body = data.draw(st.sampled_from([order, order, order, [order], "order", None]))
+
+    fast, drf = OrderCreateSerializer(data=body), DrfPathOnly(data=body)
+
+    assert fast.is_valid() == drf.is_valid()
+    assert fast.errors == drf.errors
+    if drf.is_valid():
+        assert fast.validated_data == drf.validated_data
 
 
 # The state machine: random sequences of pipeline steps and operator actions on one order.

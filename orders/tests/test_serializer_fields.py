@@ -1,10 +1,13 @@
 """The request serializer's fields are copied shallowly (ShallowCopyField): each serializer still
-gets fields of its own, and concurrent requests do not see each other's."""
+gets fields of its own, and concurrent requests do not see each other's. A well-formed request is
+validated by the declared fields directly (DeclaredFieldsFastPath), and only such a request."""
 
 from __future__ import annotations
 
 import threading
 from decimal import Decimal
+
+from rest_framework import serializers
 
 from orders.serializers import OrderCreateSerializer
 
@@ -73,3 +76,36 @@ def test_concurrent_validations_keep_their_own_data():
         assert data["user_id"] == f"user-{n}"
         assert data["items"][0]["product_id"] == f"p{n}"
         assert data["items"][0]["quantity"] == n % 5 + 1
+
+
+def test_a_well_formed_order_is_validated_without_copying_the_fields():
+    serializer = OrderCreateSerializer(data=body(3))
+
+    assert serializer.is_valid(), serializer.errors
+    assert "fields" not in serializer.__dict__  # the cached property was never computed
+    assert serializer.validated_data["items"][0]["price"] == Decimal("9.99")
+
+
+def test_a_bad_order_gets_drfs_own_errors():
+    bad = {**body(1), "email": "not-an-email", "items": [{**body(1)["items"][0], "quantity": 0}]}
+    serializer = OrderCreateSerializer(data=bad)
+
+    assert not serializer.is_valid()
+    assert serializer.errors["email"][0].code == "invalid"
+    assert serializer.errors["items"][0]["quantity"][0].code == "min_value"
+
+
+def test_a_serializer_with_its_own_hooks_is_validated_by_drf():
+    class WithFieldHook(OrderCreateSerializer):
+        def validate_user_id(self, value):
+            raise serializers.ValidationError("refused by the hook")
+
+    class WithObjectHook(OrderCreateSerializer):
+        def validate(self, attrs):
+            return {**attrs, "seen_by_validate": True}
+
+    hooked = WithFieldHook(data=body(1))
+    assert not hooked.is_valid()
+    assert hooked.errors["user_id"] == ["refused by the hook"]
+    validated = WithObjectHook(data=body(1))
+    assert validated.is_valid() and validated.validated_data["seen_by_validate"] is True
