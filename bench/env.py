@@ -107,22 +107,13 @@ def setup_django(*, log_file: Path | None = None) -> None:
                 handler.setStream(stream)
 
 
-def truncate_order_tables(url: str | None = None) -> None:
-    """Empties the order tables of the system's database (Django's connection), or of ``url``'s."""
-    statements = ["SET lock_timeout = '20s'", f"TRUNCATE {', '.join(ORDER_TABLES)} RESTART IDENTITY CASCADE",
-                  "SET lock_timeout = 0"]
-    if url:
-        import psycopg
+def truncate_order_tables(url: str = DATABASE_URL) -> None:
+    """Empties the order tables of the database at ``url`` (the system's by default)."""
+    import psycopg
 
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            for statement in statements:
-                conn.execute(statement)
-        return
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        for statement in statements:
-            cursor.execute(statement)
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SET lock_timeout = '20s'")
+        conn.execute(f"TRUNCATE {', '.join(ORDER_TABLES)} RESTART IDENTITY CASCADE")
 
 
 def database_counters() -> dict[str, int]:
