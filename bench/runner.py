@@ -39,14 +39,12 @@ class Durations:
     idle_window: float
 
 
-FULL = Durations(orm=10, kafka_produce=8, noop_tasks=5000, api=10, api_levels=(1, 4, 8, 16, 32), paired_rounds=6, paired_slice=5,
-                 saturation_warmup=8,
-                 saturation_window=60, saturation_backlog=60, sustained=60, sustained_warm=5, census_orders=20,
-                 profile=5, drain_timeout=180, idle_window=8)
-QUICK = Durations(orm=3, kafka_produce=3, noop_tasks=1500, api=3, api_levels=(1, 4, 8, 16, 32), paired_rounds=3, paired_slice=3,
-                  saturation_warmup=4,
-                  saturation_window=10, saturation_backlog=60, sustained=15, sustained_warm=3, census_orders=10,
-                  profile=2, drain_timeout=120, idle_window=4)
+FULL = Durations(orm=10, kafka_produce=8, noop_tasks=5000, api=10, api_levels=(1, 4, 8, 16, 32), paired_rounds=6,
+                 paired_slice=5, saturation_warmup=8, saturation_window=60, saturation_backlog=60, sustained=60,
+                 sustained_warm=5, census_orders=20, profile=5, drain_timeout=180, idle_window=8)
+QUICK = Durations(orm=3, kafka_produce=3, noop_tasks=1500, api=3, api_levels=(1, 4, 8, 16, 32), paired_rounds=3,
+                  paired_slice=3, saturation_warmup=4, saturation_window=10, saturation_backlog=60, sustained=15,
+                  sustained_warm=3, census_orders=10, profile=2, drain_timeout=120, idle_window=4)
 
 
 class Progress:
