@@ -26,12 +26,18 @@ class OutboxEvent(models.Model):
     published_at = models.DateTimeField(null=True, blank=True)
     publish_attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # Set by the reconciler once every handler the event is routed to has applied it and its
+    # order is terminal: from then on the row is history, deleted after the retention period.
+    completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
         indexes = [
             # The relay's scan: only the (small) unpublished tail, in write order.
             models.Index(fields=["id"], condition=Q(published_at__isnull=True), name="outbox_unpublished_idx"),
+            # The reconciler's scan: events not known to be complete.
+            models.Index(fields=["id"], condition=Q(completed_at__isnull=True), name="outbox_incomplete_idx"),
+            models.Index(fields=["completed_at"], name="outbox_completed_idx"),
         ]
 
     def __str__(self) -> str:
@@ -53,6 +59,7 @@ class InboxEntry(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["handler", "event_id"], name="inbox_handler_event_uniq")]
+        indexes = [models.Index(fields=["handled_at"], name="inbox_handled_at_idx")]
         verbose_name_plural = "inbox entries"
 
     def __str__(self) -> str:

@@ -48,6 +48,12 @@ def _handler(channel: str) -> str:
     return f"notifications.{channel}"
 
 
+def handlers_for(*, event_type: str) -> list[str]:
+    """The inbox handler names that must apply an event of ``event_type``: one per enabled channel
+    if the customer is told about it, none otherwise."""
+    return [_handler(channel) for channel in enabled_channels()] if event_type in SUBJECTS else []
+
+
 def compose(*, envelope: dict[str, Any], channel: str) -> OutgoingMessage:
     order = envelope["order"]
     subject = f"{SUBJECTS[envelope['type']]} ({order['id']})"

@@ -146,9 +146,22 @@ class DeadLetterAlreadyRepublished(Exception):
         super().__init__(f"Dead letter {dead_letter.pk} was re-published already, at {dead_letter.republished_at}")
 
 
+# What an operator can do with an order in each status, told with every refused action.
+WHAT_TO_DO_INSTEAD = {
+    OrderStatus.CREATED: "it is waiting to be processed; if it is stuck, re-drive it (Unfinished orders), or cancel it",
+    OrderStatus.PROCESSING: "a charge may be under way: wait for its outcome; if it is stuck, re-drive it (Unfinished orders)",
+    OrderStatus.PAID: "it is paid and final",
+    OrderStatus.PAYMENT_FAILED: "retry its payment, or cancel it",
+    OrderStatus.FAILED: "it is parked: re-publish its event from Dead letters to resume it, or cancel it",
+    OrderStatus.CANCELLED: "it is cancelled and final",
+}
+
+
 class InvalidTransition(Exception):
     def __init__(self, order: Order, to_status: str):
-        super().__init__(f"Order {order.id} cannot go from {order.status} to {to_status}")
+        super().__init__(
+            f"Order {order.id} cannot go from {order.status} to {to_status}: {WHAT_TO_DO_INSTEAD[order.status]}"
+        )
         self.order = order
         self.to_status = to_status
 

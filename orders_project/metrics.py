@@ -77,7 +77,10 @@ def web_metrics() -> tuple[bytes, str]:
 
 
 def serve_process_metrics(*, port: int, process: str) -> None:
-    """Expose this process's registry on ``port`` (0: not at all)."""
+    """Expose this process's registry on ``port`` (0: not at all), on ``metrics.host``."""
+    from django.conf import settings
+
     if port:
-        start_http_server(port, addr="0.0.0.0")
-        logger.info("metrics_serving", port=port, process=process)
+        host = settings.METRICS["host"]
+        start_http_server(port, addr=host)
+        logger.info("metrics_serving", host=host, port=port, process=process)

@@ -12,6 +12,7 @@ def process_commands(*, worker_name: str = "worker") -> dict[str, list[str]]:
         "web": [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "orders_project.wsgi"],
         "relay": [python, "manage.py", "publish_pending_events"],
         "bridge": [python, "manage.py", "run_kafka_bridge"],
+        "reconciler": [python, "manage.py", "run_reconciler"],
         # Threads: the tasks wait on I/O, and one process keeps one metrics registry. Gossip and
         # mingle talk over broadcast exchanges, which the SQL transport lacks; workers need nothing
         # from each other.

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "orders",
     "payments",
     "notifications",
+    "recovery",
 ]
 
 MIDDLEWARE = [
@@ -185,7 +186,9 @@ BRIDGE = CONFIG["bridge"]
 ORDER_LIMITS = CONFIG["orders"]
 PAYMENTS = CONFIG["payments"]
 NOTIFICATION = CONFIG["notification"]
-METRICS = CONFIG["metrics"]
+# The processes' metrics endpoints bind the web process's interface unless told otherwise.
+METRICS = {**CONFIG["metrics"], "host": CONFIG["metrics"]["host"] or CONFIG["http"]["host"]}
+RECONCILER = CONFIG["reconciler"]
 API = CONFIG["api"]
 # Token authentication, each client seeing only its own orders: always on in production.
 API_REQUIRE_AUTH = API["require_auth"] or PRODUCTION

@@ -109,6 +109,7 @@ class ProcessGroup:
             "METRICS_RELAY_PORT": str(port),
             "METRICS_BRIDGE_PORT": str(port),
             "METRICS_WORKER_PORT": str(port),
+            "METRICS_RECONCILER_PORT": str(port),
             "METRICS_MULTIPROC_DIR": str(self.log_dir / f"prometheus-{name}"),
         }
         self.processes[name] = subprocess.Popen(
@@ -122,9 +123,10 @@ class ProcessGroup:
         return self.processes[name]
 
     def start_system(self, *, port: int) -> None:
-        """web (on ``port``), relay, bridge and a worker, as run-local starts them; returns once web
-        answers and the bridge has partitions (a group join takes 10-20 s on the bundled broker)."""
-        for name in ("web", "relay", "bridge", "worker"):
+        """web (on ``port``), relay, bridge, a worker and the reconciler, as run-local starts them;
+        returns once web answers and the bridge has partitions (a group join takes 10-20 s on the
+        bundled broker)."""
+        for name in ("web", "relay", "bridge", "worker", "reconciler"):
             self.start(name)
         self.base_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(f"{self.base_url}/health"), timeout=30, message="web did not come up")

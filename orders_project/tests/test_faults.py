@@ -137,7 +137,7 @@ def audit(system, order_ids: list[str]) -> dict:
     ).filter(n__gt=1).count()
     repeated_steps = 0
     for order in orders.values():
-        steps = list(order.timeline.exclude(event_type="NOTIFICATION_SENT").values_list("status", flat=True))
+        steps = list(order.timeline.exclude(event_type__in=("NOTIFICATION_SENT", "REDRIVEN")).values_list("status", flat=True))
         repeated_steps += len(steps) - len(set(steps))
     sent = email_sends(system)
     order_events = {

@@ -1,0 +1,17 @@
+"""The reconciler's metrics: served by its own process, except operator re-drives (web)."""
+
+from prometheus_client import Counter, Gauge
+
+UNFINISHED_ORDERS = Gauge("orders_unfinished", "Orders not in a terminal status", ["status"])
+STUCK_ORDERS = Gauge("orders_stuck", "Orders in a non-terminal status for longer than its deadline", ["status"])
+OLDEST_UNFINISHED_AGE = Gauge(
+    "orders_unfinished_oldest_age_seconds", "Time the oldest order in each non-terminal status has been in it", ["status"]
+)
+REDRIVES = Counter("reconciler_redrives_total", "Events sent again from the database, by reason", ["reason"])
+PARKED = Counter("reconciler_orders_parked_total", "Orders parked as FAILED after their last re-drive")
+NOTIFICATIONS_GIVEN_UP = Counter(
+    "reconciler_notifications_given_up_total", "Events of terminal orders whose notifications were recorded FAILED after their last re-drive"
+)
+EVENTS_COMPLETED = Counter("reconciler_events_completed_total", "Outbox events found complete (every handler applied them)")
+ROWS_PURGED = Counter("reconciler_rows_purged_total", "History rows deleted after the retention period", ["table"])
+LAST_PASS = Gauge("reconciler_last_pass_timestamp_seconds", "When the reconciler last finished a pass (Unix time)")

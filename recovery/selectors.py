@@ -1,0 +1,141 @@
+"""Reads for recovery: which orders are stuck, which events are not yet handled."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.db.models import Count, Max, Min, Q
+
+from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED
+from events.models import InboxEntry, OutboxEvent
+from notifications import services as notification_services
+from orders import services as order_services
+from orders.models import Order, OrderStatus
+
+UNFINISHED_STATUSES = (OrderStatus.CREATED, OrderStatus.PROCESSING)
+# Terminal statuses whose events must still reach every handler (the customer is told the outcome).
+# A parked or cancelled order's events need nothing more: an operator owns a parked order.
+SETTLED_STATUSES = (OrderStatus.PAID, OrderStatus.PAYMENT_FAILED)
+# Events about an order's status: complete only once the order is terminal.
+ORDER_STATUS_EVENTS = frozenset({ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED})
+
+
+@dataclass(frozen=True)
+class RedrivePolicy:
+    """When the reconciler re-drives, and when it stops trying."""
+
+    stuck_after: dict[str, float]
+    event_deadline: float
+    max_redrives: int
+    backoff: float
+    backoff_max: float
+    batch_size: int = 500
+
+    def wait_after(self, *, redrives: int) -> float:
+        """Seconds to wait after the ``redrives``-th re-drive before the next one."""
+        return min(self.backoff_max, self.backoff * 2 ** max(0, redrives - 1))
+
+    def due(self, *, redrives: int, last_redrive_at: dt.datetime | None, now: dt.datetime) -> bool:
+        return last_redrive_at is None or (now - last_redrive_at).total_seconds() >= self.wait_after(redrives=redrives)
+
+    def stuck_since(self, *, status: str, now: dt.datetime) -> dt.datetime:
+        return now - dt.timedelta(seconds=self.stuck_after[status])
+
+
+def required_handlers(*, event_type: str) -> frozenset[str]:
+    """The handlers that apply an event of this type whatever the order's state. (A charge
+    depends on the state, so it is checked through the order's status instead.)"""
+    handlers = set(notification_services.handlers_for(event_type=event_type))
+    if event_type == ORDER_CREATED:
+        handlers.add(order_services.PROCESSING_HANDLER)
+    return frozenset(handlers)
+
+
+def stuck_orders(*, policy: RedrivePolicy, now: dt.datetime, limit: int) -> list[Order]:
+    """Orders past their status's deadline, oldest first, with ``redrive_count`` and ``last_redrive_at``."""
+    past_deadline = Q()
+    for status in UNFINISHED_STATUSES:
+        past_deadline |= Q(status=status, updated_at__lt=policy.stuck_since(status=status, now=now))
+    return list(
+        Order.objects.filter(past_deadline)
+        .annotate(
+            redrive_count=Count("redrives__created_at", distinct=True), last_redrive_at=Max("redrives__created_at")
+        )
+        .order_by("updated_at")[:limit]
+    )
+
+
+def redrive_history(*, order_id) -> tuple[int, dt.datetime | None]:
+    """How often the order was re-driven (events re-driven together count once), and when last."""
+    history = Order.objects.filter(pk=order_id).aggregate(
+        n=Count("redrives__created_at", distinct=True), last=Max("redrives__created_at")
+    )
+    return history["n"], history["last"]
+
+
+def awaited_event(*, order: Order) -> OutboxEvent | None:
+    """The event whose handling moves an unfinished order on: ORDER_CREATED starts processing and,
+    in the same chain, the first charge; an ORDER_PROCESSING of a later attempt starts that charge."""
+    events = OutboxEvent.objects.filter(key=str(order.id))
+    if order.status == OrderStatus.PROCESSING:
+        latest = events.filter(event_type=ORDER_PROCESSING).order_by("-id").first()
+        if latest and latest.payload["metadata"].get("attempt", 1) > 1:
+            return latest
+    return events.filter(event_type=ORDER_CREATED).order_by("-id").first()
+
+
+def order_events(*, order_id) -> list[OutboxEvent]:
+    """The order's status events, one row per event (a re-driven event has several)."""
+    rows = OutboxEvent.objects.filter(key=str(order_id), event_type__in=ORDER_STATUS_EVENTS).order_by("id")
+    return list({row.event_id: row for row in rows}.values())
+
+
+def is_waiting_in_outbox(*, event_id) -> bool:
+    """True while a copy of the event is not yet published: the relay's work, not lost work."""
+    return OutboxEvent.objects.filter(event_id=event_id, published_at__isnull=True).exists()
+
+
+def unhandled_events(*, events: list[OutboxEvent]) -> list[OutboxEvent]:
+    """Those of ``events`` that a required handler has not applied."""
+    required = {event.event_id: required_handlers(event_type=event.event_type) for event in events}
+    applied: dict = {}
+    for handler, event_id in InboxEntry.objects.filter(event_id__in=list(required)).values_list("handler", "event_id"):
+        applied.setdefault(event_id, set()).add(handler)
+    return [event for event in events if not required[event.event_id] <= applied.get(event.event_id, set())]
+
+
+def incomplete_events(*, older_than: dt.datetime, after_id: int, limit: int) -> list[OutboxEvent]:
+    """Published events not yet known to be complete, in write order from ``after_id``."""
+    return list(
+        OutboxEvent.objects.filter(
+            completed_at__isnull=True, published_at__isnull=False, created_at__lt=older_than, id__gt=after_id
+        )
+        .order_by("id")
+        .only("id", "event_id", "event_type", "key", "payload", "created_at")[:limit]
+    )
+
+
+def order_statuses(*, order_ids: set[str]) -> dict[str, str]:
+    return {str(pk): status for pk, status in Order.objects.filter(pk__in=order_ids).values_list("pk", "status")}
+
+
+@dataclass(frozen=True)
+class UnfinishedStatus:
+    count: int
+    stuck: int
+    oldest_age: float
+
+
+def unfinished_orders(*, policy: RedrivePolicy, now: dt.datetime) -> dict[str, UnfinishedStatus]:
+    """Per non-terminal status: how many orders, how many past the deadline, the oldest's age."""
+    summary = {status: UnfinishedStatus(count=0, stuck=0, oldest_age=0.0) for status in UNFINISHED_STATUSES}
+    for status in UNFINISHED_STATUSES:
+        row = Order.objects.filter(status=status).aggregate(
+            count=Count("id"),
+            stuck=Count("id", filter=Q(updated_at__lt=policy.stuck_since(status=status, now=now))),
+            oldest=Min("updated_at"),
+        )
+        oldest_age = (now - row["oldest"]).total_seconds() if row["oldest"] else 0.0
+        summary[status] = UnfinishedStatus(count=row["count"], stuck=row["stuck"], oldest_age=oldest_age)
+    return summary
