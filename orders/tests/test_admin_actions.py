@@ -81,7 +81,7 @@ def test_retry_payment_is_refused_for_an_order_that_did_not_fail_payment(staff_c
 
     page = run_action(staff_client, "orders/order", "retry_payment", order.pk)
 
-    assert "cannot go from PAID to PROCESSING" in page
+    assert "cannot go from PAID to PROCESSING: it is paid and final" in page
     order.refresh_from_db()
     assert order.status == OrderStatus.PAID
     assert Payment.objects.filter(order=order).count() == 1
@@ -119,8 +119,12 @@ def test_paid_and_processing_orders_cannot_be_cancelled(staff_client):
 
     page = run_action(staff_client, "orders/order", "cancel_orders", paid.pk, processing.pk)
 
-    assert "cannot go from PAID to CANCELLED" in page
-    assert "cannot go from PROCESSING to CANCELLED" in page
+    assert "cannot go from PAID to CANCELLED: it is paid and final" in page
+    # Every refusal says what the operator can do instead.
+    assert (
+        "cannot go from PROCESSING to CANCELLED: a charge may be under way: wait for its outcome; "
+        "if it is stuck, re-drive it (Unfinished orders)"
+    ) in page
     assert set(Order.objects.filter(pk__in=[paid.pk, processing.pk]).values_list("status", flat=True)) == {
         "PAID",
         "PROCESSING",

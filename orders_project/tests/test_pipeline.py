@@ -4,6 +4,9 @@ Kafka-protocol broker, the bridge and a real Celery worker to their terminal sta
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
@@ -16,9 +19,11 @@ from events.embedded_broker import EmbeddedKafkaBroker, free_port
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from notifications.models import Notification
 from orders.models import Order, OrderStatus
+from orders_project.config import BASE_DIR
 from orders_project.testing import ProcessGroup, create_test_orders, parse_metrics, read_topics, wait_until
 from payments.gateway import SimulatedGateway
 from payments.models import Payment, SimulatedCharge
+from recovery.models import Redrive
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -249,6 +254,38 @@ def test_relay_started_while_kafka_is_down_publishes_everything_once_it_is_up(sy
         relay.stop_all()
         outage_broker.stop()
         system.start("relay")
+
+
+def test_an_order_whose_tasks_the_celery_broker_lost_is_re_driven_from_the_database(system):
+    system.stop("worker")
+    system.stop("reconciler")
+    try:
+        order_id = post_order(system.base_url, user_id="lost_tasks")
+        wait_until(
+            lambda: any(e["event"] == "event_dispatched" and e.get("order_id") == order_id for e in system.log_events("bridge")),
+            timeout=30,
+            message="the bridge did not hand the order's event to Celery",
+        )
+        # The broker loses what it held (a Redis restarted empty, a worker killed on the SQL transport).
+        purge = [sys.executable, "-m", "celery", "-A", "orders_project", "purge", "-f", "-Q", system.env["CELERY_QUEUE"]]
+        purged = subprocess.run(purge, cwd=BASE_DIR, env=system.env, check=True, capture_output=True, text=True).stdout
+        assert re.search(r"Purged [1-9]\d* message", purged), purged
+        system.start("worker")
+        system.start(
+            "reconciler_fast", command="reconciler", RECONCILER_STUCK_AFTER_CREATED="3", RECONCILER_INTERVAL="0.5"
+        )
+        wait_for_completion([order_id])
+    finally:
+        system.stop("reconciler_fast")
+        system.start("reconciler")
+
+    order = Order.objects.get(pk=order_id)
+    assert order.status == expected_status(order_id)
+    redrive = Redrive.objects.get(order=order)
+    assert (redrive.event_type, redrive.reason) == ("ORDER_CREATED", "stuck_created")
+    assert SimulatedCharge.objects.filter(idempotency_key__startswith=order_id).count() == 1
+    assert Notification.objects.filter(order=order).count() == 3
+    assert any(e["event"] == "order_redriven" and e["order_id"] == order_id for e in system.log_events("reconciler_fast"))
 
 
 def test_payment_that_keeps_timing_out_parks_the_order_then_republishing_completes_it(system, admin_client):
