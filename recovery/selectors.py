@@ -99,8 +99,11 @@ def is_waiting_in_outbox(*, event_id) -> bool:
 def unhandled_events(*, events: list[OutboxEvent]) -> list[OutboxEvent]:
     """Those of ``events`` that a required handler has not applied."""
     required = {event.event_id: required_handlers(event_type=event.event_type) for event in events}
+    handlers = set().union(*required.values())
+    # Filtered by handler too, so the (handler, event_id) unique index serves the lookup.
+    inbox = InboxEntry.objects.filter(handler__in=handlers, event_id__in=list(required))
     applied: dict = {}
-    for handler, event_id in InboxEntry.objects.filter(event_id__in=list(required)).values_list("handler", "event_id"):
+    for handler, event_id in inbox.values_list("handler", "event_id"):
         applied.setdefault(event_id, set()).add(handler)
     return [event for event in events if not required[event.event_id] <= applied.get(event.event_id, set())]
 

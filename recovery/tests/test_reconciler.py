@@ -22,6 +22,7 @@ from recovery import services
 from recovery.models import Redrive, RedriveReason
 from recovery.reconciler import publish_order_gauges
 from recovery.selectors import RedrivePolicy
+from recovery.tests.support import age, publish_all
 
 pytestmark = pytest.mark.django_db
 
@@ -40,22 +41,6 @@ def reconcile(policy: RedrivePolicy = POLICY, *, retention_days: float = 7.0) ->
     return services.reconcile(
         policy=policy, retention=dt.timedelta(days=retention_days), purge_batch_size=100, purge_max_batches=10
     )
-
-
-def publish_all() -> None:
-    """What the relay does once Kafka confirmed the rows."""
-    OutboxEvent.objects.filter(published_at__isnull=True).update(published_at=timezone.now())
-
-
-def age(*, seconds: float) -> None:
-    """Move every clock of the data ``seconds`` into the past, as if that much time went by."""
-    delta = dt.timedelta(seconds=seconds)
-    for order in Order.objects.all():
-        Order.objects.filter(pk=order.pk).update(updated_at=order.updated_at - delta)
-    for event in OutboxEvent.objects.all():
-        OutboxEvent.objects.filter(pk=event.pk).update(created_at=event.created_at - delta)
-    for redrive in Redrive.objects.all():
-        Redrive.objects.filter(pk=redrive.pk).update(created_at=redrive.created_at - delta)
 
 
 def new_order() -> Order:

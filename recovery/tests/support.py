@@ -1,0 +1,24 @@
+"""What the reconciler's tests do to the database in place of the relay, the bridge and time."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.db.models import F
+from django.utils import timezone
+
+from events.models import OutboxEvent
+from orders.models import Order
+from recovery.models import Redrive
+
+
+def publish_all() -> None:
+    """What the relay does once Kafka confirmed the rows."""
+    OutboxEvent.objects.filter(published_at__isnull=True).update(published_at=timezone.now())
+
+
+def age(*, seconds: float) -> None:
+    """Move every clock of the data ``seconds`` into the past, as if that much time went by."""
+    delta = dt.timedelta(seconds=seconds)
+    for model, field in ((Order, "updated_at"), (OutboxEvent, "created_at"), (Redrive, "created_at")):
+        model.objects.update(**{field: F(field) - delta})
