@@ -41,7 +41,9 @@ def kafka_settings(settings, kafka_broker):
 
 # The fault suite (marker "fault") restarts PostgreSQL and kills workers holding Redis
 # messages: it runs where the database is PostgreSQL and the Celery broker Redis, as in the
-# second half of CI. Elsewhere its tests are deselected, and the summary says so.
+# second half of CI. The local default's fault tests (marker "fault_local") kill processes of
+# the SQLite, SQL-Celery-broker set-up run-local uses: they run there, as in the first half.
+# Elsewhere their tests are deselected, and the summary says so.
 FAULT_REPORT: list[dict] = []
 
 
@@ -54,22 +56,39 @@ def _fault_suite_runs_here() -> bool:
     )
 
 
+def _local_fault_tests_run_here() -> bool:
+    from django.conf import settings
+
+    return settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and settings.CELERY_BROKER_URL.startswith(
+        "sqla+"
+    )
+
+
+def _deselect(config, items, marker: str) -> int:
+    marked = [item for item in items if item.get_closest_marker(marker)]
+    if marked:
+        config.hook.pytest_deselected(items=marked)
+        items[:] = [item for item in items if not item.get_closest_marker(marker)]
+    return len(marked)
+
+
 def pytest_collection_modifyitems(config, items):
-    if _fault_suite_runs_here():
-        return
-    faults = [item for item in items if item.get_closest_marker("fault")]
-    if faults:
-        config.hook.pytest_deselected(items=faults)
-        items[:] = [item for item in items if not item.get_closest_marker("fault")]
-        config.fault_suite_note = (
-            f"fault suite: {len(faults)} tests need PostgreSQL and Redis; run with "
+    notes = []
+    if not _fault_suite_runs_here() and (count := _deselect(config, items, "fault")):
+        notes.append(
+            f"fault suite: {count} tests need PostgreSQL and Redis; run with "
             "DATABASE_URL=postgres://... CELERY_BROKER_URL=redis://... bash bin/test -m fault"
         )
+    if not _local_fault_tests_run_here() and (count := _deselect(config, items, "fault_local")):
+        notes.append(
+            f"local fault tests: {count} tests need SQLite and the SQL Celery broker; run with "
+            "bash bin/test -m fault_local (without DATABASE_URL and CELERY_BROKER_URL)"
+        )
+    config.fault_suite_notes = notes
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    note = getattr(config, "fault_suite_note", None)
-    if note:
+    for note in getattr(config, "fault_suite_notes", []):
         terminalreporter.write_line(note)
     if FAULT_REPORT:
         from orders_project.testing import fault_table
@@ -78,8 +97,9 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_sep("=", "fault suite")
         for line in table.splitlines():
             terminalreporter.write_line(line)
-        # docs/reliability.md quotes this file's table.
-        report = BASE_DIR / "var" / "fault-report.md"
+        # docs/reliability.md quotes this file's table; the local default's tests (SQLite, SQL
+        # Celery broker) write theirs next to it, not over it.
+        report = BASE_DIR / "var" / ("fault-report.md" if _fault_suite_runs_here() else "fault-report-local.md")
         report.parent.mkdir(exist_ok=True)
         report.write_text(table + "\n")
         terminalreporter.write_line(f"written to {report}")

@@ -4,8 +4,10 @@ Kafka-protocol broker and a real Celery broker."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from pathlib import Path
@@ -324,7 +327,7 @@ class OrderLoad:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     self.accepted.append(json.load(response)["order_id"])
                     return
-            except OSError:  # refused, reset, 5xx while a dependency is down: send it again
+            except (OSError, http.client.HTTPException):  # refused, reset, cut short, 5xx: send it again
                 self.failed_attempts += 1
             if self._stop.is_set():
                 give_up_at = give_up_at or time.monotonic() + self._retry_for
@@ -341,6 +344,7 @@ FAULT_COLUMNS = [
     ("duplicates", "duplicates"),
     ("lost", "lost"),
     ("recover_s", "time to recover (s)"),
+    ("redriven", "orders re-driven by the reconciler"),
     ("redeliveries", "redeliveries absorbed"),
     ("replayed_charges", "charges replayed under their key"),
     ("retried_posts", "POSTs retried by clients"),
@@ -376,3 +380,268 @@ def create_test_orders(count: int, *, prefix: str, price: str = "1.00") -> list[
         )
         for index in range(count)
     ]
+
+
+# The audit of the fault suites (test_faults.py on PostgreSQL and Redis, test_faults_local.py on
+# the local default): what happened to every order that got a 201.
+
+TERMINAL_STATUSES = ("PAID", "PAYMENT_FAILED")
+# Timeline entries that repeat without the order's status repeating: one per notification sent,
+# one per re-drive (the reconciler's or an operator's).
+REPEATABLE_TIMELINE_ENTRIES = ("NOTIFICATION_SENT", "REDRIVEN")
+# Django's console email backend prints every message it sends, with a Message-ID made from the
+# id of the event the email tells about.
+_EMAIL_MESSAGE_ID = re.compile(r"Message-ID: <([0-9a-f-]{36}\.email)@")
+
+
+def fault_order_body(index: int) -> dict[str, Any]:
+    """The orders the fault suites post: a few customers, two items, varying quantities."""
+    return {
+        "user_id": f"fault_user_{index % 7}",
+        "email": f"fault{index % 7}@example.com",
+        "items": [
+            {"product_id": "prod_001", "product_name": "Premium Widget", "quantity": 1 + index % 3, "price": "29.99"},
+            {"product_id": "prod_002", "product_name": "Standard Widget", "quantity": 1, "price": "15.99"},
+        ],
+    }
+
+
+def email_sends(logs: Iterable[Path]) -> Counter:
+    """Emails the workers really sent, by Message-ID, read from the logs their output went to."""
+    sends = Counter()
+    for log in logs:
+        sends.update(_EMAIL_MESSAGE_ID.findall(log.read_text(errors="replace")))
+    return sends
+
+
+def audit(order_ids: list[str], *, logs: Iterable[Path], gateway) -> dict[str, Any]:
+    """What happened to the orders that got a 201: missing, unfinished (not PAID or
+    PAYMENT_FAILED), short of their 3 notifications, with an outcome other than ``gateway``
+    (a SimulatedGateway with the processes' seed) gives for the first attempt, and the duplicates:
+    orders charged or approved twice, statuses repeated in a timeline, emails sent twice for one
+    event (``logs``: where the workers' output went)."""
+    from django.db.models import Count
+
+    from notifications.models import Notification
+    from orders.models import Order
+    from payments.models import Payment, SimulatedCharge
+
+    orders = {str(o.id): o for o in Order.objects.filter(pk__in=order_ids)}
+    missing = [order_id for order_id in order_ids if order_id not in orders]
+    unfinished = [o for o in orders.values() if o.status not in TERMINAL_STATUSES]
+    wrong_outcome = [
+        o
+        for o in orders.values()
+        if o.status in TERMINAL_STATUSES
+        and o.status != ("PAID" if gateway.would_approve(idempotency_key=f"{o.id}:1") else "PAYMENT_FAILED")
+    ]
+    notified = dict(
+        Notification.objects.filter(order_id__in=order_ids, status="SENT")
+        .values_list("order_id")
+        .annotate(n=Count("id"))
+    )
+    unnotified = [o for o in orders.values() if notified.get(o.id, 0) < 3]
+    charges = Counter()
+    for key in SimulatedCharge.objects.filter(approved=True).values_list("idempotency_key", flat=True):
+        charges[key.split(":")[0]] += 1
+    double_charged = [order_id for order_id in order_ids if charges[order_id] > 1]
+    double_approved = (
+        Payment.objects.filter(order_id__in=order_ids, status="APPROVED")
+        .values("order_id")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
+        .count()
+    )
+    repeated_steps = 0
+    for order in orders.values():
+        steps = list(order.timeline.exclude(event_type__in=REPEATABLE_TIMELINE_ENTRIES).values_list("status", flat=True))
+        repeated_steps += len(steps) - len(set(steps))
+    sent = email_sends(logs)
+    order_events = {
+        str(event_id)
+        for event_id in Notification.objects.filter(order_id__in=order_ids).values_list("source_event_id", flat=True)
+    }
+    resent = sum(count - 1 for message, count in sent.items() if count > 1 and message.split(".")[0] in order_events)
+    return {
+        "missing": missing,
+        "unfinished": unfinished,
+        "unnotified": unnotified,
+        "wrong_outcome": wrong_outcome,
+        "lost": len(missing) + len({o.id for o in unfinished} | {o.id for o in unnotified}),
+        "duplicates": len(double_charged) + double_approved + repeated_steps + resent,
+        "double_charged": len(double_charged) + double_approved,
+        "emails_resent": resent,
+        "completed": sum(1 for o in orders.values() if o.status in TERMINAL_STATUSES),
+    }
+
+
+def audit_when_complete(order_ids: list[str], *, logs: Iterable[Path], gateway, timeout: float) -> dict[str, Any]:
+    """The audit once every order is complete (terminal, notified), or after ``timeout`` seconds."""
+    logs = list(logs)
+
+    def complete():
+        result = audit(order_ids, logs=logs, gateway=gateway)
+        return result if not (result["missing"] or result["unfinished"] or result["unnotified"]) else None
+
+    try:
+        return wait_until(complete, timeout=max(1.0, timeout), interval=1.0)
+    except TimeoutError:
+        return audit(order_ids, logs=logs, gateway=gateway)
+
+
+def inbox_redeliveries() -> int:
+    """Events handlers received again after applying them (each changed nothing)."""
+    from django.db.models import Sum
+
+    from events.models import InboxEntry
+
+    return InboxEntry.objects.aggregate(n=Sum("redeliveries"))["n"] or 0
+
+
+def redriven_orders(order_ids: list[str]) -> set[str]:
+    """Those of the orders the reconciler re-drove (recovery.models.Redrive)."""
+    from recovery.models import Redrive
+
+    return {
+        str(order_id)
+        for order_id in Redrive.objects.filter(order_id__in=order_ids, requested_by="reconciler").values_list(
+            "order_id", flat=True
+        )
+    }
+
+
+def replayed_charges(order_ids: list[str]) -> int:
+    """Gateway calls repeated for one payment attempt (a worker died or timed out mid-charge)."""
+    from payments.models import SimulatedCharge
+
+    return SimulatedCharge.objects.filter(
+        calls__gt=1, idempotency_key__in=[f"{order_id}:1" for order_id in order_ids]
+    ).count()
+
+
+# run-local as the tests run it.
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process ``pid`` started, and theirs, now."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                children |= {int(entry)} | descendants(int(entry))
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "zombie" not in status.read()
+    except OSError:
+        return False
+
+
+class LocalStack:
+    """``bash bin/run-local`` (``python -m orders_project.local_stack``) in its own session, on
+    free ports only (web, the Kafka broker, every metrics endpoint), so a real run-local on the
+    same machine changes nothing. Its output (its own JSON lines and every process's) goes to
+    ``run-local-<n>.log`` in ``work_dir``, one file per start."""
+
+    def __init__(self, *, work_dir: Path, **overrides: str):
+        self.work_dir = work_dir
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "HTTP_PORT": str(self.port),
+            "KAFKA_BROKERS": f"127.0.0.1:{free_port()}",
+            "METRICS_RELAY_PORT": str(free_port()),
+            "METRICS_BRIDGE_PORT": str(free_port()),
+            "METRICS_WORKER_PORT": str(free_port()),
+            "METRICS_RECONCILER_PORT": str(free_port()),
+            # gunicorn clears this directory when it starts: never another web process's.
+            "METRICS_MULTIPROC_DIR": str(work_dir / "prometheus-web"),
+            "DATABASE_URL": f"sqlite:///{work_dir / 'db.sqlite3'}",
+            "CELERY_BROKER_URL": f"sqla+sqlite:///{work_dir / 'celery-broker.sqlite3'}",
+            **overrides,
+        }
+        if "CELERY_QUEUE" not in overrides:
+            self.env.pop("CELERY_QUEUE", None)  # run-local's default queue
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.logs: list[Path] = []
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> LocalStack:
+        self.logs.append(self.work_dir / f"run-local-{len(self.logs) + 1}.log")
+        with self.logs[-1].open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "orders_project.local_stack", "--broker-log", str(self.work_dir / "kafka-broker.log")],
+                cwd=BASE_DIR,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_up(self, *, timeout: float = 120.0) -> None:
+        """Until web answers and the bridge has its partitions (10-20 s on the bundled broker)."""
+
+        def up() -> bool:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"run-local exited with code {self.process.returncode}: {self.logs[-1]}")
+            return _answers(f"{self.base_url}/health") and bool(self.events("partitions_assigned"))
+
+        wait_until(up, timeout=timeout, interval=0.2, message=f"run-local did not come up: {self.logs[-1]}")
+
+    def output(self) -> str:
+        return self.logs[-1].read_text(errors="replace")
+
+    def events(self, event: str | None = None, *, logger: str | None = None) -> list[dict[str, Any]]:
+        """The JSON lines of the current run (optionally of one event, one logger), parsed."""
+        events = []
+        for line in self.output().splitlines():
+            if line.startswith("{"):
+                try:
+                    parsed = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if (event is None or parsed.get("event") == event) and (logger is None or parsed.get("logger") == logger):
+                    events.append(parsed)
+        return events
+
+    def pid(self, name: str) -> int:
+        """The pid of run-local's process ``name`` (web, relay, ...) as last started."""
+        return [e["pid"] for e in self.events("process_started", logger="run-local") if e["process"] == name][-1]
+
+    def started_pids(self) -> set[int]:
+        """The pids of every process and broker the current run of run-local started."""
+        return {
+            e["pid"] for e in self.events(logger="run-local") if e["event"] in ("process_started", "kafka_broker_started")
+        }
+
+    def power_cut(self) -> None:
+        """SIGKILL run-local, the broker and every process with what they started, as a power cut
+        would: nothing is stopped cleanly, nothing is restarted. Each process is a process group
+        of its own, the broker is in run-local's."""
+        for group in [self.process.pid, *{e["pid"] for e in self.events("process_started", logger="run-local")}]:
+            try:
+                os.killpg(group, signal.SIGKILL)  # run-local's first: it restarts nothing after
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        wait_until(
+            lambda: not [pid for pid in self.started_pids() if alive(pid)], timeout=30, message="a process survived SIGKILL"
+        )
+
+    def ctrl_c(self, *, timeout: float = 90.0) -> int:
+        """Ctrl-C in the terminal (SIGINT to run-local's process group); its exit code."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.power_cut()
+            raise

@@ -1,19 +1,17 @@
-"""The README's run command: the whole system on the embedded default, stopped with Ctrl-C."""
+"""The README's run command: the whole system on the embedded default, stopped with Ctrl-C.
+
+run-local runs here on free ports only (web, the Kafka broker, every metrics endpoint), so the
+test passes while a real ``bin/run-local`` (8080, 9092, 9101-9104) runs on the same machine.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 
-from events.embedded_broker import free_port
-from orders_project.config import BASE_DIR
-from orders_project.testing import SEED_ORDER, wait_until
+from orders_project.testing import SEED_ORDER, LocalStack, alive, descendants, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -37,46 +35,13 @@ def _terminal_order(url: str) -> dict | None:
     return order if order and order["status"] in ("PAID", "PAYMENT_FAILED") else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return "zombie" not in status.read()
-    except OSError:
-        return False
-
-
-def _descendants(pid: int) -> set[int]:
-    children = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            if parent == pid:
-                children |= {int(entry)} | _descendants(int(entry))
-    return children
-
-
 def test_run_local_serves_the_seed_curl_to_a_terminal_state_and_stops_on_ctrl_c(tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "HTTP_PORT": str(port),
-        "KAFKA_BROKERS": f"127.0.0.1:{free_port()}",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "CELERY_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'celery.sqlite3'}",
-    }
-    env.pop("CELERY_QUEUE", None)
-    log = (tmp_path / "run-local.log").open("wb")
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "orders_project.local_stack"], cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
+    stack = LocalStack(work_dir=tmp_path).start()
+    base = stack.base_url
+    children: set[int] = set()
     try:
         wait_until(lambda: _json(f"{base}/health")[0] == 200, timeout=60, interval=0.5, message="run-local did not come up")
-        children = _descendants(stack.pid)
+        children = descendants(stack.process.pid)
         status, created = _json(f"{base}/orders", SEED_ORDER)
         assert status == 201
         assert created["status"] == "CREATED"
@@ -89,10 +54,27 @@ def test_run_local_serves_the_seed_curl_to_a_terminal_state_and_stops_on_ctrl_c(
         )
         assert order["total_amount"] == "75.97"
     finally:
-        stack.send_signal(signal.SIGINT)
-        exit_code = stack.wait(timeout=60)
-    output = (tmp_path / "run-local.log").read_text()
+        # Ctrl-C in a terminal: SIGINT to run-local and the broker (its process group).
+        exit_code = stack.ctrl_c()
+    output = stack.output()
     assert exit_code == 0, output[-3000:]
-    assert "[run-local] stopped" in output
+
+    # What run-local itself prints is JSON lines, one object each.
+    assert not [line for line in output.splitlines() if "run-local" in line and not line.startswith("{")]
+    own = stack.events(logger="run-local")
+    assert {"process_started", "run_local_up", "processes_stopped", "run_local_stopped"} <= {e["event"] for e in own}
+    (up,) = stack.events("run_local_up", logger="run-local")
+    assert up["api"] == f"http://localhost:{stack.port}/orders"
+    assert up["admin"] == f"http://localhost:{stack.port}/admin/"
+    assert up["docs"] == f"http://localhost:{stack.port}/api/docs/"
+    assert up["kafka"] == stack.env["KAFKA_BROKERS"]
+    assert up["api"] in up["message"] and up["level"] == "info" and up["ts"]
+
+    # No process died on the way (a port in use makes relay, bridge, worker or reconciler exit).
+    assert not stack.events("process_exited", logger="run-local"), stack.events("process_exited")
+    # Ctrl-C: every process stopped cleanly on SIGTERM while the broker still ran; then the broker.
+    (stopped,) = stack.events("processes_stopped", logger="run-local")
+    assert stopped["exit_codes"] == {name: 0 for name in ("web", "relay", "bridge", "reconciler", "worker")}
+    assert stopped["kafka_broker_running"] is True
     assert children, "run-local started no processes"
-    assert not [pid for pid in children if _alive(pid)], "a process outlived run-local"
+    assert not [pid for pid in children if alive(pid)], "a process outlived run-local"
