@@ -180,6 +180,13 @@ class OrderCreateSerializer(DeclaredFieldsFastPath, serializers.Serializer):
     )
 
 
+class ErrorSerializer(serializers.Serializer):
+    """Every error the API answers: a reason, and per field what is wrong for invalid input."""
+
+    error = serializers.CharField()
+    fields = serializers.DictField(required=False, help_text="Per field, what is wrong (400 only).")
+
+
 class OrderCreatedSerializer(serializers.Serializer):
     """The seed's response to ``POST /orders``."""
 
