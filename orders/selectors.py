@@ -36,6 +36,13 @@ def get_order_status_and_total(*, order_id: uuid.UUID) -> tuple[str, Any]:
     return Order.objects.values_list("status", "total_amount").get(pk=order_id)
 
 
+def announced_status(*, order_id, event_id, event_type: str) -> str | None:
+    """The status the order announced with the event ``event_id`` of ``event_type`` (from the
+    timeline entry written with it); None if the order never wrote such an event."""
+    entries = OrderTimelineEntry.objects.filter(order_id=order_id, event_id=event_id, event_type=event_type)
+    return entries.order_by("id").values_list("status", flat=True).first()
+
+
 def get_order_by_idempotency_key(*, idempotency_key: str) -> Order | None:
     return Order.objects.filter(idempotency_key=idempotency_key).first()
 

@@ -27,6 +27,8 @@ from celery.signals import (
 from django.db import InterfaceError as DatabaseInterfaceError
 from kombu.transport import sqlalchemy as sql_transport
 
+from events.contract import InvalidEvent
+
 from orders_project.metrics import TASKS, serve_process_metrics
 from django.db import OperationalError as DatabaseOperationalError
 
@@ -116,9 +118,17 @@ def retry_delay(*, retries: int) -> float:
 
 
 def run_with_retries(
-    task, *, step: Callable[[], T], give_up: Callable[[Exception], None], retry_args: tuple | None = None
+    task,
+    *,
+    step: Callable[[], T],
+    give_up: Callable[[Exception], None],
+    refuse: Callable[[InvalidEvent], None] | None = None,
+    retry_args: tuple | None = None,
 ) -> T | None:
     """Run a pipeline step; retry transient errors, and after the last retry call ``give_up``.
+
+    An event the step refuses to act on (``InvalidEvent``: the database does not vouch for it)
+    goes to ``refuse`` at once, if given, which sends it to dlq and changes nothing else.
 
     ``give_up`` records the failure visibly (a parked order, a failed notification, a dlq
     event); an error that is not transient (a bug, data the step cannot handle) goes there at
@@ -129,6 +139,12 @@ def run_with_retries(
     logger = structlog.get_logger(__name__)
     try:
         return step()
+    except InvalidEvent as exc:
+        if refuse is None:
+            raise
+        logger.warning("event_refused", reason=exc.reason, error=exc.error)
+        refuse(exc)
+        return None
     except TRANSIENT_ERRORS as exc:
         retries = task.request.retries
         if retries < task.max_retries:
