@@ -31,6 +31,14 @@ def get_order(*, order_id: uuid.UUID, owner=None) -> Order:
     return orders.get(pk=order_id)
 
 
+def get_order_detail(*, order_id: uuid.UUID, owner=None) -> Order:
+    """As ``get_order``, with its payment attempts and notifications."""
+    orders = Order.objects.prefetch_related("items", "payments", "notifications")
+    if owner is not None:
+        orders = orders.filter(owner=owner)
+    return orders.get(pk=order_id)
+
+
 def get_order_status_and_total(*, order_id: uuid.UUID) -> tuple[str, Any]:
     """(status, total_amount) in one small query; raises ``Order.DoesNotExist``."""
     return Order.objects.values_list("status", "total_amount").get(pk=order_id)

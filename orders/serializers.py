@@ -211,6 +211,34 @@ class OrderSerializer(serializers.ModelSerializer):
         fields = ["id", "user_id", "email", "status", "total_amount", "items", "created_at", "updated_at"]
 
 
+class PaymentAttemptSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    status = serializers.CharField()
+    amount = serializers.DecimalField(max_digits=16, decimal_places=2)
+    currency = serializers.CharField()
+    decline_reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
+class NotificationSentSerializer(serializers.Serializer):
+    channel = serializers.CharField()
+    event_type = serializers.CharField(source="source_event_type")
+    status = serializers.CharField()
+    recipient = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class OrderDetailSerializer(OrderSerializer):
+    """One order with what a client asks next: its payment attempts and the notifications sent."""
+
+    payments = PaymentAttemptSerializer(many=True, read_only=True)
+    notifications = NotificationSentSerializer(many=True, read_only=True)
+
+    class Meta(OrderSerializer.Meta):
+        fields = [*OrderSerializer.Meta.fields, "payments", "notifications"]
+
+
 class OrderStatusSerializer(serializers.ModelSerializer):
     order_id = serializers.UUIDField(source="id")
 

@@ -17,6 +17,7 @@ from orders.serializers import (
     ErrorSerializer,
     OrderCreatedSerializer,
     OrderCreateSerializer,
+    OrderDetailSerializer,
     OrderListFilterSerializer,
     OrderSerializer,
     OrderStatusSerializer,
@@ -58,9 +59,9 @@ class OrderViewSet(viewsets.GenericViewSet):
         """None (all orders) or the client whose orders alone it may see."""
         return None if sees_all_orders(self.request.user) else self.request.user
 
-    def _order(self) -> Order:
+    def _order(self, select=selectors.get_order) -> Order:
         try:
-            return selectors.get_order(order_id=self.kwargs["pk"], owner=self._owner())
+            return select(order_id=self.kwargs["pk"], owner=self._owner())
         except Order.DoesNotExist:
             # Someone else's order answers as a missing one: its existence is not disclosed either.
             raise NotFound("Order not found") from None
@@ -111,9 +112,12 @@ class OrderViewSet(viewsets.GenericViewSet):
         page = self.paginate_queryset(selectors.list_orders(**filters.validated_data, owner=self._owner()))
         return self.get_paginated_response(OrderSerializer(page, many=True).data)
 
-    @extend_schema(summary="An order with its items, total and status", responses={200: OrderSerializer, 404: error("No such order")})
+    @extend_schema(
+        summary="An order with its items, total, status, payment attempts and notifications",
+        responses={200: OrderDetailSerializer, 404: error("No such order")},
+    )
     def retrieve(self, request, pk=None):
-        return Response(OrderSerializer(self._order()).data)
+        return Response(OrderDetailSerializer(self._order(select=selectors.get_order_detail)).data)
 
     @extend_schema(summary="An order's current status", responses={200: OrderStatusSerializer, 404: error("No such order")})
     @action(detail=True, methods=["get"], url_path="status")
