@@ -20,6 +20,7 @@ from celery.signals import (
     task_failure,
     task_postrun,
     task_prerun,
+    task_received,
     task_retry,
     task_success,
     worker_init,
@@ -43,6 +44,7 @@ app.autodiscover_tasks()
 sql_transport.Transport.polling_interval = app.conf.sql_broker_poll_interval
 
 LOG_CONTEXT_KEYS = ("correlation_id", "order_id", "event_id")
+task_log = structlog.get_logger("orders_project.tasks")
 T = TypeVar("T")
 
 
@@ -67,15 +69,26 @@ def carry_log_context(headers: dict, **_kwargs) -> None:
             headers.setdefault(_header(key), bound[key])
 
 
+def _log_context(headers) -> dict[str, str]:
+    return {key: headers.get(_header(key)) for key in LOG_CONTEXT_KEYS if headers.get(_header(key))}
+
+
+# Celery's own "Task ... received" and "... succeeded" lines are written where the task's log
+# context is not bound; these take their place (LOGGING silences the originals).
+@task_received.connect
+def log_task_received(request, **_kwargs) -> None:
+    task_log.info("task_received", task=request.name, task_id=request.id, **_log_context(request.request_dict))
+
+
 @task_prerun.connect
 def bind_log_context(task, **_kwargs) -> None:
     structlog.contextvars.clear_contextvars()
-    context = {key: task.request.get(_header(key)) for key in LOG_CONTEXT_KEYS if task.request.get(_header(key))}
-    structlog.contextvars.bind_contextvars(task=task.name, task_id=task.request.id, **context)
+    structlog.contextvars.bind_contextvars(task=task.name, task_id=task.request.id, **_log_context(task.request))
 
 
 @task_postrun.connect
-def clear_log_context(**_kwargs) -> None:
+def log_task_done_and_clear_context(state=None, **_kwargs) -> None:
+    task_log.info("task_done", state=state)
     structlog.contextvars.clear_contextvars()
 
 
