@@ -2,6 +2,11 @@
 
 from prometheus_client import Counter, Gauge
 
+from recovery.models import RedriveReason
+
+# The tables recovery.services.purge_history deletes old rows from (the label of ROWS_PURGED).
+PURGED_TABLES = ("outbox", "inbox")
+
 UNFINISHED_ORDERS = Gauge("orders_unfinished", "Orders not in a terminal status", ["status"])
 STUCK_ORDERS = Gauge("orders_stuck", "Orders in a non-terminal status for longer than its deadline", ["status"])
 OLDEST_UNFINISHED_AGE = Gauge(
@@ -15,3 +20,10 @@ NOTIFICATIONS_GIVEN_UP = Counter(
 EVENTS_COMPLETED = Counter("reconciler_events_completed_total", "Outbox events found complete (every handler applied them)")
 ROWS_PURGED = Counter("reconciler_rows_purged_total", "History rows deleted after the retention period", ["table"])
 LAST_PASS = Gauge("reconciler_last_pass_timestamp_seconds", "When the reconciler last finished a pass (Unix time)")
+
+# Every label value from the start, at 0: an alert on rate() or increase() sees a series before the
+# first re-drive or purge, instead of no data.
+for _reason in RedriveReason.values:
+    REDRIVES.labels(_reason)
+for _table in PURGED_TABLES:
+    ROWS_PURGED.labels(_table)

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 
-APP_SERVICES = ("web", "relay", "bridge", "worker")
+APP_SERVICES = ("web", "relay", "bridge", "worker", "reconciler")
 ALL_SERVICES = {"kafka", "kafka-ui", "postgres", "redis", "migrate", "topics", *APP_SERVICES}
-METRICS_PORTS = {"relay": 9101, "bridge": 9102, "worker": 9103}
+METRICS_PORTS = {"relay": 9101, "bridge": 9102, "worker": 9103, "reconciler": 9104}
 SECRET_KEY = "test-deploy-files-secret-key"
 # Variables of the caller's environment that would change what compose renders.
 _COMPOSE_INPUTS = ("DJANGO_SECRET_KEY", "HTTP_ALLOWED_HOSTS", "DOCKER_HOST", "DOCKER_CONTEXT")
@@ -50,6 +50,7 @@ def test_expected_commands_follow_process_commands():
     assert commands["web"] == ["gunicorn", "-c", "gunicorn.conf.py", "orders_project.wsgi"]
     assert commands["relay"] == ["python", "manage.py", "publish_pending_events"]
     assert commands["bridge"] == ["python", "manage.py", "run_kafka_bridge"]
+    assert commands["reconciler"] == ["python", "manage.py", "run_reconciler"]
     assert commands["worker"][:4] == ["celery", "-A", "orders_project", "worker"]
     assert commands["worker"][commands["worker"].index("--hostname") + 1] == "worker@%h"
 
@@ -178,12 +179,18 @@ def test_healthchecks_probe_each_process(services):
     assert "http://127.0.0.1:8080/health/ready" in probe("web")
     assert "http://127.0.0.1:9101/metrics" in probe("relay")
     assert "http://127.0.0.1:9102/metrics" in probe("bridge")
+    assert "http://127.0.0.1:9104/metrics" in probe("reconciler")
     assert services["worker"]["healthcheck"]["test"][0] == "CMD-SHELL"
     # $$ in the file is a literal $ for the shell; `config` prints it escaped again.
     assert re.fullmatch(r"celery -A orders_project inspect ping -d worker@\$\$?HOSTNAME", probe("worker"))
 
 
-@pytest.mark.parametrize("name", ("relay", "bridge", "worker"))
+@pytest.mark.parametrize("name", sorted(METRICS_PORTS))
+def test_metrics_ports_are_exposed_to_the_scraper(services, name):
+    assert str(METRICS_PORTS[name]) in [str(port) for port in services[name]["expose"]]
+
+
+@pytest.mark.parametrize("name", ("relay", "bridge", "worker", "reconciler"))
 def test_consumers_get_time_to_stop_cleanly(services, name):
     assert services[name]["stop_grace_period"] == "30s"
 
@@ -204,6 +211,7 @@ def test_app_containers_run_in_production(services, name):
     assert environment["METRICS_RELAY_PORT"] == str(METRICS_PORTS["relay"])
     assert environment["METRICS_BRIDGE_PORT"] == str(METRICS_PORTS["bridge"])
     assert environment["METRICS_WORKER_PORT"] == str(METRICS_PORTS["worker"])
+    assert environment["METRICS_RECONCILER_PORT"] == str(METRICS_PORTS["reconciler"])
 
 
 def test_app_containers_share_one_environment_and_one_image(services):
@@ -230,11 +238,14 @@ def test_migrations_and_topics_run_once_before_the_app(services):
         assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
     for name in ("web", "bridge", "worker"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    # The reconciler works on the database alone (its re-drives go through the outbox): it waits
+    # for neither Kafka nor Redis.
+    assert not {"kafka", "redis"} & set(services["reconciler"]["depends_on"])
 
 
 def test_only_one_web_publishes_port_8080(services):
     assert [port["published"] for port in services["web"]["ports"]] == ["8080"]
-    assert all(not services[name].get("ports") for name in ("relay", "bridge", "worker"))
+    assert all(not services[name].get("ports") for name in ("relay", "bridge", "worker", "reconciler"))
 
 
 def test_k8s_configmap_has_the_compose_settings(services, k8s):
@@ -351,12 +362,17 @@ def test_k8s_web_service_maps_80_to_8080(k8s):
     assert service["spec"]["selector"].items() <= k8s.deployment("web")["spec"]["template"]["metadata"]["labels"].items()
 
 
-@pytest.mark.parametrize("name", ("relay", "bridge"))
-def test_k8s_relay_and_bridge_are_probed_on_their_metrics_port(k8s, name):
-    (container,) = k8s.deployment(name)["spec"]["template"]["spec"]["containers"]
+@pytest.mark.parametrize("name", ("relay", "bridge", "reconciler"))
+def test_k8s_relay_bridge_and_reconciler_are_probed_and_scraped_on_their_metrics_port(k8s, name):
+    deployment = k8s.deployment(name)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
     probe = container["livenessProbe"]["httpGet"]
     assert (probe["path"], probe["port"]) == ("/metrics", METRICS_PORTS[name])
+    assert METRICS_PORTS[name] in [port["containerPort"] for port in container["ports"]]
     assert k8s.configmap["data"][f"METRICS_{name.upper()}_PORT"] == str(METRICS_PORTS[name])
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (str(METRICS_PORTS[name]), "/metrics")
 
 
 def test_k8s_worker_is_probed_with_a_celery_ping(k8s):

@@ -1,0 +1,241 @@
+"""deploy/prometheus/alerts.yml: valid rules (promtool), each expression fires when it should and
+stays quiet otherwise (promtool's unit tests), and every metric and label the expressions use is
+served by the real processes.
+
+promtool comes with Debian's ``prometheus`` package (``apt-get install prometheus``). Without it
+the promtool tests fail, saying so, instead of being skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orders_project.testing import ProcessGroup, parse_metrics, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yml"
+SEVERITIES = {"warning", "critical"}
+
+
+def alert_rules() -> list[dict]:
+    document = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool is not installed: apt-get install prometheus (Debian) provides it"
+    return path
+
+
+# --- the file itself ----------------------------------------------------------------------------
+
+
+def test_alert_rules_are_well_formed():
+    document = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    assert set(document) == {"groups"}
+    group_names = [group["name"] for group in document["groups"]]
+    assert len(group_names) == len(set(group_names))
+    names = [rule["alert"] for rule in alert_rules()]
+    assert len(names) == len(set(names))
+    for rule in alert_rules():
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert rule["labels"]["severity"] in SEVERITIES, rule["alert"]
+        assert rule["annotations"]["summary"].strip() and rule["annotations"]["description"].strip(), rule["alert"]
+        if "for" in rule:
+            assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+
+
+def test_alert_rules_point_the_operator_at_what_to_look_at():
+    descriptions = {rule["alert"]: rule["annotations"]["description"] for rule in alert_rules()}
+    assert '"Unfinished orders"' in descriptions["OrdersStuck"]
+    assert "Dead letters" in descriptions["OrdersParkedByReconciler"]
+    assert "Dead letters" in descriptions["NotificationsGivenUp"]
+    assert "relay" in descriptions["OutboxNotDraining"] and "Kafka" in descriptions["OutboxNotDraining"]
+
+
+def test_promtool_accepts_the_rules():
+    result = subprocess.run([promtool(), "check", "rules", str(ALERTS_FILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+
+
+# --- what each expression does: promtool unit tests ----------------------------------------------
+
+# Per alert: input series (one sample a minute from 0m to 10m) with which its expression selects
+# something at 10m, and series with which it selects nothing. promtool evaluates count(expr).
+FIRES, QUIET = "fires", "quiet"
+CASES: dict[str, dict[str, dict[str, str]]] = {
+    "OrdersStuck": {
+        FIRES: {'orders_stuck{status="CREATED"}': "3x10", 'orders_stuck{status="PROCESSING"}': "0x10"},
+        QUIET: {'orders_stuck{status="CREATED"}': "0x10", 'orders_stuck{status="PROCESSING"}': "0x10"},
+    },
+    "UnfinishedOrderTooOld": {
+        FIRES: {'orders_unfinished_oldest_age_seconds{status="PROCESSING"}': "400+60x10"},
+        QUIET: {'orders_unfinished_oldest_age_seconds{status="PROCESSING"}': "40x10"},
+    },
+    "OrdersParkedByReconciler": {
+        FIRES: {"reconciler_orders_parked_total": "0 0 0 0 0 1 1 1 1 1 1"},
+        QUIET: {"reconciler_orders_parked_total": "0x10"},
+    },
+    "NotificationsGivenUp": {
+        FIRES: {"reconciler_notifications_given_up_total": "0 0 0 0 0 2 2 2 2 2 2"},
+        QUIET: {"reconciler_notifications_given_up_total": "0x10"},
+    },
+    "ReconcilerRedrivesHigh": {
+        # Operators' re-drives do not count.
+        FIRES: {'reconciler_redrives_total{reason="stuck_created"}': "0+10x10", 'reconciler_redrives_total{reason="operator"}': "0+100x10"},
+        QUIET: {'reconciler_redrives_total{reason="stuck_created"}': "0+1x10", 'reconciler_redrives_total{reason="operator"}': "0+100x10"},
+    },
+    "ReconcilerNotPassing": {
+        # The gauge is a Unix time; promtool's clock starts at 0.
+        FIRES: {"reconciler_last_pass_timestamp_seconds": "60 120 180 240 240 240 240 240 240 240 240"},
+        QUIET: {"reconciler_last_pass_timestamp_seconds": "0+60x10"},
+    },
+    "ReconcilerAbsent": {
+        FIRES: {"outbox_backlog": "0x10"},
+        QUIET: {"reconciler_last_pass_timestamp_seconds": "0+60x10"},
+    },
+    "OutboxNotDraining": {
+        FIRES: {"outbox_oldest_unpublished_age_seconds": "0+60x10"},
+        QUIET: {"outbox_oldest_unpublished_age_seconds": "0x10"},
+    },
+}
+
+
+def test_every_alert_has_unit_test_cases():
+    assert {rule["alert"] for rule in alert_rules()} == set(CASES)
+
+
+def test_each_expression_fires_when_it_should_and_only_then(tmp_path):
+    tests = []
+    for rule in alert_rules():
+        for case, series in CASES[rule["alert"]].items():
+            tests.append(
+                {
+                    "name": f"{rule['alert']} {case}",
+                    "interval": "1m",
+                    "input_series": [{"series": name, "values": values} for name, values in series.items()],
+                    "promql_expr_test": [
+                        {
+                            "expr": f"count({rule['expr']})",
+                            "eval_time": "10m",
+                            "exp_samples": [{"labels": "{}", "value": 1}] if case == FIRES else [],
+                        }
+                    ],
+                }
+            )
+    test_file = tmp_path / "alerts.test.yml"
+    test_file.write_text(yaml.safe_dump({"rule_files": [str(ALERTS_FILE)], "tests": tests}, sort_keys=False))
+    result = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the metrics exist: the real reconciler's endpoint and web's /metrics -------------------------
+
+GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+IDENTIFIER = re.compile(r"(?<![\w:.])[a-zA-Z_:][\w:]*(?![\w:])")
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+KEYWORDS = {
+    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group",
+    "and", "or", "unless", "bool", "offset",
+}
+
+
+def selectors(expr: str) -> tuple[list[tuple[str, list[tuple[str, str, str]]]], set[str]]:
+    """The metric selectors of a PromQL expression, each (name, [(label, operator, value)]), and
+    the labels it groups by. Enough PromQL for these rules: no strings outside label matchers."""
+    grouping = {label.strip() for labels in GROUPING.findall(expr) for label in labels.split(",") if label.strip()}
+    expr = GROUPING.sub(" ", expr)
+    # Label matchers out of the way first, each replaced by its index: {0}, {1}, ...
+    matchers: list[list[tuple[str, str, str]]] = []
+
+    def set_aside(braces: re.Match) -> str:
+        matchers.append(MATCHER.findall(braces.group()))
+        return f"{{{len(matchers) - 1}}}"
+
+    expr = re.sub(r"\{[^}]*\}", set_aside, expr)
+    found = []
+    for match in IDENTIFIER.finditer(expr):
+        rest = expr[match.end():].lstrip()
+        if match.group() in KEYWORDS or rest.startswith("("):  # aggregations and functions
+            continue
+        index = re.match(r"\{(\d+)\}", rest)
+        found.append((match.group(), matchers[int(index.group(1))] if index else []))
+    return found, grouping
+
+
+def test_selectors_are_read_from_the_expressions():
+    assert selectors('sum by (reason) (rate(reconciler_redrives_total{reason!="operator"}[10m])) * 60 > 5') == (
+        [("reconciler_redrives_total", [("reason", "!=", "operator")])],
+        {"reason"},
+    )
+    assert selectors("time() - max(reconciler_last_pass_timestamp_seconds) > 120") == (
+        [("reconciler_last_pass_timestamp_seconds", [])],
+        set(),
+    )
+
+
+def _matches(value: str, operator: str, wanted: str) -> bool:
+    return {
+        "=": value == wanted,
+        "!=": value != wanted,
+        "=~": re.fullmatch(wanted, value) is not None,
+        "!~": re.fullmatch(wanted, value) is None,
+    }[operator]
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_every_metric_and_label_of_the_alerts_is_served(tmp_path, kafka_broker, client):
+    group = ProcessGroup.for_tests(kafka_brokers=kafka_broker.bootstrap_servers, work_dir=tmp_path, RECONCILER_INTERVAL="0.5")
+    try:
+        group.start("reconciler")
+
+        def reconciler_passed():
+            try:
+                samples = group.metrics("reconciler")
+            except OSError:
+                return None
+            return samples if samples.get(("reconciler_last_pass_timestamp_seconds", ()), 0) > 0 else None
+
+        try:
+            reconciler = wait_until(reconciler_passed, timeout=60, interval=0.3)
+        except TimeoutError:
+            pytest.fail(f"the reconciler made no pass in 60 s; its log ends with:\n{group.log('reconciler')[-4000:]}")
+    finally:
+        group.stop_all()
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    served = {**reconciler, **parse_metrics(response.content.decode())}
+    labels_of: dict[str, list[dict[str, str]]] = {}
+    for (name, labels), _value in served.items():
+        labels_of.setdefault(name, []).append(dict(labels))
+
+    checked = set()
+    for rule in alert_rules():
+        found, grouping = selectors(rule["expr"])
+        assert found, rule["alert"]
+        for name, matchers in found:
+            assert name in labels_of, f"{rule['alert']}: {name} is not served"
+            series = labels_of[name]
+            for label in grouping:
+                assert all(label in labels for labels in series), f"{rule['alert']}: {name} has no label {label}"
+            for label, operator, wanted in matchers:
+                assert all(label in labels for labels in series), f"{rule['alert']}: {name} has no label {label}"
+                assert any(_matches(labels[label], operator, wanted) for labels in series), (
+                    f"{rule['alert']}: no series of {name} has {label}{operator}{wanted!r}"
+                )
+            checked.add(name)
+    # Labelled series exist before anything happened: both unfinished statuses and every re-drive reason.
+    assert {labels["status"] for labels in labels_of["orders_stuck"]} == {"CREATED", "PROCESSING"}
+    assert {"stuck_created", "stuck_processing", "event_not_handled", "operator"} <= {
+        labels["reason"] for labels in labels_of["reconciler_redrives_total"]
+    }
+    assert {"outbox_oldest_unpublished_age_seconds", "reconciler_last_pass_timestamp_seconds", "orders_stuck"} <= checked
