@@ -2,12 +2,13 @@ from django.contrib import admin
 
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from orders import services as order_services
-from orders_project.admin import ReadOnlyModelAdmin, apply_to_each, operator_name
+from orders_project.admin import NoSaveButtons, ReadOnlyModelAdmin, apply_to_each, operator_name
 
 
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(ReadOnlyModelAdmin):
-    list_display = ["id", "event_type", "topic", "key", "created_at", "published_at", "publish_attempts"]
+    list_display = ["id", "event_type", "topic", "key", "created_at", "published_at", "completed_at", "publish_attempts"]
+    ordering = ["-id"]
     list_filter = ["event_type", "topic", ("published_at", admin.EmptyFieldListFilter)]
     search_fields = ["event_id", "key"]
     date_hierarchy = "created_at"
@@ -16,12 +17,13 @@ class OutboxEventAdmin(ReadOnlyModelAdmin):
 @admin.register(InboxEntry)
 class InboxEntryAdmin(ReadOnlyModelAdmin):
     list_display = ["handled_at", "handler", "event_id", "redeliveries"]
+    ordering = ["-handled_at", "-id"]
     list_filter = ["handler"]
     search_fields = ["event_id"]
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin):
+class DeadLetterAdmin(NoSaveButtons, admin.ModelAdmin):
     """Dead letters: read why, optionally store a fixed value, re-publish."""
 
     list_display = ["received_at", "reason", "source", "event_type", "key", "original_topic", "republished_at"]

@@ -1,7 +1,9 @@
 """The Kafka bridge: a consumer-group member that hands each event to its Celery tasks.
 
-Offsets are committed only after every message up to them was dealt with: its tasks
-accepted by the Celery broker, or the message itself confirmed on the dlq topic. A crash
+Only events the outbox recorded, exactly as recorded, are handed on: anything else (a message
+from whoever else can write to the topic, an event altered on its way) goes to the dlq topic
+with its reason. Offsets are committed only after every message up to them was dealt with: its
+tasks accepted by the Celery broker, or the message itself confirmed on the dlq topic. A crash
 in between means redelivery, which the tasks absorb (inbox, state machine).
 """
 
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 import structlog
 from celery import Signature
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from django.db import DatabaseError, connection
 
-from events.contract import TOPIC_DLQ, InvalidEvent, dead_letter_headers, log_context, parse_event
+from events.contract import TOPIC_DLQ, InvalidEvent, check_recorded, dead_letter_headers, log_context, parse_event
 from events.kafka import client_config, delivery_error
 from events.lifecycle import backoff_delays
 from events.relay import build_producer, needs_new_producer
 from events.routes import dead_letter_task, notification_tasks, notifies, tasks_for
+from events.selectors import recorded_payloads
 from events.topics import ensure_topics_until_ready
 from orders_project.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSAGES, serve_process_metrics
 
@@ -29,6 +33,8 @@ DLQ_SOURCE = "kafka-bridge"
 # Seconds between consumer-lag readings, and between lookups of committed offsets for them.
 LAG_INTERVAL = 2.0
 COMMITTED_LOOKUP_INTERVAL = 10.0
+# Seconds before a batch is read again after the database could not be asked about it.
+DATABASE_RETRY_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -103,17 +109,27 @@ class KafkaBridge:
             logger.info("bridge_stopped")
 
     def handle_batch(self, messages: list[Message]) -> None:
+        readings = [self._read(message) for message in messages]
+        try:
+            recorded = recorded_payloads(event_ids={r["event_id"] for r in readings if isinstance(r, dict)})
+        except DatabaseError as exc:
+            # Nothing can be vouched for: commit nothing, read the batch again once the database is back.
+            logger.warning("bridge_database_error", error=str(exc))
+            connection.close()
+            self._rewind(messages)
+            self.stop.wait(DATABASE_RETRY_DELAY)
+            return
         done: dict[tuple[str, int], int] = {}
         dead_letter_errors: list[KafkaError] = []
         # Events whose customer notifications go out together, once the batch is read.
         to_notify: list[dict] = []
-        for message in messages:
+        for message, reading in zip(messages, readings):
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     logger.warning("kafka_consume_error", error=str(message.error()))
                 continue
             position = (message.topic(), message.partition())
-            if not self._handle(message, dead_letter_errors, to_notify):
+            if not self._handle(message, reading, recorded, dead_letter_errors, to_notify):
                 break  # stopping while the Celery broker is away: leave the rest for redelivery
             done[position] = message.offset()
         structlog.contextvars.clear_contextvars()
@@ -128,22 +144,42 @@ class KafkaBridge:
             return
         self._commit(done)
 
-    def _tasks(self, message: Message, dead_letter_errors: list[KafkaError]) -> tuple[list[Signature], dict | None] | None:
+    def _read(self, message: Message) -> dict | InvalidEvent | None:
+        """The message's event, or why it cannot be one; None for a dlq message or a consumer error."""
+        if message.error() or message.topic() == TOPIC_DLQ:
+            return None
+        try:
+            return parse_event(message.value(), max_bytes=self.config.max_event_bytes)
+        except InvalidEvent as exc:
+            return exc
+
+    def _tasks(
+        self, message: Message, reading: dict | InvalidEvent | None, recorded: dict[str, list[dict]], dead_letter_errors: list[KafkaError]
+    ) -> tuple[list[Signature], dict | None] | None:
         """The message's tasks, and its event if the customer is to be told; None if it went to dlq instead."""
         if message.topic() == TOPIC_DLQ:
             return [dead_letter_task(key=message.key(), headers=message.headers() or [], value=message.value())], None
         try:
-            envelope = parse_event(message.value(), max_bytes=self.config.max_event_bytes)
+            if isinstance(reading, InvalidEvent):
+                raise reading
+            check_recorded(reading, recorded=recorded.get(reading["event_id"], []))
         except InvalidEvent as exc:
             self._dead_letter(message, exc, dead_letter_errors)
             BRIDGE_MESSAGES.labels(message.topic(), "dead_lettered").inc()
             return None
-        structlog.contextvars.bind_contextvars(**log_context(envelope), event_type=envelope["type"])
-        return tasks_for(envelope), envelope if notifies(envelope) else None
+        structlog.contextvars.bind_contextvars(**log_context(reading), event_type=reading["type"])
+        return tasks_for(reading), reading if notifies(reading) else None
 
-    def _handle(self, message: Message, dead_letter_errors: list[KafkaError], to_notify: list[dict]) -> bool:
+    def _handle(
+        self,
+        message: Message,
+        reading: dict | InvalidEvent | None,
+        recorded: dict[str, list[dict]],
+        dead_letter_errors: list[KafkaError],
+        to_notify: list[dict],
+    ) -> bool:
         structlog.contextvars.clear_contextvars()
-        routed = self._tasks(message, dead_letter_errors)
+        routed = self._tasks(message, reading, recorded, dead_letter_errors)
         if routed is None:
             return True
         tasks, notify = routed

@@ -131,3 +131,15 @@ def parse_event(raw: bytes | None, *, max_bytes: int) -> dict[str, Any]:
     if not isinstance(metadata, dict) or not isinstance(metadata.get("correlation_id"), str):
         raise InvalidEvent("invalid_envelope", "metadata.correlation_id is required")
     return envelope
+
+
+def check_recorded(envelope: dict[str, Any], *, recorded: list[dict[str, Any]]) -> None:
+    """Raise ``InvalidEvent`` unless ``envelope`` is an event this service wrote: one of
+    ``recorded``, the payloads its outbox holds under the event's id. Writing to a topic does not
+    make a message trusted: handlers act only on events the database vouches for."""
+    if not recorded:
+        raise InvalidEvent("unknown_event", f"no event {envelope['event_id']} in the outbox: not written by this service")
+    if envelope not in recorded:
+        raise InvalidEvent(
+            "event_mismatch", f"event {envelope['event_id']} differs from what the outbox recorded under its id"
+        )

@@ -50,6 +50,10 @@ PRODUCER_RESET_ERRORS = frozenset(
 )
 
 
+# Batches in a row that failed entirely before the relay replaces its producer anyway.
+FAILED_BATCHES_BEFORE_NEW_PRODUCER = 3
+
+
 def needs_new_producer(error: KafkaError) -> bool:
     return error.fatal() or error.code() in PRODUCER_RESET_ERRORS
 
@@ -161,6 +165,7 @@ def run_relay(
     producer = build_producer(delivery_timeout_ms=delivery_timeout_ms)
     flush_timeout = delivery_timeout_ms / 1000 + 5
     delays = backoff_delays(start=0.2, ceiling=max_backoff)
+    failed_in_a_row = 0
     logger.info("relay_started", batch_size=batch_size)
     while not stop.is_set():
         try:
@@ -169,9 +174,13 @@ def run_relay(
             logger.warning("relay_database_error", error=str(exc))
             connection.close()  # a fresh connection on the next try (the server may have restarted)
             result = BatchResult(failed=1)
-        if result.producer_broken:
-            logger.warning("relay_producer_replaced", errors=dict(result.errors))
+        failed_in_a_row = failed_in_a_row + 1 if result.failed and not result.published else 0
+        # A broker that lost its state (restarted empty) can leave an idempotent producer timing
+        # out on every batch without reporting it fatal: after a few such batches, start afresh.
+        if result.producer_broken or failed_in_a_row >= FAILED_BATCHES_BEFORE_NEW_PRODUCER:
+            logger.warning("relay_producer_replaced", errors=dict(result.errors), failed_batches=failed_in_a_row)
             producer = build_producer(delivery_timeout_ms=delivery_timeout_ms)
+            failed_in_a_row = 0
         if result.failed:
             delay = next(delays)
             logger.warning("relay_publish_failed", failed=result.failed, published=result.published, errors=dict(result.errors), retry_in=delay)

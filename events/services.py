@@ -9,11 +9,19 @@ import uuid
 from typing import Any
 
 import structlog
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from events.contract import DEAD_LETTER, EVENT_TOPICS, TOPIC_DLQ, build_envelope, dead_letter_headers, message_headers
+from events.contract import (
+    DEAD_LETTER,
+    EVENT_TOPICS,
+    TOPIC_DLQ,
+    InvalidEvent,
+    build_envelope,
+    dead_letter_headers,
+    message_headers,
+)
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 
 logger = structlog.get_logger(__name__)
@@ -64,6 +72,19 @@ def enqueue_dead_letter(
     return OutboxEvent.objects.create(
         event_id=event_id, event_type=DEAD_LETTER, topic=TOPIC_DLQ, key=key, payload=original, headers=headers
     )
+
+
+def refuse_event(*, envelope: dict[str, Any], refusal: InvalidEvent, source: str) -> OutboxEvent:
+    """An event a handler will not act on goes to dlq with the reason; nothing else is written."""
+    with transaction.atomic():
+        return enqueue_dead_letter(
+            original=envelope,
+            key=str(envelope["order"]["id"]),
+            reason=refusal.reason,
+            error=refusal.error,
+            source=source,
+            correlation_id=envelope["metadata"]["correlation_id"],
+        )
 
 
 def was_handled(*, handler: str, event_id: str) -> bool:

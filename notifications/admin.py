@@ -10,3 +10,4 @@ class NotificationAdmin(ReadOnlyModelAdmin):
     list_filter = ["status", "channel", "source_event_type"]
     search_fields = ["order__id", "recipient", "source_event_id"]
     list_select_related = ["order"]
+    ordering = ["-created_at", "-id"]

@@ -9,6 +9,7 @@ from typing import Protocol
 import structlog
 from django.conf import settings
 from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
 from django.utils.module_loading import import_string
 
 logger = structlog.get_logger(__name__)
@@ -32,6 +33,23 @@ class LoggingSmsBackend:
 
     def send(self, message: OutgoingMessage) -> None:
         logger.info("sms_sent", recipient=message.recipient, body=message.body, message_key=message.message_key)
+
+
+class LogEmailBackend(BaseEmailBackend):
+    """Writes each email to the log as one JSON line (the local default): readable, and the log
+    stays one JSON object per line."""
+
+    def send_messages(self, email_messages) -> int:
+        for email in email_messages:
+            logger.info(
+                "email_sent",
+                to=email.to,
+                from_email=email.from_email,
+                subject=email.subject,
+                body=email.body,
+                message_id=email.extra_headers.get("Message-ID", ""),
+            )
+        return len(email_messages)
 
 
 def send_email(message: OutgoingMessage) -> None:

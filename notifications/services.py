@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import smtplib
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import structlog
 from django.conf import settings
 from django.db import transaction
 
-from events.contract import NOTIFICATION_SENT
+from events.contract import NOTIFICATION_SENT, InvalidEvent
 from events.services import claim_event, enqueue_dead_letter, enqueue_event, was_handled
 from notifications.backends import OutgoingMessage, send_email, send_sms
 from notifications.models import Channel, Notification, NotificationStatus
+from orders import selectors as order_selectors
 from orders import services as order_services
+from orders.models import Order
 from orders_project.celery import TransientError
 from orders_project.metrics import NOTIFICATIONS
 
@@ -54,25 +57,53 @@ def handlers_for(*, event_type: str) -> list[str]:
     return [_handler(channel) for channel in enabled_channels()] if event_type in SUBJECTS else []
 
 
-def compose(*, envelope: dict[str, Any], channel: str) -> OutgoingMessage:
-    order = envelope["order"]
-    subject = f"{SUBJECTS[envelope['type']]} ({order['id']})"
-    items = ", ".join(f"{item['quantity']} x {item['product_name']}" for item in order["items"])
-    body = f"Order {order['id']}\nStatus: {order['status']}\nTotal: {order['total_amount']}\nItems: {items}\n"
-    return OutgoingMessage(
-        recipient=order["email"] if channel == Channel.EMAIL else order["user_id"],
-        subject=subject,
-        body=body if channel == Channel.EMAIL else subject,
-        message_key=f"{envelope['event_id']}.{channel}",
+@dataclass(frozen=True)
+class Announcement:
+    """What the customer is told, all of it read from the database: the order, and the status the
+    event announced (from the timeline entry written with the event)."""
+
+    order: Order
+    status: str
+    event_type: str
+    event_id: str
+    correlation_id: str
+
+
+def announcement(*, envelope: dict[str, Any]) -> Announcement:
+    """The event's announcement, as the database has it; ``InvalidEvent`` if its order does not
+    exist or never announced this event."""
+    order_id, event_id, event_type = envelope["order"]["id"], envelope["event_id"], envelope["type"]
+    try:
+        order = order_selectors.get_order(order_id=order_id)
+    except Order.DoesNotExist:
+        raise InvalidEvent("unknown_order", f"no order {order_id}") from None
+    status = order_selectors.announced_status(order_id=order_id, event_id=event_id, event_type=event_type)
+    if status is None:
+        raise InvalidEvent("unannounced_event", f"order {order_id} never announced {event_type} {event_id}")
+    return Announcement(
+        order=order, status=status, event_type=event_type, event_id=event_id, correlation_id=order.correlation_id
     )
 
 
-def _record(*, envelope: dict[str, Any], channel: str, message: OutgoingMessage, status: str, error: str = "") -> None:
-    order = envelope["order"]
+def compose(*, announcement: Announcement, channel: str) -> OutgoingMessage:
+    order = announcement.order
+    subject = f"{SUBJECTS[announcement.event_type]} ({order.id})"
+    items = ", ".join(f"{item.quantity} x {item.product_name}" for item in order.items.all())
+    body = f"Order {order.id}\nStatus: {announcement.status}\nTotal: {order.total_amount}\nItems: {items}\n"
+    return OutgoingMessage(
+        recipient=order.email if channel == Channel.EMAIL else order.user_id,
+        subject=subject,
+        body=body if channel == Channel.EMAIL else subject,
+        message_key=f"{announcement.event_id}.{channel}",
+    )
+
+
+def _record(*, announcement: Announcement, channel: str, message: OutgoingMessage, status: str, error: str = "") -> None:
+    order = announcement.order
     notification = Notification.objects.create(
-        order_id=order["id"],
-        source_event_id=envelope["event_id"],
-        source_event_type=envelope["type"],
+        order=order,
+        source_event_id=announcement.event_id,
+        source_event_type=announcement.event_type,
         channel=channel,
         recipient=message.recipient,
         subject=message.subject,
@@ -83,68 +114,72 @@ def _record(*, envelope: dict[str, Any], channel: str, message: OutgoingMessage,
     if status == NotificationStatus.SENT:
         event = enqueue_event(
             event_type=NOTIFICATION_SENT,
-            order=order,
-            correlation_id=envelope["metadata"]["correlation_id"],
+            order=order_selectors.order_snapshot(order=order),
+            correlation_id=announcement.correlation_id,
             source=EVENT_SOURCE,
             details={
                 "notification_id": notification.pk,
                 "channel": channel,
                 "recipient": message.recipient,
-                "source_event_id": envelope["event_id"],
-                "source_event_type": envelope["type"],
+                "source_event_id": announcement.event_id,
+                "source_event_type": announcement.event_type,
             },
         )
         order_services.record_order_event(
-            order_id=order["id"],
-            status=order["status"],
+            order_id=order.id,
+            status=announcement.status,
             event_type=NOTIFICATION_SENT,
             event_id=event.event_id,
-            message=f"{channel} sent to {message.recipient} for {envelope['type']}",
+            message=f"{channel} sent to {message.recipient} for {announcement.event_type}",
         )
 
 
 def send_event_notifications(*, envelope: dict[str, Any]) -> list[str]:
     """Send the event's message on every enabled channel not yet done; returns the channels sent now.
 
+    Recipient, items and amounts come from the order row, never from the event; an event whose
+    order does not exist or never announced it sends nothing (``InvalidEvent``).
     A channel's record, its NOTIFICATION_SENT event and its inbox entry commit together after
     the message went out. If the process dies between sending and recording, the retry sends
     again with the same message key (the Message-ID of an email), which receivers can drop.
     """
+    pending = [channel for channel in enabled_channels() if not was_handled(handler=_handler(channel), event_id=envelope["event_id"])]
+    if not pending:
+        return []
+    told = announcement(envelope=envelope)
     sent = []
-    for channel in enabled_channels():
-        handler = _handler(channel)
-        if was_handled(handler=handler, event_id=envelope["event_id"]):
-            continue
-        message = compose(envelope=envelope, channel=channel)
+    for channel in pending:
+        message = compose(announcement=told, channel=channel)
         try:
             SENDERS[channel](message)
         except (OSError, smtplib.SMTPException) as exc:
             NOTIFICATIONS.labels(channel, "error").inc()
             raise DeliveryFailed(f"{channel} to {message.recipient}: {exc}") from exc
         with transaction.atomic():
-            if not claim_event(handler=handler, event_id=envelope["event_id"]):
+            if not claim_event(handler=_handler(channel), event_id=told.event_id):
                 continue
-            _record(envelope=envelope, channel=channel, message=message, status=NotificationStatus.SENT)
+            _record(announcement=told, channel=channel, message=message, status=NotificationStatus.SENT)
         NOTIFICATIONS.labels(channel, "sent").inc()
-        logger.info("notification_sent", channel=channel, recipient=message.recipient, event_type=envelope["type"])
+        logger.info("notification_sent", channel=channel, recipient=message.recipient, event_type=told.event_type)
         sent.append(channel)
     return sent
 
 
 def record_delivery_failure(*, envelope: dict[str, Any], error: str) -> None:
     """After the last retry: each channel not yet sent is recorded FAILED and the event goes to dlq."""
+    told = announcement(envelope=envelope)
     with transaction.atomic():
         for channel in enabled_channels():
-            if claim_event(handler=_handler(channel), event_id=envelope["event_id"]):
-                message = compose(envelope=envelope, channel=channel)
-                _record(envelope=envelope, channel=channel, message=message, status=NotificationStatus.FAILED, error=error)
+            if claim_event(handler=_handler(channel), event_id=told.event_id):
+                message = compose(announcement=told, channel=channel)
+                _record(announcement=told, channel=channel, message=message, status=NotificationStatus.FAILED, error=error)
                 NOTIFICATIONS.labels(channel, "failed").inc()
         enqueue_dead_letter(
             original=envelope,
-            key=envelope["order"]["id"],
+            key=str(told.order.id),
             reason="notification_gave_up",
             error=error,
             source=EVENT_SOURCE,
-            correlation_id=envelope["metadata"]["correlation_id"],
+            correlation_id=told.correlation_id,
         )
-    logger.error("notification_failed", event_type=envelope["type"], error=error)
+    logger.error("notification_failed", event_type=told.event_type, error=error)

@@ -1,7 +1,8 @@
 import structlog
 from celery import shared_task
 
-from events.contract import log_context
+from events.contract import InvalidEvent, log_context
+from events.services import refuse_event
 from notifications import services
 from orders_project.celery import TRANSIENT_ERRORS, run_with_retries
 
@@ -36,6 +37,9 @@ def send_notifications_batch(self, envelopes: list[dict]) -> None:
             with structlog.contextvars.bound_contextvars(**log_context(envelope)):
                 try:
                     services.send_event_notifications(envelope=envelope)
+                except InvalidEvent as refusal:
+                    logger.warning("event_refused", reason=refusal.reason, error=refusal.error)
+                    refuse_event(envelope=envelope, refusal=refusal, source=services.EVENT_SOURCE)
                 except TRANSIENT_ERRORS as exc:
                     failed.append(envelope)
                     errors.append(exc)

@@ -4,7 +4,7 @@ from django.utils.html import format_html, format_html_join
 
 from orders import services
 from orders.models import Order, OrderItem, OrderTimelineEntry
-from orders_project.admin import apply_to_each, operator_name
+from orders_project.admin import NoSaveButtons, apply_to_each, one_line_id, operator_name
 from payments import services as payment_services
 
 
@@ -31,8 +31,10 @@ class OrderTimelineInline(ReadOnlyInline):
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
-    list_display = ["id", "user_id", "email", "status", "total_amount", "created_at"]
+class OrderAdmin(NoSaveButtons, admin.ModelAdmin):
+    list_display = [one_line_id, "status", "total_amount", "user_id", "email", "created_at"]
+    list_display_links = [one_line_id]
+    ordering = ["-created_at", "-id"]
     list_filter = ["status", "created_at"]
     search_fields = ["id", "user_id", "email", "items__product_id", "correlation_id"]
     date_hierarchy = "created_at"

@@ -31,9 +31,24 @@ def get_order(*, order_id: uuid.UUID, owner=None) -> Order:
     return orders.get(pk=order_id)
 
 
+def get_order_detail(*, order_id: uuid.UUID, owner=None) -> Order:
+    """As ``get_order``, with its payment attempts and notifications."""
+    orders = Order.objects.prefetch_related("items", "payments", "notifications")
+    if owner is not None:
+        orders = orders.filter(owner=owner)
+    return orders.get(pk=order_id)
+
+
 def get_order_status_and_total(*, order_id: uuid.UUID) -> tuple[str, Any]:
     """(status, total_amount) in one small query; raises ``Order.DoesNotExist``."""
     return Order.objects.values_list("status", "total_amount").get(pk=order_id)
+
+
+def announced_status(*, order_id, event_id, event_type: str) -> str | None:
+    """The status the order announced with the event ``event_id`` of ``event_type`` (from the
+    timeline entry written with it); None if the order never wrote such an event."""
+    entries = OrderTimelineEntry.objects.filter(order_id=order_id, event_id=event_id, event_type=event_type)
+    return entries.order_by("id").values_list("status", flat=True).first()
 
 
 def get_order_by_idempotency_key(*, idempotency_key: str) -> Order | None:

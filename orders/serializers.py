@@ -180,6 +180,13 @@ class OrderCreateSerializer(DeclaredFieldsFastPath, serializers.Serializer):
     )
 
 
+class ErrorSerializer(serializers.Serializer):
+    """Every error the API answers: a reason, and per field what is wrong for invalid input."""
+
+    error = serializers.CharField()
+    fields = serializers.DictField(required=False, help_text="Per field, what is wrong (400 only).")
+
+
 class OrderCreatedSerializer(serializers.Serializer):
     """The seed's response to ``POST /orders``."""
 
@@ -202,6 +209,34 @@ class OrderSerializer(serializers.ModelSerializer):
     class Meta:
         model = Order
         fields = ["id", "user_id", "email", "status", "total_amount", "items", "created_at", "updated_at"]
+
+
+class PaymentAttemptSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    status = serializers.CharField()
+    amount = serializers.DecimalField(max_digits=16, decimal_places=2)
+    currency = serializers.CharField()
+    decline_reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
+class NotificationSentSerializer(serializers.Serializer):
+    channel = serializers.CharField()
+    event_type = serializers.CharField(source="source_event_type")
+    status = serializers.CharField()
+    recipient = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class OrderDetailSerializer(OrderSerializer):
+    """One order with what a client asks next: its payment attempts and the notifications sent."""
+
+    payments = PaymentAttemptSerializer(many=True, read_only=True)
+    notifications = NotificationSentSerializer(many=True, read_only=True)
+
+    class Meta(OrderSerializer.Meta):
+        fields = [*OrderSerializer.Meta.fields, "payments", "notifications"]
 
 
 class OrderStatusSerializer(serializers.ModelSerializer):

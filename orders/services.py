@@ -12,7 +12,7 @@ import structlog
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED, parse_event
+from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED, InvalidEvent, parse_event
 from events.models import DeadLetter
 from events.services import claim_event, enqueue_dead_letter, enqueue_event, republish_event
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
@@ -226,11 +226,15 @@ def _transition(
 
 
 def start_processing(*, order_id, event_id, source: str, item_snapshots: list[dict[str, Any]] | None = None) -> bool:
-    """Apply ORDER_CREATED: CREATED -> PROCESSING. False if the event was applied before."""
+    """Apply ORDER_CREATED: CREATED -> PROCESSING. False if the event was applied before;
+    ``InvalidEvent`` (nothing written) if there is no such order."""
     with transaction.atomic():
         if not claim_event(handler=PROCESSING_HANDLER, event_id=event_id):
             return False
-        order = _locked_order(order_id)
+        try:
+            order = _locked_order(order_id)
+        except Order.DoesNotExist:
+            raise InvalidEvent("unknown_order", f"no order {order_id}") from None
         if order.status != OrderStatus.CREATED:
             logger.info("order_processing_skipped", order_id=str(order_id), status=order.status)
             return False

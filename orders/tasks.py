@@ -2,6 +2,8 @@ from typing import Callable
 
 from celery import shared_task
 
+from events.contract import InvalidEvent
+from events.services import refuse_event
 from orders import services
 from orders_project.celery import run_with_retries
 
@@ -23,6 +25,11 @@ def park_on_give_up(*, envelope: dict, reason: str, source: str) -> Callable[[Ex
     return park
 
 
+def dead_letter_on_refusal(*, envelope: dict, source: str) -> Callable[[InvalidEvent], None]:
+    """The ``refuse`` of a pipeline step: the event goes to dlq with the reason, nothing else changes."""
+    return lambda refusal: refuse_event(envelope=envelope, refusal=refusal, source=source)
+
+
 def start_processing_for(envelope: dict) -> bool:
     """What ``process_order`` does with its event, once (the benchmark calls it too)."""
     return services.start_processing(
@@ -40,4 +47,5 @@ def process_order(self, envelope: dict) -> None:
         self,
         step=lambda: start_processing_for(envelope),
         give_up=park_on_give_up(envelope=envelope, reason="processing_gave_up", source=WORKER_SOURCE),
+        refuse=dead_letter_on_refusal(envelope=envelope, source=WORKER_SOURCE),
     )

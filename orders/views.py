@@ -14,8 +14,10 @@ from rest_framework.response import Response
 from orders import selectors, services
 from orders.models import Order, OrderStatus
 from orders.serializers import (
+    ErrorSerializer,
     OrderCreatedSerializer,
     OrderCreateSerializer,
+    OrderDetailSerializer,
     OrderListFilterSerializer,
     OrderSerializer,
     OrderStatusSerializer,
@@ -32,7 +34,8 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
     OpenApiParameter.HEADER,
     description="Retry-safe creation: the same key and body return the first order instead of a new one.",
 )
-ERROR_RESPONSE = OpenApiResponse(description='{"error": "...", "fields": {...}}')
+def error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(response=ErrorSerializer, description=description)
 
 
 def _idempotency_key(request) -> str | None:
@@ -56,9 +59,9 @@ class OrderViewSet(viewsets.GenericViewSet):
         """None (all orders) or the client whose orders alone it may see."""
         return None if sees_all_orders(self.request.user) else self.request.user
 
-    def _order(self) -> Order:
+    def _order(self, select=selectors.get_order) -> Order:
         try:
-            return selectors.get_order(order_id=self.kwargs["pk"], owner=self._owner())
+            return select(order_id=self.kwargs["pk"], owner=self._owner())
         except Order.DoesNotExist:
             # Someone else's order answers as a missing one: its existence is not disclosed either.
             raise NotFound("Order not found") from None
@@ -69,9 +72,10 @@ class OrderViewSet(viewsets.GenericViewSet):
         request=OrderCreateSerializer,
         responses={
             201: OrderCreatedSerializer,
-            400: ERROR_RESPONSE,
-            413: ERROR_RESPONSE,
-            422: OpenApiResponse(description="Idempotency-Key reused with a different body"),
+            400: error("Invalid input: the reason per field"),
+            413: error("Request body over the size limit"),
+            415: error("Content-Type other than application/json"),
+            422: error("Idempotency-Key reused with a different body"),
         },
     )
     def create(self, request):
@@ -100,7 +104,7 @@ class OrderViewSet(viewsets.GenericViewSet):
             OpenApiParameter("status", OpenApiTypes.STR, enum=OrderStatus.values),
             OpenApiParameter("user_id", OpenApiTypes.STR),
         ],
-        responses={200: OrderSerializer(many=True), 400: ERROR_RESPONSE, 404: OpenApiResponse(description="No such page")},
+        responses={200: OrderSerializer(many=True), 400: error("Invalid filter"), 404: error("No such page")},
     )
     def list(self, request):
         filters = OrderListFilterSerializer(data=request.query_params)
@@ -108,18 +112,21 @@ class OrderViewSet(viewsets.GenericViewSet):
         page = self.paginate_queryset(selectors.list_orders(**filters.validated_data, owner=self._owner()))
         return self.get_paginated_response(OrderSerializer(page, many=True).data)
 
-    @extend_schema(summary="An order with its items, total and status", responses={200: OrderSerializer, 404: ERROR_RESPONSE})
+    @extend_schema(
+        summary="An order with its items, total, status, payment attempts and notifications",
+        responses={200: OrderDetailSerializer, 404: error("No such order")},
+    )
     def retrieve(self, request, pk=None):
-        return Response(OrderSerializer(self._order()).data)
+        return Response(OrderDetailSerializer(self._order(select=selectors.get_order_detail)).data)
 
-    @extend_schema(summary="An order's current status", responses={200: OrderStatusSerializer, 404: ERROR_RESPONSE})
+    @extend_schema(summary="An order's current status", responses={200: OrderStatusSerializer, 404: error("No such order")})
     @action(detail=True, methods=["get"], url_path="status")
     def order_status(self, request, pk=None):
         return Response(OrderStatusSerializer(self._order()).data)
 
     @extend_schema(
         summary="An order's timeline: every state change and event, oldest first",
-        responses={200: OrderTimelineEntrySerializer(many=True), 404: ERROR_RESPONSE},
+        responses={200: OrderTimelineEntrySerializer(many=True), 404: error("No such order")},
     )
     @action(detail=True, methods=["get"], url_path="events", pagination_class=None)
     def events(self, request, pk=None):

@@ -1,6 +1,20 @@
 """Admin building blocks shared by the apps."""
 
 from django.contrib import admin, messages
+from django.utils.html import format_html
+
+
+class NoSaveButtons:
+    """A change page with nothing to save shows no Save buttons (its actions are on the list)."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
 
 class ReadOnlyModelAdmin(admin.ModelAdmin):
@@ -34,6 +48,12 @@ def apply_to_each(modeladmin, request, queryset, *, operation, done: str) -> Non
             succeeded += 1
     if succeeded:
         modeladmin.message_user(request, f"{done}: {succeeded}", level=messages.SUCCESS)
+
+
+@admin.display(description="id")
+def one_line_id(obj):
+    """A UUID in one line of a list, whatever the column's width."""
+    return format_html('<code style="white-space: nowrap">{}</code>', obj.pk)
 
 
 def operator_name(request) -> str:

@@ -20,12 +20,15 @@ from celery.signals import (
     task_failure,
     task_postrun,
     task_prerun,
+    task_received,
     task_retry,
     task_success,
     worker_init,
 )
 from django.db import InterfaceError as DatabaseInterfaceError
 from kombu.transport import sqlalchemy as sql_transport
+
+from events.contract import InvalidEvent
 
 from orders_project.metrics import TASKS, serve_process_metrics
 from django.db import OperationalError as DatabaseOperationalError
@@ -41,6 +44,7 @@ app.autodiscover_tasks()
 sql_transport.Transport.polling_interval = app.conf.sql_broker_poll_interval
 
 LOG_CONTEXT_KEYS = ("correlation_id", "order_id", "event_id")
+task_log = structlog.get_logger("orders_project.tasks")
 T = TypeVar("T")
 
 
@@ -65,15 +69,26 @@ def carry_log_context(headers: dict, **_kwargs) -> None:
             headers.setdefault(_header(key), bound[key])
 
 
+def _log_context(headers) -> dict[str, str]:
+    return {key: headers.get(_header(key)) for key in LOG_CONTEXT_KEYS if headers.get(_header(key))}
+
+
+# Celery's own "Task ... received" and "... succeeded" lines are written where the task's log
+# context is not bound; these take their place (LOGGING silences the originals).
+@task_received.connect
+def log_task_received(request, **_kwargs) -> None:
+    task_log.info("task_received", task=request.name, task_id=request.id, **_log_context(request.request_dict))
+
+
 @task_prerun.connect
 def bind_log_context(task, **_kwargs) -> None:
     structlog.contextvars.clear_contextvars()
-    context = {key: task.request.get(_header(key)) for key in LOG_CONTEXT_KEYS if task.request.get(_header(key))}
-    structlog.contextvars.bind_contextvars(task=task.name, task_id=task.request.id, **context)
+    structlog.contextvars.bind_contextvars(task=task.name, task_id=task.request.id, **_log_context(task.request))
 
 
 @task_postrun.connect
-def clear_log_context(**_kwargs) -> None:
+def log_task_done_and_clear_context(state=None, **_kwargs) -> None:
+    task_log.info("task_done", state=state)
     structlog.contextvars.clear_contextvars()
 
 
@@ -116,9 +131,17 @@ def retry_delay(*, retries: int) -> float:
 
 
 def run_with_retries(
-    task, *, step: Callable[[], T], give_up: Callable[[Exception], None], retry_args: tuple | None = None
+    task,
+    *,
+    step: Callable[[], T],
+    give_up: Callable[[Exception], None],
+    refuse: Callable[[InvalidEvent], None] | None = None,
+    retry_args: tuple | None = None,
 ) -> T | None:
     """Run a pipeline step; retry transient errors, and after the last retry call ``give_up``.
+
+    An event the step refuses to act on (``InvalidEvent``: the database does not vouch for it)
+    goes to ``refuse`` at once, if given, which sends it to dlq and changes nothing else.
 
     ``give_up`` records the failure visibly (a parked order, a failed notification, a dlq
     event); an error that is not transient (a bug, data the step cannot handle) goes there at
@@ -129,6 +152,12 @@ def run_with_retries(
     logger = structlog.get_logger(__name__)
     try:
         return step()
+    except InvalidEvent as exc:
+        if refuse is None:
+            raise
+        logger.warning("event_refused", reason=exc.reason, error=exc.error)
+        refuse(exc)
+        return None
     except TRANSIENT_ERRORS as exc:
         retries = task.request.retries
         if retries < task.max_retries:

@@ -28,6 +28,8 @@ def configure_structlog() -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    # Python's warnings (Celery's SecurityWarning, say) become log records, hence JSON lines.
+    logging.captureWarnings(True)
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -69,6 +71,9 @@ def logging_config(*, level: str, service_name: str, environment: str) -> dict:
         "loggers": {
             # The access log line is ours (see CorrelationIdMiddleware); Django's duplicates it.
             "django.server": {"level": logging.WARNING},
+            # Replaced by task_received and task_done, which carry the task's log context.
+            "celery.worker.strategy": {"level": logging.WARNING},
+            "celery.app.trace": {"level": logging.WARNING},
             "django.db.backends": {"level": logging.INFO},
         },
     }

@@ -1,7 +1,9 @@
-"""HTTP edge concerns: correlation ids, access logging and metrics, the request body limit."""
+"""HTTP edge concerns: correlation ids, access logging and metrics, the request body limit,
+bodies sent without a Content-Length, and JSON errors on the API's paths."""
 
 from __future__ import annotations
 
+import io
 import re
 import time
 import uuid
@@ -9,6 +11,7 @@ import uuid
 import structlog
 from django.conf import settings
 from django.http import JsonResponse
+from rest_framework.response import Response
 
 from orders_project.metrics import HTTP_DURATION, HTTP_REQUESTS
 
@@ -56,6 +59,28 @@ class CorrelationIdMiddleware:
             structlog.contextvars.clear_contextvars()
 
 
+class ChunkedRequestBody:
+    """WSGI middleware: a body sent with ``Transfer-Encoding: chunked`` (no Content-Length) is read
+    here, at most one byte past ``max_bytes``, and handed on with its length, so Django reads it
+    like any other and ``RequestBodyLimitMiddleware`` refuses one over the limit.
+
+    Only where the server has already decoded the chunks and ends the stream at the body's end
+    (``wsgi.input_terminated``, as gunicorn does); elsewhere the body is left unread, as before.
+    """
+
+    def __init__(self, app, *, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def __call__(self, environ, start_response):
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked and not environ.get("CONTENT_LENGTH") and environ.get("wsgi.input_terminated"):
+            body = environ["wsgi.input"].read(self.max_bytes + 1)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return self.app(environ, start_response)
+
+
 class RequestBodyLimitMiddleware:
     """Refuses bodies over ``http.max_body_bytes`` with 413 before anything reads them."""
 
@@ -69,7 +94,37 @@ class RequestBodyLimitMiddleware:
             return JsonResponse({"error": "Invalid Content-Length header"}, status=400)
         if length > settings.MAX_REQUEST_BODY_BYTES:
             return JsonResponse(
-                {"error": f"Request body too large: {length} bytes, limit {settings.MAX_REQUEST_BODY_BYTES}"},
+                {"error": f"Request body too large: the limit is {settings.MAX_REQUEST_BODY_BYTES} bytes"},
                 status=413,
             )
         return self.get_response(request)
+
+
+# Pages for people, which answer errors as pages; every other path is the API's.
+HTML_PATHS = ("/admin/", "/api/docs/", "/api-auth/", "/static/")
+
+
+class JsonErrorMiddleware:
+    """Errors on the API's paths are JSON (``{"error": ...}``) in every environment: Django's own
+    404, 405 and 500 pages (the debug ones list every URL pattern) are replaced. DRF's answers,
+    the browsable API's pages included, are its own already and pass untouched."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            response.status_code < 400
+            or isinstance(response, (Response, JsonResponse))
+            or request.path.startswith(HTML_PATHS)
+        ):
+            return response
+        error = {
+            404: f"Not found: {request.path}",
+            405: f"Method {request.method} not allowed on {request.path}",
+        }.get(response.status_code, response.reason_phrase)
+        json_response = JsonResponse({"error": error}, status=response.status_code)
+        if response.has_header("Allow"):
+            json_response["Allow"] = response["Allow"]
+        return json_response

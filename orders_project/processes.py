@@ -17,7 +17,7 @@ def process_commands(*, worker_name: str = "worker") -> dict[str, list[str]]:
         # mingle talk over broadcast exchanges, which the SQL transport lacks; workers need nothing
         # from each other.
         "worker": [
-            python, "-m", "celery", "-A", "orders_project", "worker", "--pool", "threads",
+            python, "-m", "celery", "-A", "orders_project", "--quiet", "worker", "--pool", "threads",
             "--loglevel", "INFO", "--hostname", f"{worker_name}@%h", "--without-gossip", "--without-mingle",
         ],
     }

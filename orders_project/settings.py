@@ -48,6 +48,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "orders_project.middleware.CorrelationIdMiddleware",
+    "orders_project.middleware.JsonErrorMiddleware",
     "orders_project.middleware.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -1,7 +1,10 @@
 import os
 
-from django.core.wsgi import get_wsgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orders_project.settings")
 
-application = get_wsgi_application()
+from django.conf import settings  # noqa: E402 - after the settings module is named
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+from orders_project.middleware import ChunkedRequestBody  # noqa: E402
+
+application = ChunkedRequestBody(get_wsgi_application(), max_bytes=settings.MAX_REQUEST_BODY_BYTES)

@@ -10,6 +10,7 @@ class PaymentAdmin(ReadOnlyModelAdmin):
     list_filter = ["status", "currency"]
     search_fields = ["order__id", "idempotency_key", "gateway_reference"]
     list_select_related = ["order"]
+    ordering = ["-created_at", "-attempt"]
 
 
 @admin.register(SimulatedCharge)
@@ -17,3 +18,4 @@ class SimulatedChargeAdmin(ReadOnlyModelAdmin):
     list_display = ["created_at", "reference", "idempotency_key", "amount", "approved", "calls"]
     list_filter = ["approved"]
     search_fields = ["idempotency_key", "reference"]
+    ordering = ["-created_at", "-id"]

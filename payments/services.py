@@ -10,10 +10,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from events.contract import InvalidEvent
 from events.services import claim_event, was_handled
 from orders import selectors as order_selectors
 from orders import services as order_services
-from orders.models import OrderStatus
+from orders.models import Order, OrderStatus
 from orders_project.metrics import PAYMENTS
 from payments.gateway import GatewayTimeout, PaymentGateway, get_gateway
 from payments.models import Payment, PaymentStatus
@@ -26,7 +27,10 @@ CHARGE_HANDLER = "payments.charge_order"
 def _open_attempt(*, order_id) -> Payment | None:
     """The order's pending payment attempt, created if needed, with this gateway call counted;
     None if the order is not awaiting payment."""
-    status, total_amount = order_selectors.get_order_status_and_total(order_id=order_id)
+    try:
+        status, total_amount = order_selectors.get_order_status_and_total(order_id=order_id)
+    except Order.DoesNotExist:
+        raise InvalidEvent("unknown_order", f"no order {order_id}") from None
     if status != OrderStatus.PROCESSING:
         logger.info("payment_skipped", order_id=str(order_id), status=status)
         return None

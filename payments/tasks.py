@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from orders.tasks import park_on_give_up
+from orders.tasks import dead_letter_on_refusal, park_on_give_up
 from orders_project.celery import run_with_retries
 from payments import services
 
@@ -24,4 +24,5 @@ def charge_payment(self, envelope: dict) -> None:
         self,
         step=lambda: charge_order_for(envelope),
         give_up=park_on_give_up(envelope=envelope, reason="payment_gave_up", source=WORKER_SOURCE),
+        refuse=dead_letter_on_refusal(envelope=envelope, source=WORKER_SOURCE),
     )

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.utils import timezone
 
-from orders_project.admin import ReadOnlyModelAdmin, apply_to_each, operator_name
+from orders_project.admin import ReadOnlyModelAdmin, apply_to_each, one_line_id, operator_name
 from recovery import services
 from recovery.models import Redrive, UnfinishedOrder
 from recovery.selectors import UNFINISHED_STATUSES
@@ -11,7 +11,8 @@ from recovery.selectors import UNFINISHED_STATUSES
 class UnfinishedOrderAdmin(ReadOnlyModelAdmin):
     """Orders not yet terminal, oldest change first: the ones an operator may need to re-drive."""
 
-    list_display = ["id", "status", "in_status_for", "redrives", "user_id", "created_at"]
+    list_display = [one_line_id, "status", "in_status_for", "redrives", "user_id", "created_at"]
+    list_display_links = [one_line_id]
     list_filter = ["status"]
     search_fields = ["id", "user_id", "correlation_id"]
     ordering = ["updated_at"]

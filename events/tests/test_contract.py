@@ -8,7 +8,7 @@ import uuid
 import pytest
 from django.utils import timezone
 
-from events.contract import InvalidEvent, build_envelope, parse_event
+from events.contract import InvalidEvent, build_envelope, check_recorded, parse_event
 
 MAX_BYTES = 4096
 
@@ -69,3 +69,15 @@ def test_unknown_event_type_cannot_be_built():
             event_id=uuid.uuid4(), event_type="NOPE", order={}, correlation_id="c", occurred_at=timezone.now(), source="s"
         )
 
+
+
+def test_only_an_event_the_outbox_recorded_exactly_is_trusted():
+    event = {"event_id": "6f1c4c52-8d7e-4b53-9d55-0d6f1b1c2a11", "type": "ORDER_CREATED", "order": {"email": "a@example.com"}}
+
+    check_recorded(event, recorded=[{"other": 1}, dict(event)])
+    with pytest.raises(InvalidEvent) as unknown:
+        check_recorded(event, recorded=[])
+    with pytest.raises(InvalidEvent) as altered:
+        check_recorded({**event, "order": {"email": "b@example.net"}}, recorded=[event])
+
+    assert (unknown.value.reason, altered.value.reason) == ("unknown_event", "event_mismatch")

@@ -13,7 +13,7 @@ from events.embedded_broker import EmbeddedKafkaBroker
 from events.models import OutboxEvent
 from events.relay import build_producer, publish_pending_events
 from events.topics import ensure_topics
-from orders_project.testing import ObjectStore, create_test_orders, read_topics
+from orders_project.testing import ObjectStore, ProcessGroup, create_test_orders, read_topics, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -66,3 +66,36 @@ def test_every_row_is_on_the_broker_after_it_stopped_mid_publish(durable_broker)
     assert published - on_broker == set()
     # Shown with -s: how often the broker answered "duplicate" for a batch in this run.
     print("rows published again after a duplicate answer:", OutboxEvent.objects.filter(last_error__contains="DUPLICATE_SEQUENCE_NUMBER").count())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_publishes_again_after_the_broker_restarted_empty(settings, tmp_path):
+    """The bundled broker's memory storage loses everything when it restarts, producer ids
+    included: the relay's idempotent producer then times out on every batch without an error it
+    deems fatal. The relay must notice and start a new producer."""
+    broker = EmbeddedKafkaBroker(log_path=tmp_path / "broker.log").start()
+    settings.KAFKA = {**settings.KAFKA, "brokers": [broker.bootstrap_servers]}
+    relay = ProcessGroup.for_tests(
+        kafka_brokers=broker.bootstrap_servers, work_dir=tmp_path, OUTBOX_DELIVERY_TIMEOUT_MS="2000"
+    )
+    relay.start("relay")
+    try:
+        create_test_orders(3, prefix="before", price="1.00")
+        wait_until(lambda: not OutboxEvent.objects.filter(published_at__isnull=True).exists(), timeout=60)
+        broker.stop()
+        broker.start()
+        ensure_topics()  # as run-local does after it restarted the broker
+
+        after = create_test_orders(3, prefix="after", price="1.00")
+
+        wait_until(
+            lambda: not OutboxEvent.objects.filter(key__in=after, published_at__isnull=True).exists(),
+            timeout=90,
+            message="the relay never published again after the broker restarted",
+        )
+        on_broker = {m.key().decode() for m in read_topics(bootstrap_servers=broker.bootstrap_servers, topics=[TOPIC_ORDERS])}
+    finally:
+        relay.stop_all()
+        broker.stop()
+    assert set(after) <= on_broker
+    assert any(e["event"] == "relay_producer_replaced" for e in relay.log_events("relay"))

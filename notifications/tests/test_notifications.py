@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 
 import pytest
 from django.core import mail
 
+from events.contract import InvalidEvent
 from events.embedded_broker import free_port
 from events.models import OutboxEvent
 from notifications import services
 from notifications.models import Notification
+from notifications.tasks import send_notifications_batch
 from orders.models import Order
 from orders_project.testing import create_test_order
 
@@ -85,3 +88,47 @@ def test_giving_up_records_failure_and_a_dead_letter(envelope):
     assert dead_letter.payload == envelope
     # A failure recorded is final for that event and channel: no later send.
     assert services.send_event_notifications(envelope=envelope) == []
+
+
+def test_the_recipient_and_the_items_come_from_the_order_row_not_from_the_event(envelope, email_to_memory):
+    claimed = {**envelope, "order": {**envelope["order"], "email": "attacker@example.net", "items": [], "total_amount": "0.01"}}
+
+    services.send_event_notifications(envelope=claimed)
+
+    (message,) = mail.outbox
+    assert message.to == ["note@example.com"]
+    assert "Total: 8.00" in message.body and "2 x Widget" in message.body
+    assert Notification.objects.get().recipient == "note@example.com"
+
+
+def test_an_event_about_an_unknown_order_sends_and_records_nothing(envelope, email_to_memory):
+    unknown = {**envelope, "order": {**envelope["order"], "id": "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}}
+
+    with pytest.raises(InvalidEvent) as refusal:
+        services.send_event_notifications(envelope=unknown)
+
+    assert refusal.value.reason == "unknown_order"
+    assert not mail.outbox and not Notification.objects.exists()
+
+
+def test_an_event_the_order_never_announced_sends_and_records_nothing(envelope, email_to_memory):
+    forged = {**envelope, "event_id": "6f1c4c52-8d7e-4b53-9d55-0d6f1b1c2a11"}
+    timeline = Order.objects.get(pk=envelope["order"]["id"]).timeline.count()
+
+    with pytest.raises(InvalidEvent) as refusal:
+        services.send_event_notifications(envelope=forged)
+
+    assert refusal.value.reason == "unannounced_event"
+    assert not mail.outbox and not Notification.objects.exists()
+    assert Order.objects.get(pk=envelope["order"]["id"]).timeline.count() == timeline
+
+
+def test_the_batch_task_dead_letters_a_refused_event_and_tells_the_others(envelope, email_to_memory):
+    forged = {**envelope, "event_id": "6f1c4c52-8d7e-4b53-9d55-0d6f1b1c2a11"}
+
+    send_notifications_batch.apply(args=([forged, envelope],))
+
+    assert [message.to for message in mail.outbox] == [["note@example.com"]]
+    assert Notification.objects.get().source_event_id == uuid.UUID(envelope["event_id"])
+    dead_letter = OutboxEvent.objects.get(event_type="DEAD_LETTER")
+    assert (dead_letter.headers["dlq_reason"], dead_letter.payload) == ("unannounced_event", forged)

@@ -28,6 +28,25 @@ def staff_client(client, django_user_model):
     return client
 
 
+def test_admin_pages_where_nothing_can_be_saved_have_no_save_button(staff_client, order_id):
+    html = staff_client.get(f"/admin/orders/order/{order_id}/change/").content.decode()
+
+    assert order_id in html
+    assert 'name="_save"' not in html and 'name="_continue"' not in html
+
+
+def test_admin_lists_are_newest_first_with_the_order_id_on_one_line(staff_client, api_client, seed_order):
+    first = api_client.post("/orders", seed_order, format="json").json()["order_id"]
+    second = api_client.post("/orders", seed_order, format="json").json()["order_id"]
+
+    orders = staff_client.get("/admin/orders/order/").content.decode()
+    outbox = staff_client.get("/admin/events/outboxevent/").content.decode()
+
+    assert orders.index(second) < orders.index(first)
+    assert f'<code style="white-space: nowrap">{second}</code>' in orders
+    assert outbox.index(second) < outbox.index(first)
+
+
 def test_admin_order_list_shows_status_user_and_total(staff_client, order_id):
     response = staff_client.get("/admin/orders/order/")
 

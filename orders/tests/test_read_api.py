@@ -6,7 +6,12 @@ import uuid
 
 import pytest
 
+from events.models import OutboxEvent
+from notifications import services as notification_services
+from orders import services as order_services
 from orders.models import Order, OrderStatus
+from payments import services as payment_services
+from payments.gateway import SimulatedGateway
 
 pytestmark = pytest.mark.django_db
 
@@ -34,6 +39,28 @@ def test_detail_has_items_total_and_status(api_client, create):
         ("prod_001", 2, "29.99", "59.98"),
         ("prod_002", 1, "15.99", "15.99"),
     ]
+
+
+def test_detail_shows_the_payment_attempts_and_the_notifications_sent(api_client, create, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    order_id = create()
+    assert api_client.get(f"/orders/{order_id}").json()["payments"] == []
+    created = OutboxEvent.objects.get(key=order_id, event_type="ORDER_CREATED").payload
+    order_services.start_processing(order_id=order_id, event_id=created["event_id"], source="test")
+    payment_services.charge_order(
+        order_id=order_id, event_id=created["event_id"], source="test", gateway=SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="x")
+    )
+    notification_services.send_event_notifications(envelope=created)
+
+    body = api_client.get(f"/orders/{order_id}").json()
+
+    (payment,) = body["payments"]
+    assert (payment["attempt"], payment["status"], payment["amount"], payment["currency"]) == (1, "DECLINED", "75.97", "USD")
+    assert payment["decline_reason"] and payment["completed_at"]
+    (notification,) = body["notifications"]
+    assert (notification["channel"], notification["event_type"], notification["status"], notification["recipient"]) == (
+        "email", "ORDER_CREATED", "SENT", "customer@example.com"
+    )
 
 
 def test_status_and_timeline(api_client, create):

@@ -188,6 +188,45 @@ def test_malformed_messages_go_to_dlq_with_reason_and_bridge_keeps_going(system)
     assert Order.objects.get(pk=order_id).status in TERMINAL
 
 
+def test_forged_events_go_to_dlq_with_their_reason_and_nothing_is_sent(system):
+    order_id = post_order(system.base_url, user_id="forged_target")
+    wait_for_completion([order_id])
+    created = OutboxEvent.objects.get(key=order_id, event_type="ORDER_CREATED").payload
+    attacker = "attacker@example.net"
+    unknown_order = {**created, "event_id": str(uuid.uuid4()), "order": {**created["order"], "id": str(uuid.uuid4()), "email": attacker}}
+    new_event_id = {**created, "event_id": str(uuid.uuid4()), "order": {**created["order"], "email": attacker}}
+    altered = {**created, "order": {**created["order"], "email": attacker}}
+    forged = {"unknown order": unknown_order, "new event id": new_event_id, "altered": altered}
+    before = {
+        "timeline": Order.objects.get(pk=order_id).timeline.count(),
+        "notifications": Notification.objects.filter(order_id=order_id).count(),
+    }
+
+    producer = Producer({"bootstrap.servers": system.broker.bootstrap_servers})
+    for event in forged.values():
+        producer.produce(TOPIC_ORDERS, key=event["order"]["id"].encode(), value=json.dumps(event).encode())
+    assert producer.flush(10) == 0
+
+    def archived():
+        rows = list(DeadLetter.objects.filter(source="kafka-bridge", value__contains=attacker))
+        return rows if len(rows) == len(forged) else None
+
+    rows = wait_until(archived, timeout=30, message="the forged events did not all reach the dead-letter archive")
+    reasons = {json.loads(row.value)["order"]["id"] + json.loads(row.value)["event_id"]: row.reason for row in rows}
+    assert reasons == {
+        unknown_order["order"]["id"] + unknown_order["event_id"]: "unknown_event",
+        order_id + new_event_id["event_id"]: "unknown_event",
+        order_id + created["event_id"]: "event_mismatch",
+    }
+    assert all(row.error for row in rows)
+    # Nothing acted on them: no email to the address in the events, nothing written for the order.
+    assert not Order.objects.filter(pk=unknown_order["order"]["id"]).exists()
+    assert not Notification.objects.filter(recipient=attacker).exists()
+    assert not any(attacker in line for line in system.log("worker").splitlines() if "To:" in line or "recipient" in line)
+    assert Order.objects.get(pk=order_id).timeline.count() == before["timeline"]
+    assert Notification.objects.filter(order_id=order_id).count() == before["notifications"]
+
+
 def test_an_event_delivered_twice_changes_nothing_the_second_time(system):
     order_id = post_order(system.base_url, user_id="twice")
     wait_for_completion([order_id])
