@@ -139,9 +139,13 @@ def send_event_notifications(*, envelope: dict[str, Any]) -> list[str]:
 
     Recipient, items and amounts come from the order row, never from the event; an event whose
     order does not exist or never announced it sends nothing (``InvalidEvent``).
-    A channel's record, its NOTIFICATION_SENT event and its inbox entry commit together after
-    the message went out. If the process dies between sending and recording, the retry sends
-    again with the same message key (the Message-ID of an email), which receivers can drop.
+
+    Per channel, the inbox entry, the record and the NOTIFICATION_SENT event are written first and
+    committed right after the message went out, in one transaction: a copy of the event handled
+    at the same moment waits for it and then finds the channel done, and a failed send records
+    nothing. Only a process that dies between the send and the commit leaves the message sent
+    and unrecorded; the retry sends it again with the same message key (the Message-ID of an
+    email), which receivers can drop.
     """
     pending = [channel for channel in enabled_channels() if not was_handled(handler=_handler(channel), event_id=envelope["event_id"])]
     if not pending:
@@ -150,15 +154,15 @@ def send_event_notifications(*, envelope: dict[str, Any]) -> list[str]:
     sent = []
     for channel in pending:
         message = compose(announcement=told, channel=channel)
-        try:
-            SENDERS[channel](message)
-        except (OSError, smtplib.SMTPException) as exc:
-            NOTIFICATIONS.labels(channel, "error").inc()
-            raise DeliveryFailed(f"{channel} to {message.recipient}: {exc}") from exc
         with transaction.atomic():
             if not claim_event(handler=_handler(channel), event_id=told.event_id):
                 continue
             _record(announcement=told, channel=channel, message=message, status=NotificationStatus.SENT)
+            try:
+                SENDERS[channel](message)
+            except (OSError, smtplib.SMTPException) as exc:
+                NOTIFICATIONS.labels(channel, "error").inc()
+                raise DeliveryFailed(f"{channel} to {message.recipient}: {exc}") from exc
         NOTIFICATIONS.labels(channel, "sent").inc()
         logger.info("notification_sent", channel=channel, recipient=message.recipient, event_type=told.event_type)
         sent.append(channel)

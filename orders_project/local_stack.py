@@ -20,10 +20,12 @@ processes' own lines.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +70,17 @@ def _logger(config: dict) -> structlog.typing.FilteringBoundLogger:
         wrapper_class=structlog.make_filtering_bound_logger(0),
         cache_logger_on_first_use=False,
     )
+
+
+# Lines of the processes, written as run-local's own are (structlog's PrintLogger locks per file).
+_OUTPUT = structlog.PrintLogger(sys.stdout)
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _exit_description(code: int) -> str:
@@ -125,11 +138,26 @@ class Child:
         self.starts = 0
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, cwd=BASE_DIR, env=self.env, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command, cwd=BASE_DIR, env=self.env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        threading.Thread(target=self._pass_output, args=(self.process.stdout,), daemon=True).start()
         self.started_at = time.monotonic()
         self.restart_at = None
         self.starts += 1
         self.log.info("process_started", process=self.name, pid=self.process.pid, start=self.starts)
+
+    def _pass_output(self, stream) -> None:
+        """The process's lines onto run-local's output: JSON lines as they are, any other line (a
+        library's print, a shutdown notice) wrapped in one, so the whole output stays JSON lines."""
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if not line.strip():
+                continue
+            if _is_json_object(line):
+                _OUTPUT.msg(line)
+            else:
+                self.log.info("process_output", process=self.name, line=line)
 
     def supervise(self, now: float) -> None:
         """Notice an unexpected exit and schedule the restart; restart when it is due."""

@@ -389,9 +389,9 @@ TERMINAL_STATUSES = ("PAID", "PAYMENT_FAILED")
 # Timeline entries that repeat without the order's status repeating: one per notification sent,
 # one per re-drive (the reconciler's or an operator's).
 REPEATABLE_TIMELINE_ENTRIES = ("NOTIFICATION_SENT", "REDRIVEN")
-# Django's console email backend prints every message it sends, with a Message-ID made from the
-# id of the event the email tells about.
-_EMAIL_MESSAGE_ID = re.compile(r"Message-ID: <([0-9a-f-]{36}\.email)@")
+# The local email backend logs every message it sends (an email_sent line), with a Message-ID
+# made from the id of the event the email tells about.
+_EMAIL_MESSAGE_ID = re.compile(r'"message_id": "<([0-9a-f-]{36}\.email)@')
 
 
 def fault_order_body(index: int) -> dict[str, Any]:
@@ -487,6 +487,22 @@ def audit_when_complete(order_ids: list[str], *, logs: Iterable[Path], gateway, 
         return wait_until(complete, timeout=max(1.0, timeout), interval=1.0)
     except TimeoutError:
         return audit(order_ids, logs=logs, gateway=gateway)
+
+
+def fault_row(*, name: str, load: OrderLoad, result: dict[str, Any], recover_s: float, redelivered_before: int) -> dict[str, Any]:
+    """The fault table's row (``FAULT_COLUMNS``) of an audited fault."""
+    return {
+        "fault": name,
+        "posted": len(load.accepted) + len(load.unaccepted),
+        "completed": result["completed"],
+        "duplicates": result["duplicates"],
+        "lost": result["lost"] + len(load.unaccepted),
+        "recover_s": recover_s,
+        "redriven": len(redriven_orders(load.accepted)),
+        "redeliveries": inbox_redeliveries() - redelivered_before,
+        "replayed_charges": replayed_charges(load.accepted),
+        "retried_posts": load.failed_attempts,
+    }
 
 
 def inbox_redeliveries() -> int:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from orders_project import config
@@ -83,3 +87,20 @@ def test_config_file_can_be_replaced(environment, tmp_path):
     environment.update({"CONFIG_FILE": str(other), "HTTP_PORT": "9001"})
 
     assert config.load_config() == {"service_name": "other", "http": {"port": "9001"}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "host"),
+    [({}, "127.0.0.1"), ({"HTTP_HOST": "0.0.0.0"}, "0.0.0.0"), ({"HTTP_HOST": "0.0.0.0", "METRICS_HOST": "127.0.0.1"}, "127.0.0.1")],
+)
+def test_metrics_endpoints_bind_the_web_interface_unless_told_otherwise(overrides, host):
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("HTTP_", "METRICS_"))}
+    printed = subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; print(settings.METRICS['host'])"],
+        cwd=config.BASE_DIR,
+        env={**env, "DJANGO_SETTINGS_MODULE": "orders_project.settings", **overrides},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert printed.strip() == host

@@ -51,7 +51,7 @@ def test_expected_commands_follow_process_commands():
     assert commands["relay"] == ["python", "manage.py", "publish_pending_events"]
     assert commands["bridge"] == ["python", "manage.py", "run_kafka_bridge"]
     assert commands["reconciler"] == ["python", "manage.py", "run_reconciler"]
-    assert commands["worker"][:4] == ["celery", "-A", "orders_project", "worker"]
+    assert commands["worker"][:5] == ["celery", "-A", "orders_project", "--quiet", "worker"]
     assert commands["worker"][commands["worker"].index("--hostname") + 1] == "worker@%h"
 
 

@@ -39,6 +39,7 @@ from orders_project.testing import (
     ObjectStore,
     OrderLoad,
     ProcessGroup,
+    fault_row,
     redriven_orders,
     wait_until,
 )
@@ -46,7 +47,7 @@ from orders_project.testing import audit as audit_orders
 from orders_project.testing import fault_order_body as order_body
 from orders_project.testing import inbox_redeliveries as redeliveries
 from payments.gateway import SimulatedGateway
-from payments.models import Payment, SimulatedCharge
+from payments.models import Payment
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.fault]
 
@@ -221,21 +222,13 @@ def run_fault(
         pass  # reported below as lost
     recover_s = round(time.monotonic() - recovered_at, 1)
     result = audit(system, load.accepted)
-    row = {
-        "fault": name() if callable(name) else name,
-        "posted": len(load.accepted) + len(load.unaccepted),
-        "completed": result["completed"],
-        "duplicates": result["duplicates"],
-        "lost": result["lost"] + len(load.unaccepted),
-        "recover_s": recover_s,
-        "redriven": len(redriven_orders(load.accepted)),
-        "redeliveries": redeliveries() - redelivered_before,
-        # Gateway calls repeated for one payment attempt (a worker died or timed out mid-charge).
-        "replayed_charges": SimulatedCharge.objects.filter(
-            calls__gt=1, idempotency_key__in=[f"{order_id}:1" for order_id in load.accepted]
-        ).count(),
-        "retried_posts": load.failed_attempts,
-    }
+    row = fault_row(
+        name=name() if callable(name) else name,
+        load=load,
+        result=result,
+        recover_s=recover_s,
+        redelivered_before=redelivered_before,
+    )
     FAULT_REPORT.append(row)
     assert not load.unaccepted, f"orders the API never accepted: {len(load.unaccepted)}"
     assert result["lost"] == 0, {key: result[key][:5] for key in ("missing", "unfinished", "unnotified")}
@@ -298,7 +291,7 @@ def test_worker_killed_during_a_payment_and_another_started(system):
     finally:
         system.stop("worker_b")
         system.start("worker")
-    assert any("Task payments.charge_payment" in line for line in system.log("worker_b").splitlines())
+    assert any(e["event"] == "task_received" and e["task"] == "payments.charge_payment" for e in system.log_events("worker_b"))
 
 
 def test_kafka_broker_stopped_and_started_while_the_api_keeps_taking_orders(system):

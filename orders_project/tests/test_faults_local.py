@@ -31,9 +31,9 @@ from orders_project.testing import (
     audit_when_complete,
     database_url,
     fault_order_body,
+    fault_row,
     inbox_redeliveries,
     redriven_orders,
-    replayed_charges,
     wait_until,
 )
 from payments.gateway import SimulatedGateway
@@ -67,18 +67,7 @@ def audit_recovery(name: str, load: OrderLoad, ended: float, *, logs: Callable[[
     ended), audit them, add the fault table's row, and check that nothing was lost or doubled."""
     result = audit_when_complete(load.accepted, logs=logs(), gateway=GATEWAY, timeout=ended + RECOVERY_BOUND - time.monotonic())
     recover_s = round(time.monotonic() - ended, 1)
-    row = {
-        "fault": name,
-        "posted": len(load.accepted) + len(load.unaccepted),
-        "completed": result["completed"],
-        "duplicates": result["duplicates"],
-        "lost": result["lost"] + len(load.unaccepted),
-        "recover_s": recover_s,
-        "redriven": len(redriven_orders(load.accepted)),
-        "redeliveries": inbox_redeliveries() - redelivered_before,
-        "replayed_charges": replayed_charges(load.accepted),
-        "retried_posts": load.failed_attempts,
-    }
+    row = fault_row(name=name, load=load, result=result, recover_s=recover_s, redelivered_before=redelivered_before)
     FAULT_REPORT.append(row)
     print(f"{name}: {row}")
     assert not load.unaccepted, f"orders the API never accepted: {len(load.unaccepted)}"

@@ -153,6 +153,11 @@ def test_orders_reach_their_terminal_state_with_timeline_payment_notifications_a
     # The log lines of every process carry the request's correlation id for its order.
     worker_lines = [e for e in system.log_events("worker") if e.get("order_id") == order_ids[0]]
     assert worker_lines and {e.get("correlation_id") for e in worker_lines} == {correlation_ids[0]}
+    # Celery's own task lines too: each task's receipt and end carry the ids of its event.
+    received = {e["task"] for e in worker_lines if e["event"] == "task_received" and e.get("event_id")}
+    assert {"orders.process_order", "payments.charge_payment"} <= received
+    assert any(e["event"] == "task_done" and e["state"] == "SUCCESS" for e in worker_lines)
+    assert all(line.startswith("{") for line in system.log("worker").splitlines() if line.strip())
 
 
 def test_malformed_messages_go_to_dlq_with_reason_and_bridge_keeps_going(system):

@@ -35,6 +35,13 @@ def _terminal_order(url: str) -> dict | None:
     return order if order and order["status"] in ("PAID", "PAYMENT_FAILED") else None
 
 
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def test_run_local_serves_the_seed_curl_to_a_terminal_state_and_stops_on_ctrl_c(tmp_path):
     stack = LocalStack(work_dir=tmp_path).start()
     base = stack.base_url
@@ -59,8 +66,9 @@ def test_run_local_serves_the_seed_curl_to_a_terminal_state_and_stops_on_ctrl_c(
     output = stack.output()
     assert exit_code == 0, output[-3000:]
 
-    # What run-local itself prints is JSON lines, one object each.
-    assert not [line for line in output.splitlines() if "run-local" in line and not line.startswith("{")]
+    # Every line is one JSON object, run-local's own and the processes' (emails included).
+    assert [line for line in output.splitlines() if not _json_object(line)] == []
+    assert stack.events("email_sent"), "the order's emails are logged"
     own = stack.events(logger="run-local")
     assert {"process_started", "run_local_up", "processes_stopped", "run_local_stopped"} <= {e["event"] for e in own}
     (up,) = stack.events("run_local_up", logger="run-local")

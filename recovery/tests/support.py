@@ -8,8 +8,20 @@ from django.db.models import F
 from django.utils import timezone
 
 from events.models import OutboxEvent
-from orders.models import Order
+from orders.models import Order, OrderStatus
 from recovery.models import Redrive
+from recovery.selectors import RedrivePolicy
+
+
+def default_policy(*, max_redrives: int) -> RedrivePolicy:
+    """The reconciler's default deadlines and backoff, with a smaller limit for short tests."""
+    return RedrivePolicy(
+        stuck_after={OrderStatus.CREATED: 30.0, OrderStatus.PROCESSING: 45.0},
+        event_deadline=45.0,
+        max_redrives=max_redrives,
+        backoff=15.0,
+        backoff_max=60.0,
+    )
 
 
 def publish_all() -> None:

@@ -27,16 +27,9 @@ from payments.gateway import SimulatedGateway
 from payments.models import Payment, PaymentStatus
 from recovery import services
 from recovery.models import Redrive
-from recovery.selectors import RedrivePolicy
-from recovery.tests.support import age, publish_all
+from recovery.tests.support import age, default_policy, publish_all
 
-POLICY = RedrivePolicy(
-    stuck_after={OrderStatus.CREATED: 30.0, OrderStatus.PROCESSING: 45.0},
-    event_deadline=45.0,
-    max_redrives=4,
-    backoff=15.0,
-    backoff_max=60.0,
-)
+POLICY = default_policy(max_redrives=4)
 TERMINAL = {OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED}
 
 

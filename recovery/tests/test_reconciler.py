@@ -22,17 +22,11 @@ from recovery import services
 from recovery.models import Redrive, RedriveReason
 from recovery.reconciler import publish_order_gauges
 from recovery.selectors import RedrivePolicy
-from recovery.tests.support import age, publish_all
+from recovery.tests.support import age, default_policy, publish_all
 
 pytestmark = pytest.mark.django_db
 
-POLICY = RedrivePolicy(
-    stuck_after={OrderStatus.CREATED: 30.0, OrderStatus.PROCESSING: 45.0},
-    event_deadline=45.0,
-    max_redrives=3,
-    backoff=15.0,
-    backoff_max=60.0,
-)
+POLICY = default_policy(max_redrives=3)
 APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="recovery")
 DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="recovery")
 
@@ -198,7 +192,7 @@ def test_a_notification_missing_after_the_last_re_drive_is_recorded_failed_with_
     envelope = created_event(order)
     order_services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
     payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=DECLINE)
-    policy = RedrivePolicy(**{**POLICY.__dict__, "max_redrives": 1})
+    policy = default_policy(max_redrives=1)
     publish_all()
     age(seconds=46)
     assert reconcile(policy).orders == {services.REDRIVEN: 1}
