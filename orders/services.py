@@ -143,7 +143,10 @@ PROCESSING_HANDLER = "orders.start_processing"
 
 class DeadLetterAlreadyRepublished(Exception):
     def __init__(self, dead_letter: DeadLetter):
-        super().__init__(f"Dead letter {dead_letter.pk} was re-published already, at {dead_letter.republished_at}")
+        super().__init__(
+            f"Dead letter {dead_letter.pk} was re-published already, at {dead_letter.republished_at}: follow its "
+            "order's timeline; if the event failed again, its new dead letter is the one to re-publish"
+        )
 
 
 # What an operator can do with an order in each status, told with every refused action.
@@ -351,7 +354,12 @@ def republish_dead_letter(*, dead_letter_id: int, requested_by: str):
         if dead_letter.republished_at:
             raise DeadLetterAlreadyRepublished(dead_letter)
         raw = (dead_letter.fixed_value or dead_letter.value).encode()
-        envelope = parse_event(raw, max_bytes=len(raw) + 1)
+        try:
+            envelope = parse_event(raw, max_bytes=len(raw) + 1)
+        except InvalidEvent as exc:
+            raise InvalidEvent(
+                exc.reason, f"{exc.error}: store a corrected JSON event in 'fixed value', then re-publish"
+            ) from None
         order_id = envelope["order"]["id"]
         order = Order.objects.select_for_update().filter(pk=order_id).first()
         if order and order.status == OrderStatus.FAILED:
