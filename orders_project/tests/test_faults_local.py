@@ -150,13 +150,20 @@ def started(stack: LocalStack) -> Counter:
     return Counter(e["process"] for e in stack.events("process_started", logger="run-local"))
 
 
+def fault_on_run_local(stack: LocalStack, name: str, inject: Callable[[OrderLoad], float | None]) -> OrderLoad:
+    """Post orders to the running ``stack``, inject the fault, then audit the recovery."""
+    redelivered_before = inbox_redeliveries()
+    load, ended = post_through(stack.base_url, inject)
+    audit_recovery(name, load, ended, logs=lambda: stack.logs, redelivered_before=redelivered_before)
+    return load
+
+
 def test_run_local_power_cut_while_orders_are_posted_then_started_again(run_local):
     """run-local, its broker and every process SIGKILLed at once, then run-local started again on
     the same database and Celery broker files. The new broker is empty, the killed worker's tasks
     are gone: every order that got a 201 completes all the same."""
     stack = run_local.start()
     stack.wait_up()
-    redelivered_before = inbox_redeliveries()
     stranded: set[str] = set()
 
     def inject(load: OrderLoad) -> float:
@@ -166,14 +173,7 @@ def test_run_local_power_cut_while_orders_are_posted_then_started_again(run_loca
         stack.wait_up()
         return power_back
 
-    load, ended = post_through(stack.base_url, inject)
-    audit_recovery(
-        "run-local power cut (SIGKILL of everything), started again",
-        load,
-        ended,
-        logs=lambda: stack.logs,
-        redelivered_before=redelivered_before,
-    )
+    load = fault_on_run_local(stack, "run-local power cut (SIGKILL of everything), started again", inject)
     assert_redriven(stranded, load.accepted, stack.events(logger="recovery.services"))
     assert started(stack) == dict.fromkeys(("web", "relay", "bridge", "reconciler", "worker"), 1)
 
@@ -181,7 +181,6 @@ def test_run_local_power_cut_while_orders_are_posted_then_started_again(run_loca
 def test_run_local_restarts_a_sigkilled_worker_and_stays_up(run_local):
     stack = run_local.start()
     stack.wait_up()
-    redelivered_before = inbox_redeliveries()
     stranded: set[str] = set()
 
     def inject(load: OrderLoad) -> None:
@@ -189,14 +188,7 @@ def test_run_local_restarts_a_sigkilled_worker_and_stays_up(run_local):
         stranded.update(kill_mid_payment(load, lambda: os.kill(worker, signal.SIGKILL)))
         wait_until(lambda: stack.pid("worker") != worker, timeout=30, message="run-local did not restart the worker")
 
-    load, ended = post_through(stack.base_url, inject)
-    audit_recovery(
-        "run-local: worker kill -9, restarted by run-local",
-        load,
-        ended,
-        logs=lambda: stack.logs,
-        redelivered_before=redelivered_before,
-    )
+    load = fault_on_run_local(stack, "run-local: worker kill -9, restarted by run-local", inject)
     (exited,) = stack.events("process_exited", logger="run-local")
     assert (exited["process"], exited["exit_code"], exited["restart_in_s"]) == ("worker", -9, 1.0)
     assert "worker" in exited["message"] and "SIGKILL" in exited["message"]
@@ -209,7 +201,6 @@ def test_run_local_restarts_a_sigkilled_worker_and_stays_up(run_local):
 def test_run_local_restarts_a_sigkilled_kafka_broker_and_every_order_completes(run_local):
     stack = run_local.start()
     stack.wait_up()
-    redelivered_before = inbox_redeliveries()
 
     def inject(load: OrderLoad) -> None:
         (broker,) = stack.events("kafka_broker_started", logger="run-local")
@@ -220,14 +211,7 @@ def test_run_local_restarts_a_sigkilled_kafka_broker_and_every_order_completes(r
             message="run-local did not restart the Kafka broker",
         )
 
-    load, ended = post_through(stack.base_url, inject)
-    audit_recovery(
-        "run-local: Kafka broker kill -9, restarted empty by run-local",
-        load,
-        ended,
-        logs=lambda: stack.logs,
-        redelivered_before=redelivered_before,
-    )
+    fault_on_run_local(stack, "run-local: Kafka broker kill -9, restarted empty by run-local", inject)
     (exited,) = stack.events("kafka_broker_exited", logger="run-local")
     assert exited["exit_code"] == -9
     restarted = stack.events("kafka_broker_started", logger="run-local")
