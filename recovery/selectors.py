@@ -52,6 +52,10 @@ def required_handlers(*, event_type: str) -> frozenset[str]:
     return frozenset(handlers)
 
 
+# How often an order was re-driven: events re-driven together (one moment) count once.
+REDRIVE_COUNT = Count("redrives__created_at", distinct=True)
+
+
 def stuck_orders(*, policy: RedrivePolicy, now: dt.datetime, limit: int) -> list[Order]:
     """Orders past their status's deadline, oldest first, with ``redrive_count`` and ``last_redrive_at``."""
     past_deadline = Q()
@@ -59,18 +63,14 @@ def stuck_orders(*, policy: RedrivePolicy, now: dt.datetime, limit: int) -> list
         past_deadline |= Q(status=status, updated_at__lt=policy.stuck_since(status=status, now=now))
     return list(
         Order.objects.filter(past_deadline)
-        .annotate(
-            redrive_count=Count("redrives__created_at", distinct=True), last_redrive_at=Max("redrives__created_at")
-        )
+        .annotate(redrive_count=REDRIVE_COUNT, last_redrive_at=Max("redrives__created_at"))
         .order_by("updated_at")[:limit]
     )
 
 
 def redrive_history(*, order_id) -> tuple[int, dt.datetime | None]:
     """How often the order was re-driven (events re-driven together count once), and when last."""
-    history = Order.objects.filter(pk=order_id).aggregate(
-        n=Count("redrives__created_at", distinct=True), last=Max("redrives__created_at")
-    )
+    history = Order.objects.filter(pk=order_id).aggregate(n=REDRIVE_COUNT, last=Max("redrives__created_at"))
     return history["n"], history["last"]
 
 
