@@ -7,14 +7,14 @@ import copy
 import pytest
 from rest_framework.test import APIClient
 
-from events.embedded_broker import EmbeddedKafkaBroker
+from devtools.broker import EmbeddedKafkaBroker
+from devtools.harness import SEED_ORDER
 from orders_project.config import BASE_DIR
-from orders_project.testing import SEED_ORDER
 
 
 @pytest.fixture
 def seed_order() -> dict:
-    """The request body of the seed's curl example."""
+    """The request body of the contract's curl example (docs/design.md)."""
     return copy.deepcopy(SEED_ORDER)
 
 
@@ -91,7 +91,7 @@ def pytest_terminal_summary(terminalreporter, config):
     for note in getattr(config, "fault_suite_notes", []):
         terminalreporter.write_line(note)
     if FAULT_REPORT:
-        from orders_project.testing import fault_table
+        from devtools.harness import fault_table
 
         table = fault_table(FAULT_REPORT)
         terminalreporter.write_sep("=", "fault suite")

@@ -1,10 +1,11 @@
-"""The event contract of DESIGN.md: event types, their topics and the JSON envelope."""
+"""The event contract (docs/design.md): event types, their topics, the JSON envelope and its checks."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 ORDER_CREATED = "ORDER_CREATED"
@@ -62,13 +63,41 @@ def build_envelope(
     return envelope
 
 
-def log_context(envelope: dict[str, Any]) -> dict[str, str]:
-    """The ids every log line about this event carries."""
-    return {
-        "event_id": envelope["event_id"],
-        "order_id": envelope["order"]["id"],
-        "correlation_id": envelope["metadata"]["correlation_id"],
-    }
+@dataclass(frozen=True)
+class Event:
+    """A contract event. ``payload`` is its JSON envelope exactly as the outbox recorded it: what
+    Kafka messages and Celery task arguments carry."""
+
+    payload: dict[str, Any]
+
+    @property
+    def event_id(self) -> str:
+        return self.payload["event_id"]
+
+    @property
+    def type(self) -> str:
+        return self.payload["type"]
+
+    @property
+    def order(self) -> dict[str, Any]:
+        return self.payload["order"]
+
+    @property
+    def order_id(self) -> str:
+        return self.payload["order"]["id"]
+
+    @property
+    def correlation_id(self) -> str:
+        return self.payload["metadata"]["correlation_id"]
+
+    @property
+    def attempt(self) -> int:
+        """1 for an order's first round; an operator's payment retry counts up from 2."""
+        return self.payload["metadata"].get("attempt", 1)
+
+    def log_context(self) -> dict[str, str]:
+        """The ids every log line about this event carries."""
+        return {"event_id": self.event_id, "order_id": self.order_id, "correlation_id": self.correlation_id}
 
 
 def message_headers(*, event_type: str, event_id: str, correlation_id: str) -> dict[str, str]:
@@ -105,7 +134,7 @@ def _require_uuid(value: Any, name: str) -> None:
         raise InvalidEvent("invalid_envelope", f"{name} is not a UUID: {value!r}"[:300]) from None
 
 
-def parse_event(raw: bytes | None, *, max_bytes: int) -> dict[str, Any]:
+def parse_event(raw: bytes | None, *, max_bytes: int) -> Event:
     """Decode and check a message value against the envelope; raises ``InvalidEvent``."""
     if not raw:
         raise InvalidEvent("empty", "message has no value")
@@ -130,16 +159,16 @@ def parse_event(raw: bytes | None, *, max_bytes: int) -> dict[str, Any]:
     metadata = envelope.get("metadata")
     if not isinstance(metadata, dict) or not isinstance(metadata.get("correlation_id"), str):
         raise InvalidEvent("invalid_envelope", "metadata.correlation_id is required")
-    return envelope
+    return Event(envelope)
 
 
-def check_recorded(envelope: dict[str, Any], *, recorded: list[dict[str, Any]]) -> None:
-    """Raise ``InvalidEvent`` unless ``envelope`` is an event this service wrote: one of
+def check_recorded(event: Event, *, recorded: list[dict[str, Any]]) -> None:
+    """Raise ``InvalidEvent`` unless ``event`` is an event this service wrote: one of
     ``recorded``, the payloads its outbox holds under the event's id. Writing to a topic does not
     make a message trusted: handlers act only on events the database vouches for."""
     if not recorded:
-        raise InvalidEvent("unknown_event", f"no event {envelope['event_id']} in the outbox: not written by this service")
-    if envelope not in recorded:
+        raise InvalidEvent("unknown_event", f"no event {event.event_id} in the outbox: not written by this service")
+    if event.payload not in recorded:
         raise InvalidEvent(
-            "event_mismatch", f"event {envelope['event_id']} differs from what the outbox recorded under its id"
+            "event_mismatch", f"event {event.event_id} differs from what the outbox recorded under its id"
         )

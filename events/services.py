@@ -17,6 +17,7 @@ from events.contract import (
     DEAD_LETTER,
     EVENT_TOPICS,
     TOPIC_DLQ,
+    Event,
     InvalidEvent,
     build_envelope,
     dead_letter_headers,
@@ -74,16 +75,16 @@ def enqueue_dead_letter(
     )
 
 
-def refuse_event(*, envelope: dict[str, Any], refusal: InvalidEvent, source: str) -> OutboxEvent:
+def refuse_event(*, event: Event, refusal: InvalidEvent, source: str) -> OutboxEvent:
     """An event a handler will not act on goes to dlq with the reason; nothing else is written."""
     with transaction.atomic():
         return enqueue_dead_letter(
-            original=envelope,
-            key=str(envelope["order"]["id"]),
+            original=event.payload,
+            key=str(event.order_id),
             reason=refusal.reason,
             error=refusal.error,
             source=source,
-            correlation_id=envelope["metadata"]["correlation_id"],
+            correlation_id=event.correlation_id,
         )
 
 
@@ -119,16 +120,15 @@ def claim_event(*, handler: str, event_id: str) -> bool:
     return claimed
 
 
-def republish_event(*, envelope: dict[str, Any]) -> OutboxEvent:
+def republish_event(*, event: Event) -> OutboxEvent:
     """Queue an existing event, same id, for publishing again to the topic of its type."""
-    correlation_id = envelope["metadata"]["correlation_id"]
     return OutboxEvent.objects.create(
-        event_id=envelope["event_id"],
-        event_type=envelope["type"],
-        topic=EVENT_TOPICS[envelope["type"]],
-        key=envelope["order"]["id"],
-        payload=envelope,
-        headers=message_headers(event_type=envelope["type"], event_id=envelope["event_id"], correlation_id=correlation_id),
+        event_id=event.event_id,
+        event_type=event.type,
+        topic=EVENT_TOPICS[event.type],
+        key=event.order_id,
+        payload=event.payload,
+        headers=message_headers(event_type=event.type, event_id=event.event_id, correlation_id=event.correlation_id),
     )
 
 

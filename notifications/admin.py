@@ -1,7 +1,7 @@
 from django.contrib import admin
 
+from common.admin import ReadOnlyModelAdmin
 from notifications.models import Notification
-from orders_project.admin import ReadOnlyModelAdmin
 
 
 @admin.register(Notification)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import smtplib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import structlog
 from django.conf import settings
 from django.db import transaction
 
-from events.contract import NOTIFICATION_SENT, InvalidEvent
+from common.errors import TransientError
+from events.contract import NOTIFICATION_SENT, Event, InvalidEvent
 from events.services import claim_event, enqueue_dead_letter, enqueue_event, was_handled
 from notifications.backends import OutgoingMessage, send_email, send_sms
+from notifications.metrics import NOTIFICATIONS
 from notifications.models import Channel, Notification, NotificationStatus
 from orders import selectors as order_selectors
 from orders import services as order_services
 from orders.models import Order
-from orders_project.celery import TransientError
-from orders_project.metrics import NOTIFICATIONS
 
 logger = structlog.get_logger(__name__)
 
@@ -69,10 +69,10 @@ class Announcement:
     correlation_id: str
 
 
-def announcement(*, envelope: dict[str, Any]) -> Announcement:
+def announcement(*, event: Event) -> Announcement:
     """The event's announcement, as the database has it; ``InvalidEvent`` if its order does not
     exist or never announced this event."""
-    order_id, event_id, event_type = envelope["order"]["id"], envelope["event_id"], envelope["type"]
+    order_id, event_id, event_type = event.order_id, event.event_id, event.type
     try:
         order = order_selectors.get_order(order_id=order_id)
     except Order.DoesNotExist:
@@ -134,7 +134,7 @@ def _record(*, announcement: Announcement, channel: str, message: OutgoingMessag
         )
 
 
-def send_event_notifications(*, envelope: dict[str, Any]) -> list[str]:
+def send_event_notifications(*, event: Event) -> list[str]:
     """Send the event's message on every enabled channel not yet done; returns the channels sent now.
 
     Recipient, items and amounts come from the order row, never from the event; an event whose
@@ -147,10 +147,10 @@ def send_event_notifications(*, envelope: dict[str, Any]) -> list[str]:
     and unrecorded; the retry sends it again with the same message key (the Message-ID of an
     email), which receivers can drop.
     """
-    pending = [channel for channel in enabled_channels() if not was_handled(handler=_handler(channel), event_id=envelope["event_id"])]
+    pending = [channel for channel in enabled_channels() if not was_handled(handler=_handler(channel), event_id=event.event_id)]
     if not pending:
         return []
-    told = announcement(envelope=envelope)
+    told = announcement(event=event)
     sent = []
     for channel in pending:
         message = compose(announcement=told, channel=channel)
@@ -169,9 +169,9 @@ def send_event_notifications(*, envelope: dict[str, Any]) -> list[str]:
     return sent
 
 
-def record_delivery_failure(*, envelope: dict[str, Any], error: str) -> None:
+def record_delivery_failure(*, event: Event, error: str) -> None:
     """After the last retry: each channel not yet sent is recorded FAILED and the event goes to dlq."""
-    told = announcement(envelope=envelope)
+    told = announcement(event=event)
     with transaction.atomic():
         for channel in enabled_channels():
             if claim_event(handler=_handler(channel), event_id=told.event_id):
@@ -179,7 +179,7 @@ def record_delivery_failure(*, envelope: dict[str, Any], error: str) -> None:
                 _record(announcement=told, channel=channel, message=message, status=NotificationStatus.FAILED, error=error)
                 NOTIFICATIONS.labels(channel, "failed").inc()
         enqueue_dead_letter(
-            original=envelope,
+            original=event.payload,
             key=str(told.order.id),
             reason="notification_gave_up",
             error=error,

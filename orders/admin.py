@@ -2,10 +2,9 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from common.admin import NoSaveButtons, one_line_id, operator_action
 from orders import services
 from orders.models import Order, OrderItem, OrderTimelineEntry
-from orders_project.admin import NoSaveButtons, apply_to_each, one_line_id, operator_name
-from payments import services as payment_services
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -72,27 +71,16 @@ class OrderAdmin(NoSaveButtons, admin.ModelAdmin):
             ),
         )
 
-    @admin.action(description="Retry payment (PAYMENT_FAILED orders): a new charge attempt")
-    def retry_payment(self, request, queryset):
-        apply_to_each(
-            self,
-            request,
-            queryset,
-            operation=lambda order: payment_services.request_payment_retry(
-                order_id=order.id, requested_by=operator_name(request)
-            ),
-            done="Payment retry requested",
-        )
-
-    @admin.action(description="Cancel orders that are not paid")
-    def cancel_orders(self, request, queryset):
-        apply_to_each(
-            self,
-            request,
-            queryset,
-            operation=lambda order: services.cancel_order(order_id=order.id, requested_by=operator_name(request)),
-            done="Cancelled",
-        )
+    retry_payment = operator_action(
+        description="Retry payment (PAYMENT_FAILED orders): a new charge attempt",
+        operation=lambda order, requested_by: services.retry_payment(order_id=order.id, requested_by=requested_by),
+        done="Payment retry requested",
+    )
+    cancel_orders = operator_action(
+        description="Cancel orders that are not paid",
+        operation=lambda order, requested_by: services.cancel_order(order_id=order.id, requested_by=requested_by),
+        done="Cancelled",
+    )
 
     def has_add_permission(self, request):
         # Orders come in through the API, which validates them and writes the outbox event.

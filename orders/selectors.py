@@ -59,13 +59,13 @@ def order_timeline(*, order_id: uuid.UUID) -> QuerySet[OrderTimelineEntry]:
     return OrderTimelineEntry.objects.filter(order_id=order_id).order_by("created_at", "id")
 
 
-def order_snapshot(
-    *, order: Order, items: list | None = None, item_snapshots: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """The ``order`` object of the event contract. ``items``: the order's items, if at hand;
-    ``item_snapshots``: its items as an earlier event of the order carried them (they never change)."""
-    if item_snapshots is None:
-        item_snapshots = [
+def order_snapshot(*, order: Order, items: list | None = None) -> dict[str, Any]:
+    """The ``order`` object of the event contract. ``items``: the order's items, if at hand."""
+    return {
+        "id": str(order.id),
+        "user_id": order.user_id,
+        "email": order.email,
+        "items": [
             {
                 "product_id": item.product_id,
                 "product_name": item.product_name,
@@ -73,12 +73,7 @@ def order_snapshot(
                 "price": str(item.price),
             }
             for item in (order.items.all() if items is None else items)
-        ]
-    return {
-        "id": str(order.id),
-        "user_id": order.user_id,
-        "email": order.email,
-        "items": item_snapshots,
+        ],
         "total_amount": str(order.total_amount),
         "status": order.status,
         "timestamps": {"created_at": isoformat(order.created_at), "updated_at": isoformat(order.updated_at)},

@@ -10,11 +10,9 @@ from typing import Any
 
 import structlog
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
-from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED, InvalidEvent, parse_event
-from events.models import DeadLetter
-from events.services import claim_event, enqueue_dead_letter, enqueue_event, republish_event
+from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED, InvalidEvent
+from events.services import claim_event, enqueue_dead_letter, enqueue_event
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
 from orders.selectors import get_order_by_idempotency_key, order_snapshot
 
@@ -119,19 +117,37 @@ def create_order(
     return OrderCreation(order=order, created=True)
 
 
-# The order state machine: the only place order statuses change.
+# The order state machine: every status change is one of these verbs, each allowed from the
+# statuses it lists; nothing else changes an order's status.
+@dataclass(frozen=True)
+class Transition:
+    name: str
+    sources: frozenset[str]
+    targets: frozenset[str]
+
+
+def _verb(name: str, sources: set[str] | frozenset[str], targets: set[str]) -> Transition:
+    return Transition(name=name, sources=frozenset(sources), targets=frozenset(targets))
+
+
+START_PROCESSING = _verb("start processing", {OrderStatus.CREATED}, {OrderStatus.PROCESSING})
+RECORD_PAYMENT = _verb("record a payment outcome", {OrderStatus.PROCESSING}, {OrderStatus.PAID, OrderStatus.PAYMENT_FAILED})
+RETRY_PAYMENT = _verb("retry the payment", {OrderStatus.PAYMENT_FAILED}, {OrderStatus.PROCESSING})
+# Where the pipeline is still at work on an order; a step that gives up parks it.
+IN_PROGRESS_STATUSES = frozenset({OrderStatus.CREATED, OrderStatus.PROCESSING})
+PARK = _verb("park", IN_PROGRESS_STATUSES, {OrderStatus.FAILED})
+# A parked order goes back to where it was parked from when its event is re-published from dlq.
+RESUME = _verb("resume", {OrderStatus.FAILED}, {OrderStatus.CREATED, OrderStatus.PROCESSING})
 # PROCESSING cannot be cancelled: a charge may be under way (it ends in seconds, then it can).
+CANCEL = _verb("cancel", {OrderStatus.CREATED, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED}, {OrderStatus.CANCELLED})
+VERBS = (START_PROCESSING, RECORD_PAYMENT, RETRY_PAYMENT, PARK, RESUME, CANCEL)
+
+# Derived from the verbs: where each status can go, and where the pipeline is done with an order.
 TRANSITIONS: dict[str, frozenset[str]] = {
-    OrderStatus.CREATED: frozenset({OrderStatus.PROCESSING, OrderStatus.FAILED, OrderStatus.CANCELLED}),
-    OrderStatus.PROCESSING: frozenset({OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED}),
-    # An operator's payment retry.
-    OrderStatus.PAYMENT_FAILED: frozenset({OrderStatus.PROCESSING, OrderStatus.CANCELLED}),
-    # A parked order resumes where it stopped when its event is re-published from dlq.
-    OrderStatus.FAILED: frozenset({OrderStatus.CREATED, OrderStatus.PROCESSING, OrderStatus.CANCELLED}),
+    status: frozenset(target for verb in VERBS if status in verb.sources for target in verb.targets)
+    for status in OrderStatus.values
 }
-TERMINAL_STATUSES = frozenset(
-    {OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED, OrderStatus.CANCELLED}
-)
+TERMINAL_STATUSES = frozenset(OrderStatus.values) - IN_PROGRESS_STATUSES
 # The contract event each status change announces.
 STATUS_EVENTS = {
     OrderStatus.PROCESSING: ORDER_PROCESSING,
@@ -139,14 +155,6 @@ STATUS_EVENTS = {
     OrderStatus.PAYMENT_FAILED: PAYMENT_FAILED,
 }
 PROCESSING_HANDLER = "orders.start_processing"
-
-
-class DeadLetterAlreadyRepublished(Exception):
-    def __init__(self, dead_letter: DeadLetter):
-        super().__init__(
-            f"Dead letter {dead_letter.pk} was re-published already, at {dead_letter.republished_at}: follow its "
-            "order's timeline; if the event failed again, its new dead letter is the one to re-publish"
-        )
 
 
 # What an operator can do with an order in each status, told with every refused action.
@@ -181,23 +189,22 @@ def _locked_order(order_id) -> Order:
 def _transition(
     *,
     order: Order,
+    verb: Transition,
     to_status: str,
     message: str,
     source: str,
     attempt: int = 1,
     label: str | None = None,
     announce: bool = True,
-    item_snapshots: list[dict[str, Any]] | None = None,
 ):
-    """Move a locked ``order`` to ``to_status`` with its timeline entry and, if any, its outbox event.
+    """Move a locked ``order`` to ``to_status`` by ``verb``, with its timeline entry and, if any, its outbox event.
 
     ``label`` names the timeline entry of a change that announces no event (default: the status);
     ``announce=False`` writes no event even for a status that has one (a resumed order).
-    ``item_snapshots``: the order's items from the event being handled, which saves reading them.
     """
-    announce = announce and to_status in STATUS_EVENTS
-    if not can_transition(from_status=order.status, to_status=to_status):
+    if order.status not in verb.sources or to_status not in verb.targets:
         raise InvalidTransition(order, to_status)
+    announce = announce and to_status in STATUS_EVENTS
     previous_status = order.status
     order.status = to_status
     order.save(update_fields=["status", "updated_at"])
@@ -206,7 +213,7 @@ def _transition(
     if announce:
         event = enqueue_event(
             event_type=event_type,
-            order=order_snapshot(order=order, item_snapshots=item_snapshots),
+            order=order_snapshot(order=order),
             correlation_id=order.correlation_id,
             source=source,
             attempt=attempt,
@@ -228,9 +235,9 @@ def _transition(
     return event
 
 
-def start_processing(*, order_id, event_id, source: str, item_snapshots: list[dict[str, Any]] | None = None) -> bool:
-    """Apply ORDER_CREATED: CREATED -> PROCESSING. False if the event was applied before;
-    ``InvalidEvent`` (nothing written) if there is no such order."""
+def start_processing(*, order_id, event_id, source: str) -> bool:
+    """Apply ORDER_CREATED: CREATED -> PROCESSING. False if the event was applied before or the
+    order moved on; ``InvalidEvent`` (nothing written) if there is no such order."""
     with transaction.atomic():
         if not claim_event(handler=PROCESSING_HANDLER, event_id=event_id):
             return False
@@ -238,37 +245,28 @@ def start_processing(*, order_id, event_id, source: str, item_snapshots: list[di
             order = _locked_order(order_id)
         except Order.DoesNotExist:
             raise InvalidEvent("unknown_order", f"no order {order_id}") from None
-        if order.status != OrderStatus.CREATED:
+        if order.status not in START_PROCESSING.sources:
             logger.info("order_processing_skipped", order_id=str(order_id), status=order.status)
             return False
         _transition(
             order=order,
+            verb=START_PROCESSING,
             to_status=OrderStatus.PROCESSING,
             message="Order accepted for processing",
             source=source,
-            item_snapshots=item_snapshots,
         )
     return True
 
 
-def record_payment_outcome(
-    *,
-    order_id,
-    approved: bool,
-    message: str,
-    source: str,
-    attempt: int = 1,
-    item_snapshots: list[dict[str, Any]] | None = None,
-) -> None:
+def record_payment_outcome(*, order_id, approved: bool, message: str, source: str, attempt: int = 1) -> None:
     """PROCESSING -> PAID or PAYMENT_FAILED, in the caller's (the payment's) transaction."""
-    to_status = OrderStatus.PAID if approved else OrderStatus.PAYMENT_FAILED
     _transition(
         order=_locked_order(order_id),
-        to_status=to_status,
+        verb=RECORD_PAYMENT,
+        to_status=OrderStatus.PAID if approved else OrderStatus.PAYMENT_FAILED,
         message=message,
         source=source,
         attempt=attempt,
-        item_snapshots=item_snapshots,
     )
 
 
@@ -279,9 +277,11 @@ def park_order(*, order_id, reason: str, error: str, original_event: dict[str, A
     """
     with transaction.atomic():
         order = _locked_order(order_id)
-        if order.status in TERMINAL_STATUSES:
+        if order.status not in PARK.sources:
             return False
-        _transition(order=order, to_status=OrderStatus.FAILED, message=f"{reason}: {error}", source=source)
+        _transition(
+            order=order, verb=PARK, to_status=OrderStatus.FAILED, message=f"{reason}: {error}", source=source
+        )
         enqueue_dead_letter(
             original=original_event,
             key=str(order.id),
@@ -302,31 +302,37 @@ def record_order_event(*, order_id, status: str, event_type: str, event_id, mess
     )
 
 
-def reopen_for_payment(*, order_id, attempt: int, requested_by: str):
-    """PAYMENT_FAILED -> PROCESSING for another payment attempt (in the caller's transaction).
+def payment_round(*, order: Order) -> int:
+    """Which round of payment the order is in: 1, then one more for each operator's retry."""
+    retries = order.timeline.filter(previous_status=OrderStatus.PAYMENT_FAILED, status=OrderStatus.PROCESSING).count()
+    return retries + 1
 
-    The ORDER_PROCESSING event it writes carries ``attempt``; the bridge starts a charge for
-    any ORDER_PROCESSING after the first attempt.
-    """
-    order = _locked_order(order_id)
-    if order.status != OrderStatus.PAYMENT_FAILED:
-        # FAILED -> PROCESSING is allowed too, but that is resuming a parked order (re-publish).
-        raise InvalidTransition(order, OrderStatus.PROCESSING)
-    return _transition(
-        order=order,
-        to_status=OrderStatus.PROCESSING,
-        message=f"Payment retry, attempt {attempt}, requested by {requested_by}",
-        source=OPERATOR_SOURCE,
-        attempt=attempt,
-    )
+
+def retry_payment(*, order_id, requested_by: str):
+    """PAYMENT_FAILED -> PROCESSING for another charge, announced by an ORDER_PROCESSING event
+    whose ``attempt`` counts the rounds; the bridge starts a charge for every round after the
+    first, and the charge opens a new payment attempt with a new key."""
+    with transaction.atomic():
+        order = _locked_order(order_id)
+        attempt = payment_round(order=order) + 1
+        event = _transition(
+            order=order,
+            verb=RETRY_PAYMENT,
+            to_status=OrderStatus.PROCESSING,
+            message=f"Payment retry, attempt {attempt}, requested by {requested_by}",
+            source=OPERATOR_SOURCE,
+            attempt=attempt,
+        )
+    logger.info("payment_retry_requested", order_id=str(order_id), attempt=attempt, requested_by=requested_by)
+    return event
 
 
 def cancel_order(*, order_id, requested_by: str, reason: str = "") -> None:
     """Cancel an order that is not paid: from CREATED, PAYMENT_FAILED or FAILED."""
     with transaction.atomic():
-        order = _locked_order(order_id)
         _transition(
-            order=order,
+            order=_locked_order(order_id),
+            verb=CANCEL,
             to_status=OrderStatus.CANCELLED,
             message=f"Cancelled by {requested_by}" + (f": {reason}" if reason else ""),
             source=OPERATOR_SOURCE,
@@ -342,47 +348,19 @@ def _status_before_parking(order: Order) -> str:
     return entry.previous_status if entry else OrderStatus.CREATED
 
 
-def republish_dead_letter(*, dead_letter_id: int, requested_by: str):
-    """Send a dead-lettered event (or its operator-fixed value) to its topic again.
-
-    The event must now pass the contract. A parked order resumes in the status it was parked
-    from, so the handlers that had not applied the event do their part; those that had (their
-    inbox holds the event id) do nothing again. Recorded in the order's timeline.
-    """
-    with transaction.atomic():
-        dead_letter = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
-        if dead_letter.republished_at:
-            raise DeadLetterAlreadyRepublished(dead_letter)
-        raw = (dead_letter.fixed_value or dead_letter.value).encode()
-        try:
-            envelope = parse_event(raw, max_bytes=len(raw) + 1)
-        except InvalidEvent as exc:
-            raise InvalidEvent(
-                exc.reason, f"{exc.error}: store a corrected JSON event in 'fixed value', then re-publish"
-            ) from None
-        order_id = envelope["order"]["id"]
-        order = Order.objects.select_for_update().filter(pk=order_id).first()
-        if order and order.status == OrderStatus.FAILED:
-            _transition(
-                order=order,
-                to_status=_status_before_parking(order),
-                message=f"Resumed by {requested_by} to retry {envelope['type']}",
-                source=OPERATOR_SOURCE,
-                label="RESUMED",
-                announce=False,  # it was announced when first reached
-            )
-        event = republish_event(envelope=envelope)
-        dead_letter.republished_at = timezone.now()
-        dead_letter.republished_by = requested_by
-        dead_letter.republished_event = event
-        dead_letter.save(update_fields=["republished_at", "republished_by", "republished_event"])
-        if order:
-            record_order_event(
-                order_id=order_id,
-                status=order.status,
-                event_type=envelope["type"],
-                event_id=envelope["event_id"],
-                message=f"Re-published from dlq by {requested_by} (was: {dead_letter.reason})",
-            )
-    logger.info("dead_letter_republished", order_id=order_id, event_id=envelope["event_id"], requested_by=requested_by)
-    return event
+def resume_order(*, order_id, reason: str, requested_by: str) -> Order | None:
+    """FAILED -> the status it was parked from, in the caller's transaction, announcing nothing
+    (it was announced when first reached). The order, locked; None if there is no such order.
+    An order that is not parked is returned as it is."""
+    order = Order.objects.select_for_update().filter(pk=order_id).first()
+    if order and order.status in RESUME.sources:
+        _transition(
+            order=order,
+            verb=RESUME,
+            to_status=_status_before_parking(order),
+            message=f"Resumed by {requested_by} to {reason}",
+            source=OPERATOR_SOURCE,
+            label="RESUMED",
+            announce=False,
+        )
+    return order

@@ -12,6 +12,7 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
 from orders import selectors, services
+from orders.api_access import sees_all_orders
 from orders.models import Order, OrderStatus
 from orders.serializers import (
     ErrorSerializer,
@@ -23,7 +24,6 @@ from orders.serializers import (
     OrderStatusSerializer,
     OrderTimelineEntrySerializer,
 )
-from orders_project.api_access import sees_all_orders
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _VALID_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")

@@ -4,7 +4,7 @@ This is the only place that reads the process environment. Each leaf of the YAML
 tree can be overridden by the variable named after its path (``kafka.group_id`` ->
 ``KAFKA_GROUP_ID``), cast to the type of the YAML default. Lists accept either a
 comma-separated value (``KAFKA_BROKERS=a:9092,b:9092``) or indexed variables in
-the Viper style the seed used (``KAFKA_BROKERS_0=a:9092``).
+the Viper style (``KAFKA_BROKERS_0=a:9092``).
 """
 
 from __future__ import annotations

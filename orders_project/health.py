@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
 from django.conf import settings
 from django.db import connection
-from drf_spectacular.utils import extend_schema
 from django.http import HttpResponse
+from drf_spectacular.utils import extend_schema
 from kombu import Connection
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from events.kafka import check_broker
-from orders_project.metrics import web_metrics
+from events.metrics import OutboxBacklogCollector
+from messaging.kafka import check_broker
+from orders.metrics import OrdersByStatusCollector
 
 
 def check_database() -> None:
@@ -74,6 +77,17 @@ def readiness(request):
 
 
 def metrics(request):
-    """Prometheus scrape endpoint (plain Django view: the text format is not JSON)."""
-    body, content_type = web_metrics()
-    return HttpResponse(body, content_type=content_type)
+    """Prometheus scrape endpoint (plain Django view: the text format is not JSON): web's own
+    counters, and the state that lives in the database (orders by status, the outbox backlog),
+    read now so that it is right whichever process changed it."""
+    # prometheus_client's own variable, set by gunicorn.conf.py: the workers' counters are pooled.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        process_registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(process_registry)
+    else:
+        process_registry = REGISTRY
+    database_registry = CollectorRegistry()
+    database_registry.register(OrdersByStatusCollector())
+    database_registry.register(OutboxBacklogCollector())
+    body = generate_latest(process_registry) + generate_latest(database_registry)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

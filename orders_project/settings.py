@@ -40,9 +40,11 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "events",
+    "messaging",
     "orders",
     "payments",
     "notifications",
+    "pipeline",
     "recovery",
 ]
 
@@ -96,7 +98,7 @@ def _database(url: str) -> dict:
         database["TEST"] = {"NAME": str(Path(database["NAME"]).with_suffix(".test.sqlite3"))}
     else:
         # A pool per process: Celery closes a task's connection after each task, and a pooled
-        # close hands it back instead of ending it (a new PostgreSQL connection costs ~5 ms of CPU).
+        # close hands it back instead of ending it (a new PostgreSQL connection is costly).
         # Connections are checked when taken, so a restarted server costs one retry, not a failure.
         database["CONN_MAX_AGE"] = 0
         database["CONN_HEALTH_CHECKS"] = True
@@ -147,10 +149,10 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     # Open or token-only as API_REQUIRE_AUTH says, read per request.
-    "DEFAULT_PERMISSION_CLASSES": ["orders_project.api_access.ApiAccess"],
+    "DEFAULT_PERMISSION_CLASSES": ["orders.api_access.ApiAccess"],
     "DEFAULT_THROTTLE_CLASSES": [
-        "orders_project.api_access.AnonymousThrottle",
-        "orders_project.api_access.ClientThrottle",
+        "orders.api_access.AnonymousThrottle",
+        "orders.api_access.ClientThrottle",
     ],
     # Decimals leave the API as strings ("75.97"), never as floats.
     "COERCE_DECIMAL_TO_STRING": True,

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from orders_project.admin import ReadOnlyModelAdmin
+from common.admin import ReadOnlyModelAdmin
 from payments.models import Payment, SimulatedCharge
 
 

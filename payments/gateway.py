@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from orders_project.celery import TransientError
+from common.errors import TransientError
 from payments.models import SimulatedCharge
 
 
@@ -39,7 +39,7 @@ class PaymentGateway(Protocol):
 
 
 class SimulatedGateway:
-    """Approves ``success_rate`` of charges (the seed's 85%); ``timeout_rate`` of calls time out.
+    """Approves ``success_rate`` of charges (85% by default); ``timeout_rate`` of calls time out.
 
     Outcomes are drawn from ``seed`` and the idempotency key, so a run with a fixed seed is
     reproducible. A timeout is simulated after the charge is recorded, the hard case: the

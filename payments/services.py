@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -14,9 +12,9 @@ from events.contract import InvalidEvent
 from events.services import claim_event, was_handled
 from orders import selectors as order_selectors
 from orders import services as order_services
-from orders.models import Order, OrderStatus
-from orders_project.metrics import PAYMENTS
+from orders.models import Order
 from payments.gateway import GatewayTimeout, PaymentGateway, get_gateway
+from payments.metrics import PAYMENTS
 from payments.models import Payment, PaymentStatus
 
 logger = structlog.get_logger(__name__)
@@ -31,7 +29,7 @@ def _open_attempt(*, order_id) -> Payment | None:
         status, total_amount = order_selectors.get_order_status_and_total(order_id=order_id)
     except Order.DoesNotExist:
         raise InvalidEvent("unknown_order", f"no order {order_id}") from None
-    if status != OrderStatus.PROCESSING:
+    if status not in order_services.RECORD_PAYMENT.sources:
         logger.info("payment_skipped", order_id=str(order_id), status=status)
         return None
     attempts = list(Payment.objects.filter(order_id=order_id).order_by("attempt"))
@@ -61,7 +59,6 @@ def charge_order(
     event_id,
     source: str,
     gateway: PaymentGateway | None = None,
-    item_snapshots: list[dict[str, Any]] | None = None,
 ) -> Payment | None:
     """Charge the order's pending attempt and record the outcome: the order goes PAID or PAYMENT_FAILED.
 
@@ -105,7 +102,6 @@ def charge_order(
             ),
             source=source,
             attempt=payment.attempt,
-            item_snapshots=item_snapshots,
         )
     PAYMENTS.labels("approved" if result.approved else "declined").inc()
     logger.info(
@@ -117,17 +113,3 @@ def charge_order(
         reference=result.reference,
     )
     return payment
-
-
-def request_payment_retry(*, order_id, requested_by: str):
-    """Charge a PAYMENT_FAILED order again: a new attempt with a new idempotency key.
-
-    Reopens the order (PAYMENT_FAILED -> PROCESSING) with an ORDER_PROCESSING event for the
-    next attempt, which the bridge turns into a charge. The one-approved-payment-per-order
-    constraint still holds whatever happens.
-    """
-    with transaction.atomic():
-        attempt = Payment.objects.filter(order_id=order_id).count() + 1
-        event = order_services.reopen_for_payment(order_id=order_id, attempt=attempt, requested_by=requested_by)
-    logger.info("payment_retry_requested", order_id=str(order_id), attempt=attempt, requested_by=requested_by)
-    return event

@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.utils import timezone
 
-from orders_project.admin import ReadOnlyModelAdmin, apply_to_each, one_line_id, operator_name
+from common.admin import NoSaveButtons, ReadOnlyModelAdmin, one_line_id, operator_action
+from events.models import DeadLetter
 from recovery import services
 from recovery.models import Redrive, UnfinishedOrder
 from recovery.selectors import REDRIVE_COUNT, UNFINISHED_STATUSES
@@ -29,15 +30,11 @@ class UnfinishedOrderAdmin(ReadOnlyModelAdmin):
     def redrives(self, order):
         return order.redrive_count
 
-    @admin.action(description="Re-drive now: send the event each order awaits again")
-    def redrive_now(self, request, queryset):
-        apply_to_each(
-            self,
-            request,
-            queryset,
-            operation=lambda order: services.redrive_now(order_id=order.pk, requested_by=operator_name(request)),
-            done="Re-driven",
-        )
+    redrive_now = operator_action(
+        description="Re-drive now: send the event each order awaits again",
+        operation=lambda order, requested_by: services.redrive_now(order_id=order.pk, requested_by=requested_by),
+        done="Re-driven",
+    )
 
 
 @admin.register(Redrive)
@@ -46,3 +43,43 @@ class RedriveAdmin(ReadOnlyModelAdmin):
     list_filter = ["reason", "event_type"]
     search_fields = ["order__id", "event_id"]
     list_select_related = ["order"]
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(NoSaveButtons, admin.ModelAdmin):
+    """Dead letters: read why, optionally store a fixed value, re-publish."""
+
+    list_display = ["received_at", "reason", "source", "event_type", "key", "original_topic", "republished_at"]
+    list_filter = ["reason", "source", "event_type", ("republished_at", admin.EmptyFieldListFilter)]
+    search_fields = ["key", "event_id", "error"]
+    actions = ["republish"]
+    fields = [
+        "reason",
+        "error",
+        "source",
+        "original_topic",
+        "event_type",
+        "event_id",
+        "key",
+        "headers",
+        "value",
+        "fixed_value",
+        "received_at",
+        "republished_at",
+        "republished_by",
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        editable = {"fixed_value"} if obj is None or obj.republished_at is None else set()
+        return [name for name in self.fields if name not in editable]
+
+    def has_add_permission(self, request):
+        return False
+
+    republish = operator_action(
+        description="Re-publish to the event's topic (the fixed value if one is set)",
+        operation=lambda dead_letter, requested_by: services.republish_dead_letter(
+            dead_letter_id=dead_letter.pk, requested_by=requested_by
+        ),
+        done="Re-published",
+    )

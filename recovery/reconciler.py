@@ -15,7 +15,7 @@ import structlog
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from orders_project.metrics import serve_process_metrics
+from common.metrics import serve_process_metrics
 from recovery import selectors, services
 from recovery.metrics import LAST_PASS, OLDEST_UNFINISHED_AGE, STUCK_ORDERS, UNFINISHED_ORDERS
 from recovery.selectors import RedrivePolicy

@@ -13,10 +13,10 @@ from notifications import services as notification_services
 from orders import services as order_services
 from orders.models import Order, OrderStatus
 
-UNFINISHED_STATUSES = (OrderStatus.CREATED, OrderStatus.PROCESSING)
-# Terminal statuses whose events must still reach every handler (the customer is told the outcome).
-# A parked or cancelled order's events need nothing more: an operator owns a parked order.
-SETTLED_STATUSES = (OrderStatus.PAID, OrderStatus.PAYMENT_FAILED)
+UNFINISHED_STATUSES = order_services.IN_PROGRESS_STATUSES
+# Terminal statuses whose events must still reach every handler (the customer is told the payment's
+# outcome). A parked or cancelled order's events need nothing more: an operator owns a parked order.
+SETTLED_STATUSES = order_services.RECORD_PAYMENT.targets
 # Events about an order's status: complete only once the order is terminal.
 ORDER_STATUS_EVENTS = frozenset({ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED})
 

@@ -20,7 +20,8 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from events.models import InboxEntry, OutboxEvent
+from events.contract import Event, InvalidEvent, parse_event
+from events.models import DeadLetter, InboxEntry, OutboxEvent
 from events.services import republish_event
 from notifications import services as notification_services
 from orders import services as order_services
@@ -78,7 +79,7 @@ def _lock_order(order_id) -> Order | None:
 def _redrive(*, order: Order, events: list[OutboxEvent], reason: str, requested_by: str, note: str, now: dt.datetime) -> None:
     """Send ``events`` again through the outbox under their own ids, recorded in the order's timeline."""
     for event in events:
-        republish_event(envelope=event.payload)
+        republish_event(event=Event(event.payload))
         Redrive.objects.create(
             order=order,
             event_id=event.event_id,
@@ -171,7 +172,7 @@ def redrive_unhandled_events(*, order_id, events: list[OutboxEvent], policy: Red
         if redrives >= policy.max_redrives:
             for event in events:
                 notification_services.record_delivery_failure(
-                    envelope=event.payload, error=f"not handled after {redrives} re-drives"
+                    event=Event(event.payload), error=f"not handled after {redrives} re-drives"
                 )
             transaction.on_commit(lambda: NOTIFICATIONS_GIVEN_UP.inc(len(events)))
             return GAVE_UP_NOTIFICATIONS
@@ -301,3 +302,49 @@ def redrive_now(*, order_id, requested_by: str) -> list[OutboxEvent]:
             )
         _redrive(order=order, events=events, reason=RedriveReason.OPERATOR, requested_by=requested_by, note="re-drive now", now=timezone.now())
     return events
+
+
+class DeadLetterAlreadyRepublished(Exception):
+    def __init__(self, dead_letter: DeadLetter):
+        super().__init__(
+            f"Dead letter {dead_letter.pk} was re-published already, at {dead_letter.republished_at}: follow its "
+            "order's timeline; if the event failed again, its new dead letter is the one to re-publish"
+        )
+
+
+def republish_dead_letter(*, dead_letter_id: int, requested_by: str) -> OutboxEvent:
+    """Send a dead-lettered event (or its operator-fixed value) to its topic again.
+
+    The event must now pass the contract. A parked order resumes in the status it was parked
+    from, so the handlers that had not applied the event do their part; those that had (their
+    inbox holds the event id) do nothing again. Recorded in the order's timeline.
+    """
+    with transaction.atomic():
+        dead_letter = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
+        if dead_letter.republished_at:
+            raise DeadLetterAlreadyRepublished(dead_letter)
+        raw = (dead_letter.fixed_value or dead_letter.value).encode()
+        try:
+            event = parse_event(raw, max_bytes=len(raw) + 1)
+        except InvalidEvent as exc:
+            raise InvalidEvent(
+                exc.reason, f"{exc.error}: store a corrected JSON event in 'fixed value', then re-publish"
+            ) from None
+        order = order_services.resume_order(
+            order_id=event.order_id, reason=f"retry {event.type}", requested_by=requested_by
+        )
+        outbox_event = republish_event(event=event)
+        dead_letter.republished_at = timezone.now()
+        dead_letter.republished_by = requested_by
+        dead_letter.republished_event = outbox_event
+        dead_letter.save(update_fields=["republished_at", "republished_by", "republished_event"])
+        if order:
+            order_services.record_order_event(
+                order_id=order.pk,
+                status=order.status,
+                event_type=event.type,
+                event_id=event.event_id,
+                message=f"Re-published from dlq by {requested_by} (was: {dead_letter.reason})",
+            )
+    logger.info("dead_letter_republished", **event.log_context(), requested_by=requested_by)
+    return outbox_event

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from django.utils import timezone
 
-from events.contract import InvalidEvent, build_envelope, check_recorded, parse_event
+from events.contract import Event, InvalidEvent, build_envelope, check_recorded, parse_event
 
 MAX_BYTES = 4096
 
@@ -37,7 +37,12 @@ def envelope(**changes) -> dict:
 
 def test_a_contract_envelope_parses():
     event = envelope()
-    assert parse_event(json.dumps(event).encode(), max_bytes=MAX_BYTES) == event
+    parsed = parse_event(json.dumps(event).encode(), max_bytes=MAX_BYTES)
+
+    assert parsed == Event(event)
+    assert (parsed.event_id, parsed.order_id, parsed.correlation_id, parsed.attempt) == (
+        event["event_id"], event["order"]["id"], "c", 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,12 +77,12 @@ def test_unknown_event_type_cannot_be_built():
 
 
 def test_only_an_event_the_outbox_recorded_exactly_is_trusted():
-    event = {"event_id": "6f1c4c52-8d7e-4b53-9d55-0d6f1b1c2a11", "type": "ORDER_CREATED", "order": {"email": "a@example.com"}}
+    payload = {"event_id": "6f1c4c52-8d7e-4b53-9d55-0d6f1b1c2a11", "type": "ORDER_CREATED", "order": {"email": "a@example.com"}}
 
-    check_recorded(event, recorded=[{"other": 1}, dict(event)])
+    check_recorded(Event(payload), recorded=[{"other": 1}, dict(payload)])
     with pytest.raises(InvalidEvent) as unknown:
-        check_recorded(event, recorded=[])
+        check_recorded(Event(payload), recorded=[])
     with pytest.raises(InvalidEvent) as altered:
-        check_recorded({**event, "order": {"email": "b@example.net"}}, recorded=[event])
+        check_recorded(Event({**payload, "order": {"email": "b@example.net"}}), recorded=[payload])
 
     assert (unknown.value.reason, altered.value.reason) == ("unknown_event", "event_mismatch")

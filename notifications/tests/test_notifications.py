@@ -7,14 +7,14 @@ import uuid
 import pytest
 from django.core import mail
 
-from events.contract import InvalidEvent
-from events.embedded_broker import free_port
+from devtools.broker import free_port
+from devtools.harness import create_test_order
+from events.contract import Event, InvalidEvent
 from events.models import OutboxEvent
 from notifications import services
 from notifications.models import Notification
-from notifications.tasks import send_notifications_batch
 from orders.models import Order
-from orders_project.testing import create_test_order
+from pipeline.tasks import send_notifications_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -33,8 +33,8 @@ def email_to_memory(settings):
 
 
 def test_email_is_sent_recorded_and_announced_once(envelope, email_to_memory):
-    assert services.send_event_notifications(envelope=envelope) == ["email"]
-    assert services.send_event_notifications(envelope=envelope) == []
+    assert services.send_event_notifications(event=Event(envelope)) == ["email"]
+    assert services.send_event_notifications(event=Event(envelope)) == []
 
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
@@ -56,7 +56,7 @@ def test_email_is_sent_recorded_and_announced_once(envelope, email_to_memory):
 def test_sms_channel_when_enabled_goes_through_the_sms_backend(envelope, email_to_memory, settings):
     settings.NOTIFICATION = {**settings.NOTIFICATION, "sms_enabled": True}
 
-    assert services.send_event_notifications(envelope=envelope) == ["email", "sms"]
+    assert services.send_event_notifications(event=Event(envelope)) == ["email", "sms"]
 
     assert sorted(Notification.objects.values_list("channel", "recipient")) == [("email", "note@example.com"), ("sms", "note_user")]
     assert OutboxEvent.objects.filter(event_type="NOTIFICATION_SENT").count() == 2
@@ -65,7 +65,7 @@ def test_sms_channel_when_enabled_goes_through_the_sms_backend(envelope, email_t
 def test_disabled_channels_send_nothing(envelope, email_to_memory, settings):
     settings.NOTIFICATION = {**settings.NOTIFICATION, "email_enabled": False}
 
-    assert services.send_event_notifications(envelope=envelope) == []
+    assert services.send_event_notifications(event=Event(envelope)) == []
     assert not mail.outbox
 
 
@@ -74,12 +74,12 @@ def test_an_unreachable_mail_server_is_a_retryable_failure_with_nothing_recorded
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", free_port(), 2
 
     with pytest.raises(services.DeliveryFailed):
-        services.send_event_notifications(envelope=envelope)
+        services.send_event_notifications(event=Event(envelope))
     assert not Notification.objects.exists()
 
 
 def test_giving_up_records_failure_and_a_dead_letter(envelope):
-    services.record_delivery_failure(envelope=envelope, error="DeliveryFailed: smtp down")
+    services.record_delivery_failure(event=Event(envelope), error="DeliveryFailed: smtp down")
 
     notification = Notification.objects.get()
     assert (notification.status, notification.error) == ("FAILED", "DeliveryFailed: smtp down")
@@ -87,13 +87,13 @@ def test_giving_up_records_failure_and_a_dead_letter(envelope):
     assert dead_letter.headers["dlq_reason"] == "notification_gave_up"
     assert dead_letter.payload == envelope
     # A failure recorded is final for that event and channel: no later send.
-    assert services.send_event_notifications(envelope=envelope) == []
+    assert services.send_event_notifications(event=Event(envelope)) == []
 
 
 def test_the_recipient_and_the_items_come_from_the_order_row_not_from_the_event(envelope, email_to_memory):
     claimed = {**envelope, "order": {**envelope["order"], "email": "attacker@example.net", "items": [], "total_amount": "0.01"}}
 
-    services.send_event_notifications(envelope=claimed)
+    services.send_event_notifications(event=Event(claimed))
 
     (message,) = mail.outbox
     assert message.to == ["note@example.com"]
@@ -105,7 +105,7 @@ def test_an_event_about_an_unknown_order_sends_and_records_nothing(envelope, ema
     unknown = {**envelope, "order": {**envelope["order"], "id": "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}}
 
     with pytest.raises(InvalidEvent) as refusal:
-        services.send_event_notifications(envelope=unknown)
+        services.send_event_notifications(event=Event(unknown))
 
     assert refusal.value.reason == "unknown_order"
     assert not mail.outbox and not Notification.objects.exists()
@@ -116,7 +116,7 @@ def test_an_event_the_order_never_announced_sends_and_records_nothing(envelope, 
     timeline = Order.objects.get(pk=envelope["order"]["id"]).timeline.count()
 
     with pytest.raises(InvalidEvent) as refusal:
-        services.send_event_notifications(envelope=forged)
+        services.send_event_notifications(event=Event(forged))
 
     assert refusal.value.reason == "unannounced_event"
     assert not mail.outbox and not Notification.objects.exists()

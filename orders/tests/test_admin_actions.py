@@ -8,11 +8,11 @@ import json
 import pytest
 from django.db import IntegrityError
 
+from devtools.harness import create_test_order
 from events import services as event_services
 from events.models import DeadLetter, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
-from orders_project.testing import create_test_order
 from payments import services as payment_services
 from payments.gateway import SimulatedGateway
 from payments.models import Payment, PaymentStatus, SimulatedCharge

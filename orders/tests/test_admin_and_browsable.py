@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from events.contract import Event
 from events.models import OutboxEvent
 from notifications import services as notification_services
 from notifications.models import Notification
@@ -121,7 +122,7 @@ def test_order_page_links_to_its_payments_and_notifications_which_render(staff_c
         source="test",
         gateway=SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="admin"),
     )
-    notification_services.send_event_notifications(envelope=envelope)
+    notification_services.send_event_notifications(event=Event(envelope))
 
     html = staff_client.get(f"/admin/orders/order/{order_id}/change/").content.decode()
 

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from events.contract import Event
 from events.models import OutboxEvent
 from notifications import services as notification_services
 from orders import services as order_services
@@ -50,7 +51,7 @@ def test_detail_shows_the_payment_attempts_and_the_notifications_sent(api_client
     payment_services.charge_order(
         order_id=order_id, event_id=created["event_id"], source="test", gateway=SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="x")
     )
-    notification_services.send_event_notifications(envelope=created)
+    notification_services.send_event_notifications(event=Event(created))
 
     body = api_client.get(f"/orders/{order_id}").json()
 

@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
+from devtools.harness import create_test_order
 from events.models import InboxEntry, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
-from orders_project.testing import create_test_order
 
 pytestmark = pytest.mark.django_db
 SOURCE = "test"

@@ -107,6 +107,29 @@ def test_item_errors_name_the_item_and_field(api_client):
     assert set(fields["items"]["1"]) == {"quantity", "price"}
 
 
+# The whole 400 answer where the shape of the body is wrong, not one field's value.
+WORDED = {
+    "missing user_id": {"user_id": ["This field is required."]},
+    "empty items": {"items": {"non_field_errors": ["This list may not be empty."]}},
+    "too many items": {"items": {"non_field_errors": ["Ensure this field has no more than 100 elements."]}},
+    "items not a list": {"items": {"non_field_errors": ['Expected a list of items but got type "dict".']}},
+    "item not an object": {"items": {"0": {"non_field_errors": ["Invalid data. Expected a dictionary, but got str."]}}},
+    "missing price": {"items": {"0": {"price": ["This field is required."]}}},
+    "body is a list": {"non_field_errors": ["Invalid data. Expected a dictionary, but got list."]},
+    "body is a string": {"non_field_errors": ["Invalid data. Expected a dictionary, but got str."]},
+}
+
+
+@pytest.mark.parametrize(("case", "fields"), WORDED.items(), ids=WORDED.keys())
+def test_a_badly_shaped_body_is_refused_with_exact_errors(api_client, case, fields):
+    body = BAD_BODIES[case][0]
+
+    response = api_client.post("/orders", body, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "Invalid request", "fields": fields}
+
+
 @pytest.mark.parametrize(
     "raw", [b"{not json", b"", b'{"user_id": "u1",', b"\xff\xfe\x00", b"[1, 2"], ids=["garbage", "empty", "truncated", "not utf-8", "open list"]
 )

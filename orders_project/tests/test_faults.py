@@ -31,21 +31,16 @@ from confluent_kafka import Producer
 from django.db import connection
 
 from conftest import FAULT_REPORT
+from devtools.broker import EmbeddedKafkaBroker, free_port
+from devtools.harness import ObjectStore, OrderLoad, ProcessGroup
+from devtools.harness import audit as audit_orders
+from devtools.harness import fault_order_body as order_body
+from devtools.harness import fault_row
+from devtools.harness import inbox_redeliveries as redeliveries
+from devtools.harness import redriven_orders, wait_until
 from events.contract import TOPIC_ORDERS
-from events.embedded_broker import EmbeddedKafkaBroker, free_port
 from events.models import DeadLetter, OutboxEvent
-from events.routes import CHARGE_PAYMENT, PROCESS_ORDER
-from orders_project.testing import (
-    ObjectStore,
-    OrderLoad,
-    ProcessGroup,
-    fault_row,
-    redriven_orders,
-    wait_until,
-)
-from orders_project.testing import audit as audit_orders
-from orders_project.testing import fault_order_body as order_body
-from orders_project.testing import inbox_redeliveries as redeliveries
+from messaging.routes import CHARGE_PAYMENT, PROCESS_ORDER
 from payments.gateway import SimulatedGateway
 from payments.models import Payment
 
@@ -191,7 +186,7 @@ def _assigned(system, name: str, count: int = 1) -> bool:
 
 
 def audit(system, order_ids: list[str]) -> dict:
-    """What happened to the orders that got a 201 (orders_project.testing.audit), the emails
+    """What happened to the orders that got a 201 (devtools.harness.audit), the emails
     counted in the workers' logs."""
     return audit_orders(order_ids, logs=system.log_dir.glob("worker*.log"), gateway=GATEWAY)
 

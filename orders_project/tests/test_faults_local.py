@@ -5,7 +5,7 @@ Here a crash loses work for good: kombu's SQL transport never hands back a task 
 worker had taken, and the in-memory broker keeps nothing when it dies. The reconciler, with its
 default deadlines (config.yaml, ``reconciler``), re-drives what was lost from the database. Each
 test posts orders at about 5 a second from a client that re-sends with its Idempotency-Key on
-errors, injects one fault, and then audits every order that got a 201 (orders_project.testing.audit):
+errors, injects one fault, and then audits every order that got a 201 (devtools.harness.audit):
 within two minutes of the end of the fault it is PAID or PAYMENT_FAILED (as the seeded gateway
 decides) with its 3 notifications, nothing is lost, no order is charged twice, no email is sent
 twice for one event, no status repeats in its timeline. Results go to the fault table (conftest).
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FAULT_REPORT
-from events.embedded_broker import free_port
-from orders_project.testing import (
+from devtools.broker import free_port
+from devtools.harness import (
     LocalStack,
     OrderLoad,
     ProcessGroup,

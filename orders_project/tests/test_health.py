@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from django.db import OperationalError
 
-from events.embedded_broker import free_port
+from devtools.broker import free_port
 from orders_project import health
 
 pytestmark = pytest.mark.django_db

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from events.embedded_broker import free_port
+from devtools.broker import free_port
+from devtools.harness import SEED_ORDER, ProcessGroup, wait_until
 from orders.models import Order
-from orders_project.testing import SEED_ORDER, ProcessGroup, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 

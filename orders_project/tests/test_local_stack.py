@@ -1,4 +1,4 @@
-"""run-local's supervisor (orders_project.local_stack) without the stack: restart backoff, the
+"""run-local's supervisor (devtools.local_stack) without the stack: restart backoff, the
 exit and restart of a process, its JSON lines. test_run_local.py and test_faults_local.py run
 the real thing."""
 
@@ -9,9 +9,9 @@ import os
 import sys
 import time
 
+from devtools.harness import wait_until
+from devtools.local_stack import Backoff, Child, _logger
 from orders_project.config import load_config
-from orders_project.local_stack import Backoff, Child, _logger
-from orders_project.testing import wait_until
 
 
 class RecordingLog:

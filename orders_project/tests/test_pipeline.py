@@ -14,13 +14,13 @@ from collections import Counter, defaultdict
 import pytest
 from confluent_kafka import Producer
 
+from devtools.broker import EmbeddedKafkaBroker, free_port
+from devtools.harness import ProcessGroup, create_test_orders, parse_metrics, read_topics, wait_until
 from events.contract import TOPIC_DLQ, TOPIC_NOTIFICATIONS, TOPIC_ORDERS, TOPIC_PAYMENTS
-from events.embedded_broker import EmbeddedKafkaBroker, free_port
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from notifications.models import Notification
 from orders.models import Order, OrderStatus
 from orders_project.config import BASE_DIR
-from orders_project.testing import ProcessGroup, create_test_orders, parse_metrics, read_topics, wait_until
 from payments.gateway import SimulatedGateway
 from payments.models import Payment, SimulatedCharge
 from recovery.models import Redrive

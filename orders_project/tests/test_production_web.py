@@ -11,9 +11,9 @@ import pytest
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 
-from events.embedded_broker import free_port
+from devtools.broker import free_port
+from devtools.harness import ProcessGroup, wait_until
 from orders.models import Order
-from orders_project.testing import ProcessGroup, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 

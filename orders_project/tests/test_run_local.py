@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from orders_project.testing import SEED_ORDER, LocalStack, alive, descendants, wait_until
+from devtools.harness import SEED_ORDER, LocalStack, alive, descendants, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
+from devtools.harness import create_test_order
 from events.models import OutboxEvent
 from orders import services as order_services
-from orders_project.testing import create_test_order
 from payments import services
 from payments.gateway import GatewayTimeout, SimulatedGateway
 from payments.models import Payment, SimulatedCharge

@@ -8,10 +8,10 @@ import re
 import pytest
 from django.utils import timezone
 
+from devtools.harness import create_test_order
 from events.models import OutboxEvent
 from orders import services as order_services
 from orders.models import Order
-from orders_project.testing import create_test_order
 from recovery.models import Redrive, RedriveReason
 
 pytestmark = pytest.mark.django_db

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orders_project.testing import ProcessGroup, parse_metrics, wait_until
+from devtools.harness import ProcessGroup, parse_metrics, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yml"

@@ -17,11 +17,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from devtools.harness import create_test_order
+from events.contract import Event
 from events.models import OutboxEvent
 from notifications import services as notification_services
 from orders import services as order_services
 from orders.models import OrderStatus
-from orders_project.testing import create_test_order
 from payments import services as payment_services
 from payments.gateway import SimulatedGateway
 from payments.models import Payment, PaymentStatus
@@ -58,7 +59,7 @@ class Bridge:
                         order_id=order_id, event_id=envelope["event_id"], source="prop", gateway=self.gateway
                     )
             if event.event_type in notification_services.SUBJECTS:
-                notification_services.send_event_notifications(envelope=envelope)
+                notification_services.send_event_notifications(event=Event(envelope))
 
     def lose(self) -> None:
         """Kafka, the Celery broker or a worker lost every event it held."""

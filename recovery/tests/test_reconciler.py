@@ -6,16 +6,17 @@ import datetime as dt
 import threading
 
 import pytest
-from prometheus_client import REGISTRY
 from django.db import connection, transaction
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
+from devtools.harness import create_test_order
+from events.contract import Event
 from events.models import InboxEntry, OutboxEvent
 from notifications import services as notification_services
 from notifications.models import Notification, NotificationStatus
 from orders import services as order_services
 from orders.models import Order, OrderStatus, OrderTimelineEntry
-from orders_project.testing import create_test_order
 from payments import services as payment_services
 from payments.gateway import SimulatedGateway
 from recovery import services
@@ -55,7 +56,7 @@ def settle(order: Order, gateway: SimulatedGateway = APPROVE) -> Order:
     order_services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
     payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=gateway)
     for event in OutboxEvent.objects.filter(key=str(order.id), event_type__in=notification_services.SUBJECTS):
-        notification_services.send_event_notifications(envelope=event.payload)
+        notification_services.send_event_notifications(event=Event(event.payload))
     order.refresh_from_db()
     return order
 
@@ -136,7 +137,7 @@ def test_an_order_stuck_in_processing_gets_the_event_that_starts_its_charge():
 def test_a_payment_retry_stuck_in_processing_gets_its_own_attempts_event():
     order = settle(new_order(), DECLINE)
     assert order.status == OrderStatus.PAYMENT_FAILED
-    retry = payment_services.request_payment_retry(order_id=order.id, requested_by="ops")
+    retry = order_services.retry_payment(order_id=order.id, requested_by="ops")
     publish_all()
     age(seconds=46)
 
@@ -155,7 +156,7 @@ def test_re_driving_an_applied_event_charges_and_notifies_nothing_again():
     # The re-driven event reaching every handler again, as the bridge would hand it on.
     assert not order_services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
     assert payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=APPROVE) is None
-    assert notification_services.send_event_notifications(envelope=envelope) == []
+    assert notification_services.send_event_notifications(event=Event(envelope)) == []
 
     assert order.payments.count() == 1
     assert Notification.objects.filter(order=order).count() == sent
@@ -168,7 +169,7 @@ def test_complete_events_are_marked_and_a_missing_notification_is_re_driven():
     payment_services.charge_order(order_id=missing.id, event_id=envelope["event_id"], source="test", gateway=APPROVE)
     # ORDER_CREATED and ORDER_PROCESSING were told; the ORDER_PAID notification was lost.
     for event in OutboxEvent.objects.filter(key=str(missing.id), event_type__in=["ORDER_CREATED", "ORDER_PROCESSING"]):
-        notification_services.send_event_notifications(envelope=event.payload)
+        notification_services.send_event_notifications(event=Event(event.payload))
     paid_event = OutboxEvent.objects.get(key=str(missing.id), event_type="ORDER_PAID")
     publish_all()
     age(seconds=46)
@@ -181,7 +182,7 @@ def test_complete_events_are_marked_and_a_missing_notification_is_re_driven():
     assert not OutboxEvent.objects.filter(key=str(done.id), completed_at__isnull=True).exists()
     assert OutboxEvent.objects.filter(event_id=paid_event.event_id, completed_at__isnull=True).exists()
 
-    notification_services.send_event_notifications(envelope=paid_event.payload)
+    notification_services.send_event_notifications(event=Event(paid_event.payload))
     publish_all()
     assert reconcile().events_completed == 2  # the event and its re-driven copy
     assert not OutboxEvent.objects.filter(completed_at__isnull=True).exclude(event_type="NOTIFICATION_SENT").exists()

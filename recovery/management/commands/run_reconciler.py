@@ -3,7 +3,7 @@ import datetime as dt
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from events.lifecycle import stop_on_signals
+from common.lifecycle import stop_on_signals
 from recovery.reconciler import run_reconciler
 from recovery.selectors import RedrivePolicy
 

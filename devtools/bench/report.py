@@ -1,0 +1,337 @@
+"""The printed table, the ratios against the issue's targets, and the PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from devtools.bench.stats import fmt
+
+# DB write transactions one order needs, counted from the code (the census measures the real count).
+TRANSACTIONS_PER_ORDER = 8
+TRANSACTIONS_REASONING = [
+    "create (web): order + items + timeline + ORDER_CREATED outbox row = 1",
+    "process_order: inbox claim + CREATED->PROCESSING + timeline + outbox = 1",
+    "charge_payment: open the attempt (Payment row) = 1, gateway ledger (SimulatedCharge) = 1,"
+    " record the outcome (inbox + payment + order + timeline + outbox) = 1",
+    "send_notifications_batch: 3 events (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED) x 1"
+    " (inbox + notification + NOTIFICATION_SENT outbox + timeline) = 3",
+    "relay: marks published once per batch of up to 500 rows (6 rows per order): ~0 per order",
+    "= 8. Autocommit statements the code runs besides (inbox was_handled UPDATEs, the"
+    " gateway_calls UPDATE) are extra write transactions: see the census's measured count",
+]
+
+TARGETS = {
+    "api_vs_orm": 0.50,
+    "e2e_vs_orm_per_tx": 0.40,
+    "p99_post_to_terminal_s": 2.0,
+}
+
+
+def ratios(results: dict[str, Any]) -> dict[str, Any]:
+    base = results.get("baselines", {})
+    orm = base.get("orm_baseline_rate")
+    api = results.get("api", {}).get("best_throughput")
+    e2e = results.get("e2e", {})
+    sat = e2e.get("saturation", {})
+    sus = e2e.get("sustained", {})
+    kafka = base.get("kafka", {})
+    celery = base.get("celery_noop", {})
+    e2e_rate = sat.get("max_sustainable_rate")
+    p99 = (sus.get("stages_ms", {}).get("POST to terminal") or {}).get("p99")
+    out: dict[str, Any] = {"transactions_per_order": TRANSACTIONS_PER_ORDER}
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    # The verdict uses the paired rounds when they ran: both measured in the same minute.
+    paired = results.get("api", {}).get("paired") or {}
+    out["api_vs_orm_separate"] = ratio(api, orm)
+    out["api_vs_orm"] = paired.get("ratio") if paired.get("ratio") is not None else out["api_vs_orm_separate"]
+    out["orm_per_order_pipeline"] = orm / TRANSACTIONS_PER_ORDER if orm else None
+    out["e2e_vs_orm_per_tx_separate"] = ratio(e2e_rate, out["orm_per_order_pipeline"])
+    # The verdict uses the ORM-only rate measured just before and after the maximum when it ran.
+    bracket = (e2e.get("orm_bracket") or {}).get("rate")
+    out["e2e_vs_orm_per_tx"] = (ratio(e2e_rate, bracket / TRANSACTIONS_PER_ORDER) if bracket
+                                else out["e2e_vs_orm_per_tx_separate"])
+    out["e2e_sustained_vs_orm_per_tx"] = ratio(sus.get("terminal_rate"), out["orm_per_order_pipeline"])
+    out["p99_post_to_terminal_s"] = p99 / 1000 if p99 is not None else None
+    out["e2e_vs_api"] = ratio(e2e_rate, api)
+    out["celery_tasks_vs_noop"] = ratio(sat.get("tasks_succeeded_rate"), celery.get("rate"))
+    out["bridge_dispatch_vs_raw_consume"] = ratio(sat.get("bridge_dispatched_rate"), (kafka.get("consume") or {}).get("rate"))
+    out["relay_publish_vs_raw_produce"] = ratio(sat.get("relay_published_rate"), (kafka.get("produce") or {}).get("rate"))
+    out["pass"] = {
+        "api_vs_orm": out["api_vs_orm"] is not None and out["api_vs_orm"] >= TARGETS["api_vs_orm"],
+        "e2e_vs_orm_per_tx": out["e2e_vs_orm_per_tx"] is not None and out["e2e_vs_orm_per_tx"] >= TARGETS["e2e_vs_orm_per_tx"],
+        "p99_post_to_terminal_s": p99 is not None and p99 / 1000 < TARGETS["p99_post_to_terminal_s"],
+    }
+    return out
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" if value < 0.01 else f"{100 * value:.1f}%"
+
+
+def _verdict(ok: bool, value) -> str:
+    if value is None:
+        return "n/a"
+    return "MET" if ok else "MISSED"
+
+
+def table(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    base = results.get("baselines", {})
+    lines: list[str] = []
+    add = lines.append
+    add(f"Order service benchmark - {meta['date']} - commit {meta['commit']}{' (+ uncommitted changes)' if meta.get('dirty') else ''}"
+        f" - mode {meta['mode']}")
+    add(f"Machine: {meta['cores']} cores, {meta['postgres']}, Redis db 5, Kafka-protocol broker Tansu (in memory), all on this host")
+    add(f"System: web gunicorn {meta['http_workers']} workers x {meta['http_threads']} threads (gthread); relay; bridge; "
+        f"Celery worker {meta.get('worker_processes', 1)} process(es) x threads -c {meta['celery_concurrency']} prefetch {meta['celery_prefetch']}")
+    add(f"Load average (1, 5, 15 min) at start {meta.get('load_average_at_start')}, at end {meta.get('load_average_at_end')}"
+        " (anything else running on the host competes for the same 2 cores)")
+    add(f"Env: DJANGO_DEBUG={meta['django_debug']}, DJANGO_LOG_LEVEL={meta['log_level']} (every process writes a JSON line"
+        f" per request/event/task to its log file), PAYMENTS_SEED=bench, throttling off, email: console backend")
+    add("")
+    add("BASELINES (same run, same machine)")
+    orm1 = base.get("orm_1", {})
+    orm2 = base.get("orm_2", {})
+    add(f"  ORM-only create_order, 1 process ............... {fmt(orm1.get('rate')):>10} orders/s {_busy(orm1)}")
+    add(f"  ORM-only create_order, 2 processes ............. {fmt(orm2.get('rate')):>10} orders/s {_busy(orm2)}")
+    add(f"  => ORM-only baseline (the better of the two) ... {fmt(base.get('orm_baseline_rate')):>10} orders/s")
+    kafka = base.get("kafka", {})
+    produce, consume = kafka.get("produce") or {}, kafka.get("consume") or {}
+    add(f"  Kafka raw produce ({produce.get('value_bytes', '?')} B, keyed, acks=all, idempotent) "
+        f"{fmt(produce.get('rate'), 0):>8} msg/s ({fmt(produce.get('mb_per_s'))} MB/s)")
+    add(f"  Kafka raw consume (assign, from the beginning) . {fmt(consume.get('rate'), 0):>10} msg/s ({consume.get('consumed', '?')} messages)")
+    celery = base.get("celery_noop", {})
+    add(f"  Celery no-op on Redis, threads -c {celery.get('concurrency', '?')}: sent {fmt(celery.get('send_rate'), 0)} tasks/s,"
+        f" completed {fmt(celery.get('rate'), 0)} tasks/s ({celery.get('tasks', '?')} tasks; queue drained at"
+        f" {fmt(celery.get('drain_rate'), 0)}/s) {_busy(celery)}")
+    add("")
+    api = results.get("api", {})
+    add("API  POST /orders (web alone; each request a seed order with its own Idempotency-Key)")
+    add("  concurrency  orders/s   p50 ms   p95 ms   p99 ms   non-201   CPU busy   CPU ms/order: web + postgres + client + other")
+    for level in api.get("levels", []):
+        lat = level["latency_ms"]
+        cpu = level.get("cpu_ms_per_order", {})
+        add(f"  {level['concurrency']:>11}  {fmt(level['throughput']):>8} {fmt(lat['p50']):>8} {fmt(lat['p95']):>8} "
+            f"{fmt(lat['p99']):>8} {sum(level['non_201'].values()):>9} {fmt(level.get('machine_busy_pct'), 0):>9}%"
+            f"   {fmt(cpu.get('web'))} + {fmt(cpu.get('postgresql'))} + {fmt(cpu.get('benchmark client'))} + {fmt(cpu.get('other'))}")
+    paired = api.get("paired")
+    if paired:
+        add(f"  paired rounds: API at c={paired['concurrency']} and ORM-only in 2 processes, {paired['rounds']} rounds of"
+            f" {paired['slice_s']:.0f} s each, alternating: API {fmt(paired['api_rate'])} orders/s, ORM-only"
+            f" {fmt(paired['orm_rate'])} orders/s, ratio {_pct(paired['ratio'])}")
+        add(f"    per round: API {paired['api_rates']}, ORM-only {paired['orm_rates']},"
+            f" ratio {[_pct(value) for value in paired['ratio_per_round']]}")
+    add("")
+    e2e = results.get("e2e", {})
+    sat, sus = e2e.get("saturation", {}), e2e.get("sustained", {})
+    add("END TO END  POST -> relay -> Kafka -> bridge -> Celery (process, charge, 3 notifications) -> terminal")
+    if sat:
+        add(f"  Max sustainable: {fmt(sat.get('max_sustainable_rate'))} orders/s finished (terminal {fmt(sat.get('terminal_rate'))}/s,"
+            f" notified {fmt(sat.get('notified_orders_rate'))}/s, accepted {fmt(sat.get('posted_rate'))}/s); CPU busy"
+            f" {fmt(sat.get('machine_busy_pct'), 0)}%")
+        add(f"    method: {sat.get('method')}")
+        add(f"    at that rate: relay published {fmt(sat.get('relay_published_rate'))} events/s, bridge dispatched"
+            f" {fmt(sat.get('bridge_dispatched_rate'))} msg/s, worker finished {fmt(sat.get('tasks_succeeded_rate'))} tasks/s")
+        add(f"    CPU ms per finished order: {_cpu_line(sat.get('cpu_ms_per_order', {}))}{_others(sat)}")
+        bracket = e2e.get("orm_bracket")
+        if bracket:
+            add(f"    ORM-only (2 processes, {bracket['slice_s']:.0f} s) just before and just after: {bracket['rates']} orders/s,"
+                f" mean {fmt(bracket['rate'])}: the ratio's baseline")
+    if sus:
+        add(f"  Sustained at half of it: {fmt(sus.get('offered_rate'))} orders/s offered for {sus.get('duration_s'):.0f} s ->"
+            f" {fmt(sus.get('terminal_rate'))} orders/s reached PAID/PAYMENT_FAILED; {sus.get('accepted')} accepted,"
+            f" {sus.get('non_201')} non-201, {sus.get('terminal')} terminal {sus.get('statuses')}; CPU busy"
+            f" {fmt(sus.get('machine_busy_pct'), 0)}%")
+        pauses = sus.get("bridge_pauses") or {}
+        if pauses:
+            add(f"    bridge: {pauses['count']} pauses of more than 1 s between two dispatches while orders kept coming,"
+                f" {pauses['total_s']} s in all ({_pct(pauses['share_of_run'])} of the run), longest {pauses['longest_s']} s")
+        add("    stage                                            p50 ms    p95 ms    p99 ms    max ms")
+        for name, s in sus.get("stages_ms", {}).items():
+            add(f"    {name:<46} {fmt(s['p50']):>8} {fmt(s['p95']):>9} {fmt(s['p99']):>9} {fmt(s['max']):>9}")
+        runtimes = sus.get("task_received_to_done_ms", {})
+        if runtimes:
+            add("    task received to done (worker log)               p50 ms    p95 ms    p99 ms    count")
+            for name, s in runtimes.items():
+                add(f"    {name:<46} {fmt(s['p50']):>8} {fmt(s['p95']):>9} {fmt(s['p99']):>9} {s['count']:>8}")
+        db = sus.get("db_per_order", {})
+        if db:
+            add(f"    PostgreSQL per order (pg_stat_database, all processes): {db.get('xact_commit_minus_idle')} commits"
+                f" ({db.get('xact_commit')} before subtracting the idle system's {sus.get('db_idle_commits_per_s')}/s: the"
+                f" relay's outbox polls), {db.get('sessions')} new connections, {db.get('tup_inserted')} rows inserted,"
+                f" {db.get('tup_updated')} updated")
+        add(f"    CPU ms per order: {_cpu_line(sus.get('cpu_ms_per_order', {}))}{_others(sus)}")
+    add("")
+    census = results.get("census", {})
+    if census:
+        add("SQL PER STEP (in-process census on PostgreSQL; tx = transactions, wtx = write transactions)")
+        add("  step                                                     stmts  select insert update savept*  tx  wtx   ms")
+        for name, c in census.get("steps", {}).items():
+            add(f"  {name:<56} {c.get('statements', 0):>5} {c.get('sql_select', 0):>7} {c.get('sql_insert', 0):>6}"
+                f" {c.get('sql_update', 0):>6} {c.get('sql_savepoint', 0) + c.get('sql_release', 0):>6} {c.get('transactions', 0):>4}"
+                f" {c.get('write_transactions', 0):>4} {c.get('ms_per_call', 0):>5}")
+        add("  (* SAVEPOINT + RELEASE SAVEPOINT statements: a nested atomic() costs two round trips)")
+        per = census.get("per_order", {})
+        add(f"  one order (POST + process + charge + 3 notifications, relay excluded): {per.get('statements')} statements,"
+            f" {per.get('transactions')} transactions of which {per.get('write_transactions')} write")
+        add("")
+    r = results.get("ratios", {})
+    add(f"TRANSACTIONS PER ORDER used for the ratio: {TRANSACTIONS_PER_ORDER}")
+    for line in TRANSACTIONS_REASONING:
+        add(f"  - {line}")
+    add("")
+    add("RATIOS vs the issue's targets                                    measured     target    verdict")
+    paired = results.get("api", {}).get("paired") or {}
+    label = "paired rounds" if paired.get("ratio") is not None else "best level / baseline"
+    add(f"  API create throughput / ORM-only ({label}) {'.' * (23 - len(label))} {_pct(r.get('api_vs_orm')):>9}   >= 50%    "
+        f"{_verdict(r.get('pass', {}).get('api_vs_orm'), r.get('api_vs_orm'))}")
+    if paired.get("ratio") is not None:
+        add(f"  (API best level / ORM-only baseline, minutes apart ........ {_pct(r.get('api_vs_orm_separate')):>9})")
+    bracket = e2e.get("orm_bracket") or {}
+    label = "ORM-only around it" if bracket else "ORM-only baseline"
+    add(f"  end-to-end max / ({label} / {TRANSACTIONS_PER_ORDER} tx per order) {'.' * (24 - len(label))} {_pct(r.get('e2e_vs_orm_per_tx')):>9}"
+        f"   >= 40%    {_verdict(r.get('pass', {}).get('e2e_vs_orm_per_tx'), r.get('e2e_vs_orm_per_tx'))}")
+    if bracket:
+        add(f"  (end-to-end max / (ORM-only baseline / {TRANSACTIONS_PER_ORDER}), minutes apart ..... {_pct(r.get('e2e_vs_orm_per_tx_separate')):>9})")
+    p99 = r.get("p99_post_to_terminal_s")
+    add(f"  p99 POST-to-terminal at half the sustained max ............. {(fmt(p99, 2) + ' s') if p99 is not None else '-':>9}"
+        f"   < 2 s     {_verdict(r.get('pass', {}).get('p99_post_to_terminal_s'), p99)}")
+    add(f"  (end-to-end at half rate / (ORM-only / {TRANSACTIONS_PER_ORDER}) .............. {_pct(r.get('e2e_sustained_vs_orm_per_tx')):>9})")
+    add(f"  end-to-end max / API best .................................. {_pct(r.get('e2e_vs_api')):>9}")
+    add(f"  Celery pipeline tasks/s at max / no-op tasks/s ............. {_pct(r.get('celery_tasks_vs_noop')):>9}")
+    add(f"  bridge dispatched msg/s at max / raw consume msg/s ......... {_pct(r.get('bridge_dispatch_vs_raw_consume')):>9}")
+    add(f"  relay published events/s at max / raw produce msg/s ........ {_pct(r.get('relay_publish_vs_raw_produce')):>9}")
+    add("  (the last three are utilisation at the pipeline's max, not the parts' limits)")
+    profiles = results.get("profiles", {})
+    if profiles:
+        add("")
+        add("PROFILES (pyinstrument, in-process; self time by function, top 10)")
+        for name, p in profiles.items():
+            add(f"  {name}: {p['calls']} calls, {p['ms_per_call']} ms/call -> {p['html']}")
+            for spot in p["hot_spots"]:
+                add(f"    {spot['pct']:>5}%  {spot['function']:<38} {spot['where']}")
+    if results.get("errors"):
+        add("")
+        add("ERRORS")
+        for error in results["errors"]:
+            add(f"  {error}")
+    return "\n".join(lines)
+
+
+def _busy(result: dict) -> str:
+    cpu = result.get("cpu") or {}
+    if cpu.get("busy_pct") is None:
+        return ""
+    other = f", other {cpu['other_pct']:.0f}%" if cpu.get("other_pct", 0) >= 3 else ""
+    top = f" {', '.join(cpu['other_processes'][:2])}" if other and cpu.get("other_processes") else ""
+    return f"[CPU {cpu['busy_pct']:.0f}%{other}{top}]"
+
+
+def _others(result: dict) -> str:
+    top = result.get("other_processes") or []
+    return f" (other = not ours: {', '.join(top)})" if top else ""
+
+
+def _cpu_line(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in sorted(cpu.items(), key=lambda item: -item[1])) or "-"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = results.get("baselines", {})
+    api = results.get("api", {})
+    e2e = results.get("e2e", {})
+    sat, sus = e2e.get("saturation", {}), e2e.get("sustained", {})
+    r = results.get("ratios", {})
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    meta = results["meta"]
+    fig.suptitle(f"Order service benchmark - {meta['date']} - {meta['commit']} - {meta['cores']} cores - {meta['mode']}")
+
+    ax = axes[0][0]
+    labels = ["ORM 1 proc", "ORM 2 procs", "API best", "E2E max", "E2E half-rate", f"ORM / {TRANSACTIONS_PER_ORDER} tx"]
+    values = [
+        base.get("orm_1", {}).get("rate"), base.get("orm_2", {}).get("rate"), api.get("best_throughput"),
+        sat.get("max_sustainable_rate"), sus.get("terminal_rate"), r.get("orm_per_order_pipeline"),
+    ]
+    ax.bar(labels, [v or 0 for v in values], color=["#888", "#888", "#1f77b4", "#2ca02c", "#98df8a", "#ccc"])
+    for i, v in enumerate(values):
+        ax.text(i, (v or 0), fmt(v), ha="center", va="bottom", fontsize=8)
+    ax.set_title("Orders per second")
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+
+    ax = axes[0][1]
+    levels = api.get("levels", [])
+    if levels:
+        conc = [level["concurrency"] for level in levels]
+        ax.plot(conc, [level["throughput"] for level in levels], "o-", color="#1f77b4", label="orders/s")
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel("orders/s")
+        ax.set_xscale("log", base=2)
+        ax2 = ax.twinx()
+        for key, style in (("p50", "s--"), ("p95", "^--"), ("p99", "v--")):
+            ax2.plot(conc, [level["latency_ms"][key] for level in levels], style, label=f"{key} ms")
+        ax2.set_ylabel("latency ms")
+        ax2.legend(loc="upper left", fontsize=8)
+        if base.get("orm_baseline_rate"):
+            ax.axhline(base["orm_baseline_rate"] * 0.5, color="red", linestyle=":", label="target 50% of ORM-only")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("API POST /orders")
+
+    ax = axes[0][2]
+    stages = sus.get("stages_ms", {})
+    names = [n for n in stages if n not in ("client lateness",)]
+    if names:
+        y = range(len(names))
+        for offset, key, color in ((-0.25, "p50", "#2ca02c"), (0, "p95", "#ff7f0e"), (0.25, "p99", "#d62728")):
+            ax.barh([i + offset for i in y], [stages[n][key] or 0 for n in names], height=0.25, color=color, label=key)
+        ax.set_yticks(list(y))
+        ax.set_yticklabels(names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.axvline(2000, color="red", linestyle=":", label="2 s target (POST to terminal p99)")
+        ax.legend(fontsize=7)
+    ax.set_title(f"E2E stages at {fmt(sus.get('offered_rate'))} orders/s (ms, log)")
+
+    ax = axes[1][0]
+    series = sus.get("series", {})
+    if series:
+        ax.plot(series["accepted_per_s"], label="accepted/s")
+        ax.plot(series["terminal_per_s"], label="terminal/s")
+        ax.set_xlabel("seconds since start")
+        ax.legend(fontsize=8)
+    ax.set_title("Sustained run: orders per second")
+
+    ax = axes[1][1]
+    ratio_names = ["API / ORM", f"E2E / (ORM/{TRANSACTIONS_PER_ORDER})", "Celery / no-op", "bridge / raw consume", "relay / raw produce"]
+    ratio_values = [r.get("api_vs_orm"), r.get("e2e_vs_orm_per_tx"), r.get("celery_tasks_vs_noop"),
+                    r.get("bridge_dispatch_vs_raw_consume"), r.get("relay_publish_vs_raw_produce")]
+    ax.bar(ratio_names, [100 * (v or 0) for v in ratio_values], color=["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"])
+    for i, v in enumerate(ratio_values):
+        ax.text(i, 100 * (v or 0), _pct(v), ha="center", va="bottom", fontsize=8)
+    ax.plot([-0.4, 0.4], [50, 50], color="red", linestyle=":")
+    ax.plot([0.6, 1.4], [40, 40], color="red", linestyle=":")
+    ax.set_ylabel("% (red: target)")
+    ax.set_title("Ratios to the baselines")
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+
+    ax = axes[1][2]
+    cpu = sat.get("cpu_ms_per_order") or sus.get("cpu_ms_per_order") or {}
+    if cpu:
+        items = sorted(cpu.items(), key=lambda item: -item[1])
+        ax.barh([k for k, _ in items], [v for _, v in items], color="#7f7f7f")
+        ax.invert_yaxis()
+        ax.set_xlabel("CPU ms per finished order")
+    ax.set_title("Where the CPU goes (at the max rate)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,385 @@
+"""``python -m devtools.bench [--quick] [--profile]``: every phase in order, every process stopped at the end."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from devtools.bench.env import BASE_DIR, DATABASE_URL, OUTPUT_DIR, REDIS_URL
+
+PHASES = ("orm", "census", "kafka", "celery", "api", "e2e")
+
+
+@dataclass(frozen=True)
+class Durations:
+    orm: float
+    kafka_produce: float
+    noop_tasks: int
+    api: float
+    api_levels: tuple[int, ...]
+    paired_rounds: int
+    paired_slice: float
+    saturation_warmup: float
+    saturation_window: float
+    saturation_backlog: int
+    sustained: float
+    sustained_warm: float
+    census_orders: int
+    profile: float
+    drain_timeout: float
+    idle_window: float
+
+
+FULL = Durations(orm=10, kafka_produce=8, noop_tasks=5000, api=10, api_levels=(1, 4, 8, 16, 32), paired_rounds=6,
+                 paired_slice=5, saturation_warmup=8, saturation_window=60, saturation_backlog=60, sustained=60,
+                 sustained_warm=5, census_orders=20, profile=5, drain_timeout=180, idle_window=8)
+QUICK = Durations(orm=3, kafka_produce=3, noop_tasks=1500, api=3, api_levels=(1, 4, 8, 16, 32), paired_rounds=3,
+                  paired_slice=3, saturation_warmup=4, saturation_window=10, saturation_backlog=60, sustained=15,
+                  sustained_warm=3, census_orders=10, profile=2, drain_timeout=120, idle_window=4)
+
+
+class Progress:
+    def __init__(self):
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=BASE_DIR, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _terminate(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bin/benchmark", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short phases (about 2-3 minutes in all)")
+    parser.add_argument("--profile", action="store_true", help="also profile the in-process paths with pyinstrument")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="Celery worker processes of the system under test (default: one per core)")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    unknown = phases - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    durations = QUICK if args.quick else FULL
+    signal.signal(signal.SIGTERM, _terminate)
+
+    now = dt.datetime.now(dt.timezone.utc)
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    run_dir = OUTPUT_DIR / f"run-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress()
+    results: dict[str, Any] = {
+        "meta": {
+            "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+            # BENCH_COMMIT labels a run of code that is not a git checkout (an exported commit, say).
+            "commit": os.environ.get("BENCH_COMMIT") or _git("rev-parse", "--short", "HEAD"),
+            "dirty": not os.environ.get("BENCH_COMMIT") and bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "mode": "quick" if args.quick else "full",
+            "cores": os.cpu_count(),
+            "worker_processes": args.workers,
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+            "database_url": DATABASE_URL,
+            "celery_broker_url": REDIS_URL,
+            "logs": str(run_dir.relative_to(BASE_DIR)),
+            "durations": durations.__dict__,
+        },
+        "errors": [],
+    }
+    noop_processes: list[subprocess.Popen] = []
+    try:
+        _run(args, phases, durations, results, run_dir, progress, noop_processes, stamp)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        results["errors"].append(f"interrupted ({type(exc).__name__} {exc})")
+        progress("interrupted: stopping every process")
+    except Exception as exc:  # noqa: BLE001 - report what we have, then clean up
+        results["errors"].append(f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
+    finally:
+        _cleanup(results, progress, noop_processes)
+    results["meta"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    return _report(results, stamp, progress)
+
+
+# The objects to stop live here so that _cleanup finds them whatever phase failed.
+_RUNNING: dict[str, Any] = {}
+
+
+def _cleanup(results, progress, noop_processes) -> None:
+    system = _RUNNING.pop("system", None)
+    if system is not None:
+        progress("stopping web, relay, bridge, worker")
+        system.stop()
+    for process in noop_processes:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=10)
+    orm_load = _RUNNING.pop("orm_load", None)
+    if orm_load is not None:
+        orm_load.close()
+    broker = _RUNNING.pop("broker", None)
+    if broker is not None:
+        progress("stopping the Kafka broker")
+        broker.stop()
+    try:
+        from django.db import connections
+
+        connections.close_all()
+    except Exception:  # noqa: BLE001 - Django may not be set up
+        pass
+
+
+def _cpu_snapshot(noop_processes: list) -> dict:
+    from devtools.bench import cpu
+
+    broker = _RUNNING.get("broker")
+    return cpu.snapshot(
+        sessions={"benchmark": [os.getsid(0)], **{f"noop worker {p.pid}": [p.pid] for p in noop_processes}},
+        pids={"kafka broker (Tansu)": broker.process.pid} if broker and broker.process else {},
+        commands={"postgresql": "postgres", "redis": "redis-server"},
+    )
+
+
+def _with_cpu(noop_processes: list, function, *args, **kwargs):
+    """Runs ``function``; adds to its result how busy the machine was and what else ran."""
+    from devtools.bench import cpu
+
+    before = _cpu_snapshot(noop_processes)
+    result = function(*args, **kwargs)
+    used = cpu.delta(before, _cpu_snapshot(noop_processes))
+    if isinstance(result, dict):
+        result["cpu"] = {
+            "busy_pct": cpu.busy_pct(used),
+            "other_pct": 100 * used["other"] / used["machine_total"] if used["machine_total"] else None,
+            "other_processes": used["_other_top"],
+            "seconds": {k: round(v, 2) for k, v in used.items() if not k.startswith("_") and v > 0.01},
+        }
+    return result
+
+
+def _phase(name: str, results: dict, progress: Progress, function, *args, **kwargs):
+    progress(f"{name} ...")
+    try:
+        return function(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - record and go on with the next phase
+        results["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        return None
+
+
+def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes, stamp: str) -> None:
+    from devtools.bench import env as bench_env
+    from devtools.broker import EmbeddedKafkaBroker, free_port
+
+    run_id = uuid.uuid4().hex[:8]
+    progress(f"setup: database {DATABASE_URL}, Celery broker {REDIS_URL} (FLUSHDB), logs in {run_dir}")
+    if bench_env.ensure_database():
+        progress("created database orders_bench")
+    bench_env.flush_redis()
+    broker = EmbeddedKafkaBroker(log_path=run_dir / "kafka-broker.log")
+    _RUNNING["broker"] = broker
+    broker.start(timeout=60)
+    http_port = free_port()
+    app_env = bench_env.app_environment(kafka_brokers=broker.bootstrap_servers, run_id=run_id, http_port=http_port)
+    os.environ.update(app_env)
+    os.environ["BENCH_LOG_FILE"] = str(run_dir / "bench-process.log")
+    bench_env.ensure_database(bench_env.ORM_DATABASE_URL)
+    for url, log_name in ((DATABASE_URL, "migrate.log"), (bench_env.ORM_DATABASE_URL, "migrate-orm.log")):
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": url},
+            capture_output=True, text=True, timeout=300,
+        )
+        (run_dir / log_name).write_text(migrate.stdout + migrate.stderr)
+        if migrate.returncode:
+            raise RuntimeError(f"migrate failed; see {run_dir / log_name}")
+    bench_env.truncate_order_tables(bench_env.ORM_DATABASE_URL)
+    bench_env.setup_django()
+    from django.conf import settings
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        pg_version = cursor.fetchone()[0]
+    results["meta"].update(
+        postgres=f"PostgreSQL {pg_version}",
+        orm_database_url=bench_env.ORM_DATABASE_URL,
+        http_workers=settings.CONFIG["http"]["workers"],
+        http_threads=settings.CONFIG["http"]["threads"],
+        celery_concurrency=settings.CELERY_WORKER_CONCURRENCY,
+        celery_prefetch=settings.CELERY_WORKER_PREFETCH_MULTIPLIER,
+        django_debug=settings.DEBUG,
+        log_level=settings.CONFIG["django"]["log_level"],
+        kafka=broker.bootstrap_servers,
+    )
+    bench_env.truncate_order_tables()
+    baselines: dict[str, Any] = results.setdefault("baselines", {})
+
+    from devtools.bench import orm
+
+    if "orm" in phases:
+        baselines["orm_1"] = _phase(f"ORM-only baseline, 1 process, {d.orm:.0f} s", results, progress,
+                                    _with_cpu, noop_processes, orm.orm_baseline, duration=d.orm, processes=1) or {}
+        baselines["orm_2"] = _phase(f"ORM-only baseline, 2 processes, {d.orm:.0f} s", results, progress,
+                                    _with_cpu, noop_processes, orm.orm_baseline, duration=d.orm, processes=2) or {}
+        rates = [b.get("rate") for b in (baselines["orm_1"], baselines["orm_2"]) if b.get("rate")]
+        baselines["orm_baseline_rate"] = max(rates) if rates else None
+        progress(f"  ORM-only: 1 process {baselines['orm_1'].get('rate', 0):.1f}/s, "
+                 f"2 processes {baselines['orm_2'].get('rate', 0):.1f}/s")
+
+    if "census" in phases:
+        steps = _phase("query census (SQL statements and transactions per step)", results, progress,
+                       orm.query_census, count=d.census_orders, log_path=run_dir / "census-emails.log")
+        if steps:
+            results["census"] = {"steps": steps, "per_order": orm.census_per_order(steps)}
+        bench_env.truncate_order_tables()
+
+    if "kafka" in phases:
+        from devtools.bench import kafka_raw
+
+        topic = f"bench-raw-{run_id}"
+
+        def kafka_phase():
+            kafka_raw.create_topic(broker.bootstrap_servers, topic)
+            produced = kafka_raw.produce(bootstrap=broker.bootstrap_servers, topic=topic, duration=d.kafka_produce)
+            progress(f"  produced {produced['rate']:.0f} msg/s; consuming")
+            consumed = kafka_raw.consume(bootstrap=broker.bootstrap_servers, topic=topic)
+            return {"topic": topic, "produce": produced, "consume": consumed}
+
+        baselines["kafka"] = _phase(f"Kafka raw produce {d.kafka_produce:.0f} s and consume", results, progress,
+                                    _with_cpu, noop_processes, kafka_phase) or {}
+
+    if "celery" in phases:
+        from devtools.bench import celery_raw
+
+        baselines["celery_noop"] = _phase(
+            f"Celery no-op baseline, {d.noop_tasks} tasks", results, progress, _with_cpu, noop_processes,
+            celery_raw.run_noop_baseline,
+            tasks=d.noop_tasks, concurrency=settings.CELERY_WORKER_CONCURRENCY, log_dir=run_dir, run_id=run_id,
+            register=noop_processes.append,
+        ) or {}
+
+    if {"api", "e2e"} & phases:
+        from devtools.bench import e2e
+
+        system = e2e.System(env={**os.environ, **app_env}, log_dir=run_dir, http_port=http_port, workers=args.workers)
+        _RUNNING["system"] = system
+        progress(f"starting web, bridge and {args.workers} worker(s) (relay after the API phase)")
+        system.start("web", "bridge", *system.workers)
+        system.wait_web(timeout=60)
+        system.wait_workers(timeout=90)
+        system.wait_bridge(timeout=120)
+        progress("  web healthy, worker ready, bridge has its partitions")
+        # Two warm ORM-only processes for the paired API rounds and the brackets around the
+        # end-to-end maximum; idle, they use no CPU.
+        orm_load = _RUNNING["orm_load"] = orm.OrmLoad(2)
+        broker_pid = broker.process.pid if broker.process else None
+        if "api" in phases:
+            levels = _phase(f"API POST /orders at concurrency {', '.join(map(str, d.api_levels))}, {d.api:.0f} s each",
+                            results, progress, e2e.api_levels, system, levels=list(d.api_levels), duration=d.api,
+                            broker_pid=broker_pid) or []
+            best = max((level["throughput"] for level in levels), default=None)
+            results["api"] = {"levels": levels, "best_throughput": best}
+            for level in levels:
+                progress(f"  c={level['concurrency']}: {level['throughput']:.1f} orders/s, p99 {level['latency_ms']['p99'] or 0:.1f} ms,"
+                         f" non-201 {level['non_201']}")
+            if levels:
+                best_level = max(levels, key=lambda level: level["throughput"])
+                paired = _phase(f"API (c={best_level['concurrency']}) and ORM-only (2 processes) in {d.paired_rounds} paired"
+                                f" rounds of {d.paired_slice:.0f} s each", results, progress, e2e.paired_api_vs_orm, system,
+                                orm_load, concurrency=best_level["concurrency"], rounds=d.paired_rounds, duration=d.paired_slice)
+                if paired:
+                    results["api"]["paired"] = paired
+                    progress(f"  paired: API {paired['api_rate']:.1f}/s, ORM-only {paired['orm_rate']:.1f}/s,"
+                             f" ratio {paired['ratio']:.3f} (rounds {paired['ratio_per_round']})")
+        bench_env.truncate_order_tables()
+        if "e2e" in phases:
+            system.start("relay")
+            system.wait_relay(timeout=60)
+            results["e2e"] = e2e_results = {}
+            # The ORM-only baseline just before and just after the maximum, in the same minutes.
+            bracket = [orm_load.run(d.paired_slice)["rate"]]
+            sat = _phase(f"E2E max sustainable rate ({d.saturation_warmup:.0f} s warm-up + {d.saturation_window:.0f} s)",
+                         results, progress, e2e.saturation, system, warmup=d.saturation_warmup,
+                         window=d.saturation_window, backlog=d.saturation_backlog, broker_pid=broker_pid)
+            if sat:
+                e2e_results["saturation"] = sat
+                progress(f"  max sustainable {sat['max_sustainable_rate']:.1f} orders/s (terminal {sat['terminal_rate']:.1f}/s)")
+                drained = e2e.drain(timeout=d.drain_timeout)
+                e2e_results["saturation_drain"] = drained
+                progress(f"  drained in {drained['seconds']:.1f} s ({drained})")
+                bracket.append(orm_load.run(d.paired_slice)["rate"])
+                e2e_results["orm_bracket"] = {"rates": [round(rate, 1) for rate in bracket],
+                                              "rate": sum(bracket) / len(bracket), "slice_s": d.paired_slice}
+                progress(f"  ORM-only (2 processes) just before and after: {bracket[0]:.1f} and {bracket[1]:.1f} orders/s")
+                rate = max(0.5, sat["max_sustainable_rate"] / 2)
+                sus = _phase(f"E2E sustained at {rate:.1f} orders/s for {d.sustained:.0f} s", results, progress,
+                             e2e.sustained, system, rate=rate, duration=d.sustained, warm=d.sustained_warm,
+                             broker_pid=broker_pid, drain_timeout=d.drain_timeout, idle_window=d.idle_window)
+                if sus:
+                    e2e_results["sustained"] = sus
+                    p = sus["stages_ms"].get("POST to terminal", {})
+                    progress(f"  {sus['terminal_rate'] or 0:.1f} orders/s terminal, POST-to-terminal p50 {p.get('p50') or 0:.0f} ms"
+                             f" p99 {p.get('p99') or 0:.0f} ms")
+        _RUNNING.pop("system")
+        progress("stopping web, relay, bridge, worker")
+        system.stop()
+
+    if args.profile:
+        from devtools.bench import profiling
+
+        bench_env.truncate_order_tables()
+        results["profiles"] = _phase("profiles (pyinstrument)", results, progress, profiling.run_profiles,
+                                     duration=d.profile, out_dir=OUTPUT_DIR, stamp=stamp,
+                                     log_path=run_dir / "profile-emails.log") or {}
+        bench_env.truncate_order_tables()
+
+
+def _report(results: dict, stamp: str, progress: Progress) -> int:
+    from devtools.bench.e2e import dump_json
+    from devtools.bench.report import chart, ratios, table
+
+    results["ratios"] = ratios(results)
+    text = table(results)
+    print()
+    print(text)
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    json_path = OUTPUT_DIR / f"benchmark-{stamp}.json"
+    png_path = OUTPUT_DIR / f"benchmark-{stamp}.png"
+    txt_path = OUTPUT_DIR / f"benchmark-{stamp}.txt"
+    dump_json(json_path, results)
+    txt_path.write_text(text + "\n")
+    try:
+        chart(results, png_path)
+    except Exception as exc:  # noqa: BLE001 - the figures are in the JSON anyway
+        results["errors"].append(f"chart: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+    print()
+    print(f"chart: {png_path.relative_to(BASE_DIR)}")
+    print(f"figures: {json_path.relative_to(BASE_DIR)}  table: {txt_path.relative_to(BASE_DIR)}")
+    print(f"process logs: {results['meta']['logs']}")
+    return 1 if results["errors"] else 0

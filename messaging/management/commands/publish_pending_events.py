@@ -1,0 +1,20 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from common.lifecycle import stop_on_signals
+from messaging.relay import run_relay
+
+
+class Command(BaseCommand):
+    help = "The outbox relay: publish outbox events to Kafka until SIGTERM or Ctrl-C."
+
+    def handle(self, *args, **options):
+        outbox = settings.OUTBOX
+        run_relay(
+            stop=stop_on_signals(),
+            batch_size=outbox["batch_size"],
+            poll_interval=outbox["poll_interval"],
+            max_backoff=outbox["max_backoff"],
+            delivery_timeout_ms=outbox["delivery_timeout_ms"],
+            metrics_port=settings.METRICS["relay_port"],
+        )

@@ -1,0 +1,26 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from common.lifecycle import stop_on_signals
+from events.contract import TOPIC_PARTITIONS
+from messaging.bridge import BridgeSettings, KafkaBridge
+
+
+class Command(BaseCommand):
+    help = "The Kafka bridge: consume the event topics in the consumer group and start their Celery tasks."
+
+    def handle(self, *args, **options):
+        kafka, bridge = settings.KAFKA, settings.BRIDGE
+        config = BridgeSettings(
+            # The event topics, and dlq: its messages are archived for the admin.
+            topics=[topic for topic in [*kafka["topics"], kafka["dlq_topic"]] if topic in TOPIC_PARTITIONS],
+            group_id=kafka["group_id"],
+            batch_size=bridge["batch_size"],
+            poll_timeout=bridge["poll_timeout"],
+            fetch_wait_ms=bridge["fetch_wait_ms"],
+            max_event_bytes=bridge["max_event_bytes"],
+            max_backoff=settings.OUTBOX["max_backoff"],
+            delivery_timeout_ms=settings.OUTBOX["delivery_timeout_ms"],
+            metrics_port=settings.METRICS["bridge_port"],
+        )
+        KafkaBridge(config=config, stop=stop_on_signals()).run()

@@ -1,0 +1,194 @@
+"""The outbox relay: publishes outbox rows to Kafka in write order, marking them published
+only once the broker confirmed them.
+
+On PostgreSQL a batch is claimed with ``SELECT ... FOR UPDATE SKIP LOCKED`` and held until
+its delivery is confirmed, so several relays share the work without publishing a row twice.
+SQLite has no row locks: run one relay there (the local default does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Producer
+from django.db import DatabaseError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from common.lifecycle import backoff_delays
+from common.metrics import serve_process_metrics
+from events.models import OutboxEvent
+from messaging.kafka import client_config, delivery_error
+from messaging.metrics import OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED
+from messaging.topics import ensure_topics_until_ready
+
+logger = structlog.get_logger(__name__)
+
+
+def build_producer(*, delivery_timeout_ms: int) -> Producer:
+    """An idempotent producer: no duplicates or reordering from its own retries."""
+    return Producer(
+        client_config(
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "delivery.timeout.ms": delivery_timeout_ms,
+            }
+        )
+    )
+
+
+# Errors after which an idempotent producer cannot go on (a broker that restarted may no longer
+# know its producer id): only a new producer can publish again.
+PRODUCER_RESET_ERRORS = frozenset(
+    {KafkaError._FATAL, KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.INVALID_PRODUCER_EPOCH}
+)
+
+
+# Batches in a row that failed entirely before the relay replaces its producer anyway.
+FAILED_BATCHES_BEFORE_NEW_PRODUCER = 3
+
+
+def needs_new_producer(error: KafkaError) -> bool:
+    return error.fatal() or error.code() in PRODUCER_RESET_ERRORS
+
+
+@dataclass
+class BatchResult:
+    published: int = 0
+    failed: int = 0
+    errors: Counter = field(default_factory=Counter)
+    producer_broken: bool = False
+
+
+@contextlib.contextmanager
+def _claimed_batch(batch_size: int):
+    pending = OutboxEvent.objects.filter(published_at__isnull=True).order_by("id")
+    if connection.features.has_select_for_update_skip_locked:
+        with transaction.atomic():
+            yield list(pending.select_for_update(skip_locked=True)[:batch_size])
+    else:
+        yield list(pending[:batch_size])
+
+
+def _encode(event: OutboxEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
+    value = json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = [(name, str(value).encode()) for name, value in event.headers.items()]
+    return value, headers
+
+
+def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout: float) -> BatchResult:
+    """Publish up to ``batch_size`` unpublished outbox rows, oldest first; one round trip to Kafka."""
+    result = BatchResult()
+    with _claimed_batch(batch_size) as events:
+        if not events:
+            return result
+        delivered: list[int] = []
+        failures: dict[int, str] = {}
+
+        def on_delivery(event_pk: int):
+            def report(error, message):
+                error = delivery_error(error, message)
+                if error is None:
+                    delivered.append(event_pk)
+                else:
+                    failures[event_pk] = str(error)
+                    result.producer_broken |= needs_new_producer(error)
+
+            return report
+
+        for event in events:
+            value, headers = _encode(event)
+            while True:
+                try:
+                    producer.produce(
+                        event.topic, key=event.key.encode(), value=value, headers=headers, on_delivery=on_delivery(event.pk)
+                    )
+                    break
+                except BufferError:  # local queue full: let deliveries drain, then go on
+                    producer.poll(0.1)
+                except KafkaException as exc:  # refused before sending (a message too large, say)
+                    failures[event.pk] = str(exc)
+                    break
+        producer.flush(flush_timeout)
+        undelivered = {event.pk for event in events} - set(delivered) - set(failures)
+        failures.update(dict.fromkeys(undelivered, "delivery not confirmed before the flush timeout"))
+        if delivered:
+            OutboxEvent.objects.filter(pk__in=delivered).update(published_at=timezone.now())
+        for error, pks in _group_by_error(failures).items():
+            OutboxEvent.objects.filter(pk__in=pks).update(publish_attempts=F("publish_attempts") + 1, last_error=error[:2000])
+    for event in events:
+        if event.pk in failures:
+            continue
+        OUTBOX_PUBLISHED.labels(event.topic).inc()
+        logger.info(
+            "event_published",
+            event_id=str(event.event_id),
+            event_type=event.event_type,
+            topic=event.topic,
+            order_id=event.key,
+            correlation_id=event.headers.get("correlation_id"),
+        )
+    result.published = len(delivered)
+    result.failed = len(failures)
+    OUTBOX_PUBLISH_FAILURES.inc(len(failures))
+    result.errors.update(failures.values())
+    return result
+
+
+def _group_by_error(failures: dict[int, str]) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = {}
+    for pk, error in failures.items():
+        grouped.setdefault(error, []).append(pk)
+    return grouped
+
+
+def run_relay(
+    *,
+    stop: threading.Event,
+    batch_size: int,
+    poll_interval: float,
+    max_backoff: float,
+    delivery_timeout_ms: int,
+    metrics_port: int,
+) -> None:
+    """Publish until ``stop`` is set: right away while there is a backlog, backing off while Kafka
+    or the database is away, and catching up when they return."""
+    serve_process_metrics(port=metrics_port, process="relay")
+    if not ensure_topics_until_ready(stop=stop, max_backoff=max_backoff):
+        return
+    producer = build_producer(delivery_timeout_ms=delivery_timeout_ms)
+    flush_timeout = delivery_timeout_ms / 1000 + 5
+    delays = backoff_delays(start=0.2, ceiling=max_backoff)
+    failed_in_a_row = 0
+    logger.info("relay_started", batch_size=batch_size)
+    while not stop.is_set():
+        try:
+            result = publish_pending_events(producer=producer, batch_size=batch_size, flush_timeout=flush_timeout)
+        except DatabaseError as exc:
+            logger.warning("relay_database_error", error=str(exc))
+            connection.close()  # a fresh connection on the next try (the server may have restarted)
+            result = BatchResult(failed=1)
+        failed_in_a_row = failed_in_a_row + 1 if result.failed and not result.published else 0
+        # A broker that lost its state (restarted empty) can leave an idempotent producer timing
+        # out on every batch without reporting it fatal: after a few such batches, start afresh.
+        if result.producer_broken or failed_in_a_row >= FAILED_BATCHES_BEFORE_NEW_PRODUCER:
+            logger.warning("relay_producer_replaced", errors=dict(result.errors), failed_batches=failed_in_a_row)
+            producer = build_producer(delivery_timeout_ms=delivery_timeout_ms)
+            failed_in_a_row = 0
+        if result.failed:
+            delay = next(delays)
+            logger.warning("relay_publish_failed", failed=result.failed, published=result.published, errors=dict(result.errors), retry_in=delay)
+            stop.wait(delay)
+            continue
+        delays = backoff_delays(start=0.2, ceiling=max_backoff)
+        if result.published < batch_size:
+            stop.wait(poll_interval)
+    producer.flush(flush_timeout)
+    logger.info("relay_stopped")

@@ -1,0 +1,62 @@
+"""Which Celery work each event starts. Tasks are known by name only: the bridge never imports
+a task module or the Celery app (``celery.signature`` binds to the app of the running process)."""
+
+from __future__ import annotations
+
+import base64
+
+from celery import Signature, chain, signature
+
+from events.contract import NOTIFICATION_SENT, ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED, Event
+
+ARCHIVE_DEAD_LETTER = "events.archive_dead_letter"
+PROCESS_ORDER = "orders.process_order"
+CHARGE_PAYMENT = "payments.charge_payment"
+SEND_NOTIFICATIONS = "notifications.send_notifications_batch"
+NOTIFICATIONS_PER_TASK = 20
+
+
+def _task(name: str, *args) -> Signature:
+    return signature(name, args=args, immutable=True)
+
+
+def charge(event: Event) -> Signature:
+    """The one way a charge starts, whether the chain's or an operator's retry."""
+    return _task(CHARGE_PAYMENT, event.payload)
+
+
+def tasks_for(event: Event) -> list[Signature]:
+    """The pipeline tasks to start for an event (an empty list: nothing to do here).
+    The customer's notifications are not among them: see ``notifies``."""
+    if event.type == ORDER_CREATED:
+        return [chain(_task(PROCESS_ORDER, event.payload), charge(event))]
+    if event.type == ORDER_PROCESSING and event.attempt > 1:
+        return [charge(event)]  # an operator's payment retry
+    if event.type in (ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED, NOTIFICATION_SENT):
+        return []  # NOTIFICATION_SENT: an announcement for other consumers
+    raise ValueError(f"no route for {event.type}")  # parse_event lets only contract types through
+
+
+def notifies(event: Event) -> bool:
+    """Whether the customer is told about this event."""
+    return event.type in (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED)
+
+
+def notification_tasks(events: list[Event]) -> list[Signature]:
+    """The notifications of a batch of events, NOTIFICATIONS_PER_TASK events per task: fewer
+    tasks than events, while a large batch still spreads over the worker's threads."""
+    payloads = [event.payload for event in events]
+    return [
+        _task(SEND_NOTIFICATIONS, payloads[start : start + NOTIFICATIONS_PER_TASK])
+        for start in range(0, len(payloads), NOTIFICATIONS_PER_TASK)
+    ]
+
+
+def dead_letter_task(*, key: bytes | None, headers: list[tuple[str, bytes]], value: bytes | None) -> Signature:
+    """The task that archives a dlq message (its bytes travel base64 in the task's JSON)."""
+    message = {
+        "key": key.decode(errors="replace") if key else None,
+        "headers": {name: raw.decode(errors="replace") for name, raw in headers},
+        "value_b64": base64.b64encode(value or b"").decode(),
+    }
+    return _task(ARCHIVE_DEAD_LETTER, message)

@@ -1,0 +1,84 @@
+"""How a pipeline step runs: transient errors are retried with backoff, the last failure is
+recorded by the step's ``give_up``, an event the database does not vouch for is refused.
+
+Steps take the running Celery task (``bind=True``), never the Celery app.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, TypeVar
+
+import structlog
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
+
+from common.errors import TransientError
+from events.contract import InvalidEvent
+from pipeline.metrics import TASKS
+
+logger = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+# Database errors here are connection-level (a restart, a failover, a lock timeout).
+TRANSIENT_ERRORS = (TransientError, DatabaseOperationalError, DatabaseInterfaceError)
+
+
+def describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def retry_delay(*, retries: int) -> float:
+    """Exponential backoff with full jitter: spreads retries of many tasks that failed together."""
+    from django.conf import settings
+
+    ceiling = min(settings.CELERY_TASK_RETRY_BACKOFF_MAX, settings.CELERY_TASK_RETRY_BACKOFF * 2**retries)
+    return random.uniform(0, ceiling)
+
+
+def run_with_retries(
+    task,
+    *,
+    step: Callable[[], T],
+    give_up: Callable[[Exception], None],
+    refuse: Callable[[InvalidEvent], None] | None = None,
+    retry_args: tuple | None = None,
+) -> T | None:
+    """Run a pipeline step; retry transient errors, and after the last retry call ``give_up``.
+
+    An event the step refuses to act on (``InvalidEvent``: the database does not vouch for it)
+    goes to ``refuse`` at once, if given, which sends it to dlq and changes nothing else.
+
+    ``give_up`` records the failure visibly (a parked order, a failed notification, a dlq
+    event); an error that is not transient (a bug, data the step cannot handle) goes there at
+    once. If the failure cannot be recorded either (the database is still away), the task is
+    retried once more rather than acknowledged with nothing written. ``retry_args`` replace the
+    task's arguments in the retry (the part of its work still to do); None keeps them.
+    """
+    try:
+        return step()
+    except InvalidEvent as exc:
+        if refuse is None:
+            raise
+        logger.warning("event_refused", reason=exc.reason, error=exc.error)
+        refuse(exc)
+        return None
+    except TRANSIENT_ERRORS as exc:
+        retries = task.request.retries
+        if retries < task.max_retries:
+            logger.warning("task_retrying", error=describe(exc), retries=retries + 1)
+            raise task.retry(args=retry_args, exc=exc, countdown=retry_delay(retries=retries)) from exc
+        try:
+            give_up(exc)
+            TASKS.labels(task.name, "gave_up").inc()
+        except TRANSIENT_ERRORS as recording_error:
+            raise task.retry(
+                args=retry_args, exc=recording_error, countdown=retry_delay(retries=retries), max_retries=retries + 1
+            ) from recording_error
+        return None
+    except Exception as exc:
+        logger.exception("task_step_failed")
+        give_up(exc)
+        TASKS.labels(task.name, "gave_up").inc()
+        return None

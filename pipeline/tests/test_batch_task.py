@@ -1,0 +1,88 @@
+"""The batch task: the events of one bridge batch, each standing alone."""
+
+from __future__ import annotations
+
+import smtplib
+import uuid
+
+import pytest
+from django.core import mail
+from django.core.mail.backends.locmem import EmailBackend
+
+from devtools.harness import create_test_order
+from events.models import InboxEntry, OutboxEvent
+from notifications.models import Notification
+from pipeline.tasks import send_notifications, send_notifications_batch
+
+pytestmark = pytest.mark.django_db
+
+UNREACHABLE = "unreachable@example.com"
+
+
+class RefusingSomeBackend(EmailBackend):
+    """locmem, except that the mail server refuses one recipient."""
+
+    def send_messages(self, messages):
+        if any(UNREACHABLE in message.to for message in messages):
+            raise smtplib.SMTPRecipientsRefused({UNREACHABLE: (550, b"no such user")})
+        return super().send_messages(messages)
+
+
+@pytest.fixture
+def refusing_mail(settings):
+    settings.EMAIL_BACKEND = f"{__name__}.RefusingSomeBackend"
+
+
+def created_event(email: str, tag: str) -> dict:
+    order = create_test_order(user_id=f"batch_{tag}", email=email, correlation_id=f"corr-{tag}")
+    return OutboxEvent.objects.get(key=str(order.id), event_type="ORDER_CREATED").payload
+
+
+def test_every_event_of_the_batch_is_sent_once(refusing_mail):
+    events = [created_event(f"user{n}@example.com", str(n)) for n in range(3)]
+
+    send_notifications_batch.apply(args=(events,)).get()
+
+    assert sorted(message.to[0] for message in mail.outbox) == [f"user{n}@example.com" for n in range(3)]
+    assert Notification.objects.filter(status="SENT").count() == 3
+    assert OutboxEvent.objects.filter(event_type="NOTIFICATION_SENT").count() == 3
+
+
+def test_a_failing_event_does_not_hold_up_the_others_and_alone_is_retried(refusing_mail):
+    good = created_event("good@example.com", "good")
+    bad = created_event(UNREACHABLE, "bad")
+
+    send_notifications_batch.apply(args=([bad, good],)).get()
+
+    assert [message.to[0] for message in mail.outbox] == ["good@example.com"]
+    sent = Notification.objects.get(order_id=good["order"]["id"])
+    assert sent.status == "SENT"
+    # Retried until the task's last retry, then recorded as failed and sent to dlq, with the reason.
+    failed = Notification.objects.get(order_id=bad["order"]["id"])
+    assert failed.status == "FAILED" and "no such user" in failed.error
+    dead = OutboxEvent.objects.get(event_type="DEAD_LETTER")
+    assert dead.payload["event_id"] == bad["event_id"]
+    # The retries carried the failed event only: the good one was never looked at again.
+    assert InboxEntry.objects.get(event_id=good["event_id"]).redeliveries == 0
+
+
+def test_a_task_queued_by_the_previous_release_is_handed_on(refusing_mail, settings):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    event = created_event("old@example.com", "old")
+
+    send_notifications.apply(args=(event,)).get()
+
+    assert [message.to[0] for message in mail.outbox] == ["old@example.com"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_that_cannot_even_be_recorded_does_not_stop_its_batch(refusing_mail):
+    # An event about an order this database does not have: its records break the foreign key.
+    stranger = {**created_event("stranger@example.com", "stranger"), "event_id": str(uuid.uuid4())}
+    stranger["order"] = {**stranger["order"], "id": str(uuid.uuid4())}
+    good = created_event("good@example.com", "good")
+
+    send_notifications_batch.apply(args=([stranger, good],)).get()
+
+    assert Notification.objects.get(order_id=good["order"]["id"]).status == "SENT"
+    assert not Notification.objects.filter(order_id=stranger["order"]["id"]).exists()
