@@ -28,6 +28,14 @@ TARGETS = {
 }
 
 
+# Ratios printed without a target: the pipeline against the API, then the parts' utilisation.
+UTILISATION_RATIOS = (
+    ("end-to-end max / API best", "e2e_vs_api"),
+    ("Celery pipeline tasks/s at max / no-op tasks/s", "celery_tasks_vs_noop"),
+    ("bridge dispatched msg/s at max / raw consume msg/s", "bridge_dispatch_vs_raw_consume"),
+    ("relay published events/s at max / raw produce msg/s", "relay_publish_vs_raw_produce"),
+)
+
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
     base = results.get("baselines", {})
     orm = base.get("orm_baseline_rate")
@@ -203,10 +211,8 @@ def table(results: dict[str, Any]) -> str:
     add(f"  p99 POST-to-terminal at half the sustained max ............. {(fmt(p99, 2) + ' s') if p99 is not None else '-':>9}"
         f"   < 2 s     {_verdict(r.get('pass', {}).get('p99_post_to_terminal_s'), p99)}")
     add(f"  (end-to-end at half rate / (ORM-only / {TRANSACTIONS_PER_ORDER}) .............. {_pct(r.get('e2e_sustained_vs_orm_per_tx')):>9})")
-    add(f"  end-to-end max / API best .................................. {_pct(r.get('e2e_vs_api')):>9}")
-    add(f"  Celery pipeline tasks/s at max / no-op tasks/s ............. {_pct(r.get('celery_tasks_vs_noop')):>9}")
-    add(f"  bridge dispatched msg/s at max / raw consume msg/s ......... {_pct(r.get('bridge_dispatch_vs_raw_consume')):>9}")
-    add(f"  relay published events/s at max / raw produce msg/s ........ {_pct(r.get('relay_publish_vs_raw_produce')):>9}")
+    for label, key in UTILISATION_RATIOS:
+        add(f"  {label} {'.' * (59 - len(label))} {_pct(r.get(key)):>9}")
     add("  (the last three are utilisation at the pipeline's max, not the parts' limits)")
     profiles = results.get("profiles", {})
     if profiles:

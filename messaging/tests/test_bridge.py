@@ -161,8 +161,11 @@ def counter(name: str, **labels: str) -> float:
 def celery_broker(url: str, *, queue: str | None = None):
     """A Celery app of the test's own sending to ``url`` (into ``queue``), the current app inside
     the block: the bridge's signatures name their tasks and bind to the current app."""
-    app = Celery("bridge-test", broker=url, set_as_current=False)
-    app.conf.task_default_queue = queue or celery_app.conf.task_default_queue
+    app = Celery("bridge-test", set_as_current=False)
+    # The read and write URLs: a broker URL given any other way gives way to CELERY_BROKER_URL in the environment.
+    app.conf.update(
+        broker_read_url=url, broker_write_url=url, task_default_queue=queue or celery_app.conf.task_default_queue
+    )
     app.set_current()
     try:
         yield app
