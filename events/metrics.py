@@ -1,10 +1,14 @@
-"""The outbox backlog, read from the database when web is scraped (whichever process wrote it)."""
+"""The outbox backlog, read from the database when web is scraped (whichever process wrote it), and
+the dlq messages archived for operators (counted by the worker that archives them)."""
 
 from django.db.models import Count, Min
 from django.utils import timezone
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 
 from events.models import OutboxEvent
+
+DEAD_LETTERS = Counter("dead_letters_archived_total", "dlq messages archived for operators, by reason", ["reason"])
 
 
 class OutboxBacklogCollector:

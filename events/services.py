@@ -23,6 +23,7 @@ from events.contract import (
     dead_letter_headers,
     message_headers,
 )
+from events.metrics import DEAD_LETTERS
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 
 logger = structlog.get_logger(__name__)
@@ -157,5 +158,6 @@ def archive_dead_letter(*, key: str | None, headers: dict[str, str], value: byte
         },
     )
     if created:
+        transaction.on_commit(lambda: DEAD_LETTERS.labels(dead_letter.reason).inc())
         logger.info("dead_letter_archived", reason=dead_letter.reason, dead_letter_id=dead_letter.pk, key=dead_letter.key)
     return dead_letter

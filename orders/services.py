@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 
 from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED, InvalidEvent
 from events.services import claim_event, enqueue_dead_letter, enqueue_event
+from orders.metrics import observe_completion
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
 from orders.selectors import get_order_by_idempotency_key, order_snapshot
 
@@ -260,14 +261,16 @@ def start_processing(*, order_id, event_id, source: str) -> bool:
 
 def record_payment_outcome(*, order_id, approved: bool, message: str, source: str, attempt: int = 1) -> None:
     """PROCESSING -> PAID or PAYMENT_FAILED, in the caller's (the payment's) transaction."""
+    order = _locked_order(order_id)
     _transition(
-        order=_locked_order(order_id),
+        order=order,
         verb=RECORD_PAYMENT,
         to_status=OrderStatus.PAID if approved else OrderStatus.PAYMENT_FAILED,
         message=message,
         source=source,
         attempt=attempt,
     )
+    observe_completion(order)
 
 
 def park_order(*, order_id, reason: str, error: str, original_event: dict[str, Any], source: str) -> bool:
@@ -282,6 +285,7 @@ def park_order(*, order_id, reason: str, error: str, original_event: dict[str, A
         _transition(
             order=order, verb=PARK, to_status=OrderStatus.FAILED, message=f"{reason}: {error}", source=source
         )
+        observe_completion(order)
         enqueue_dead_letter(
             original=original_event,
             key=str(order.id),
