@@ -35,10 +35,13 @@ class EmbeddedKafkaBroker:
         log_path: Path | None = None,
         storage_engine: str = "memory://tansu/",
         env: dict[str, str] | None = None,
+        advertised_port: int | None = None,
     ):
         """``storage_engine``: memory (gone when it stops) or ``s3://bucket/`` (kept across restarts,
-        with the AWS_* variables of ``env`` pointing at the object store)."""
+        with the AWS_* variables of ``env`` pointing at the object store). ``advertised_port``: the
+        port metadata sends clients to, when a proxy listens in front (devtools.kafka_security)."""
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self.log_path = log_path
         self.storage_engine = storage_engine
         self.env = env
@@ -58,7 +61,7 @@ class EmbeddedKafkaBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.advertised_port}",
                 "--storage-engine",
                 self.storage_engine,
             ],

@@ -6,20 +6,20 @@ import threading
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 from django.conf import settings
 
 from common.lifecycle import backoff_delays
 from events.contract import TOPIC_PARTITIONS
-from messaging.kafka import client_config
+from messaging.kafka import KafkaAccessError, cluster_metadata
 
 logger = structlog.get_logger(__name__)
 
 
 def ensure_topics(*, timeout: float = 10.0) -> list[str]:
     """Create the contract's topics that do not exist; returns the names created."""
-    admin = AdminClient(client_config())
-    existing = admin.list_topics(timeout=timeout).topics
+    admin, metadata = cluster_metadata(timeout=timeout)
+    existing = metadata.topics
     missing = [
         NewTopic(name, num_partitions=partitions, replication_factor=settings.KAFKA["replication_factor"])
         for name, partitions in TOPIC_PARTITIONS.items()
@@ -41,13 +41,17 @@ def ensure_topics(*, timeout: float = 10.0) -> list[str]:
 
 
 def ensure_topics_until_ready(*, stop: threading.Event, max_backoff: float) -> bool:
-    """Keep trying ``ensure_topics`` while Kafka is unreachable; False if asked to stop first."""
+    """Keep trying ``ensure_topics`` while Kafka is unreachable; False if asked to stop first.
+    A broker that refuses the client raises ``KafkaAccessError`` at once: no retry cures that."""
     for delay in backoff_delays(start=0.5, ceiling=max_backoff):
         if stop.wait(delay):
             return False
         try:
             ensure_topics(timeout=5.0)
             return True
+        except KafkaAccessError as exc:
+            logger.error("kafka_access_refused", error=str(exc))
+            raise
         except KafkaException as exc:
             logger.warning("kafka_unavailable", error=str(exc), retry_in=min(max_backoff, max(0.5, delay * 2)))
     return False

@@ -1,7 +1,8 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from common.lifecycle import stop_on_signals
+from messaging.kafka import KafkaAccessError
 from messaging.relay import run_relay
 
 
@@ -10,11 +11,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         outbox = settings.OUTBOX
-        run_relay(
-            stop=stop_on_signals(),
-            batch_size=outbox["batch_size"],
-            poll_interval=outbox["poll_interval"],
-            max_backoff=outbox["max_backoff"],
-            delivery_timeout_ms=outbox["delivery_timeout_ms"],
-            metrics_port=settings.METRICS["relay_port"],
-        )
+        try:
+            run_relay(
+                stop=stop_on_signals(),
+                batch_size=outbox["batch_size"],
+                poll_interval=outbox["poll_interval"],
+                max_backoff=outbox["max_backoff"],
+                delivery_timeout_ms=outbox["delivery_timeout_ms"],
+                metrics_port=settings.METRICS["relay_port"],
+            )
+        except KafkaAccessError as exc:
+            raise CommandError(str(exc)) from None

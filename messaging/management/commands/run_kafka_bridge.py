@@ -1,9 +1,10 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from common.lifecycle import stop_on_signals
 from events.contract import TOPIC_PARTITIONS
 from messaging.bridge import BridgeSettings, KafkaBridge
+from messaging.kafka import KafkaAccessError
 
 
 class Command(BaseCommand):
@@ -23,4 +24,7 @@ class Command(BaseCommand):
             delivery_timeout_ms=settings.OUTBOX["delivery_timeout_ms"],
             metrics_port=settings.METRICS["bridge_port"],
         )
-        KafkaBridge(config=config, stop=stop_on_signals()).run()
+        try:
+            KafkaBridge(config=config, stop=stop_on_signals()).run()
+        except KafkaAccessError as exc:
+            raise CommandError(str(exc)) from None
