@@ -2,6 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from common.lifecycle import stop_on_signals
+from common.tracing import setup_tracing
 from messaging.relay import run_relay
 
 
@@ -9,6 +10,7 @@ class Command(BaseCommand):
     help = "The outbox relay: publish outbox events to Kafka until SIGTERM or Ctrl-C."
 
     def handle(self, *args, **options):
+        setup_tracing("relay")
         outbox = settings.OUTBOX
         run_relay(
             stop=stop_on_signals(),
