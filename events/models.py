@@ -22,6 +22,9 @@ class OutboxEvent(models.Model):
     key = models.CharField(max_length=128, db_index=True)
     payload = models.JSONField()
     headers = models.JSONField(default=dict)
+    # The W3C trace context (traceparent, tracestate) the event was recorded in, which its Kafka
+    # message carries on (as the trace column of Debezium's outbox router); empty without tracing.
+    trace_context = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     published_at = models.DateTimeField(null=True, blank=True)
     publish_attempts = models.PositiveIntegerField(default=0)

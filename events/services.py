@@ -12,6 +12,8 @@ import structlog
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from events.contract import (
     DEAD_LETTER,
@@ -27,6 +29,8 @@ from events.metrics import DEAD_LETTERS
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 
 logger = structlog.get_logger(__name__)
+# The outbox keeps the W3C trace context only: baggage a caller sent stays out of the database.
+W3C_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 
 def enqueue_event(
@@ -58,8 +62,19 @@ def enqueue_event(
         key=order["id"],
         payload=envelope,
         headers=message_headers(event_type=event_type, event_id=str(event_id), correlation_id=correlation_id),
+        trace_context=current_trace_context(),
         created_at=now,
     )
+
+
+def current_trace_context() -> dict[str, str]:
+    """The W3C trace context of the span in progress (``traceparent``, ``tracestate``); empty
+    when none is (tracing off, or a request it does not sample)."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    W3C_TRACE_CONTEXT.inject(carrier)
+    return carrier
 
 
 def enqueue_dead_letter(

@@ -28,6 +28,7 @@ from messaging.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSA
 from messaging.relay import build_producer, needs_new_producer
 from messaging.routes import dead_letter_task, notification_tasks, notifies, tasks_for
 from messaging.topics import ensure_topics_until_ready
+from messaging.tracing import processing, processing_batch
 
 logger = structlog.get_logger(__name__)
 
@@ -71,6 +72,8 @@ class BatchProgress:
 
     done: dict[tuple[str, int], int] = field(default_factory=dict)
     to_notify: list[Event] = field(default_factory=list)
+    # Their messages, whose traces the notification tasks continue.
+    notified: list[Message] = field(default_factory=list)
 
 
 class DeadLetters:
@@ -189,7 +192,9 @@ class KafkaBridge:
             return
         dead_letters = DeadLetters(self.dlq_producer)
         progress = self._dispatch_tasks(routed, dead_letters)
-        if progress.to_notify and not self._dispatch(notification_tasks(progress.to_notify)):
+        with processing_batch(progress.notified, name="dispatch notifications"):
+            dispatched = not progress.to_notify or self._dispatch(notification_tasks(progress.to_notify))
+        if not dispatched:
             return  # stopping while the Celery broker is away: nothing committed, the batch comes again
         if not dead_letters.confirmed(timeout=self.config.delivery_timeout_ms / 1000 + 5):
             # Not confirmed on dlq: commit nothing, read the batch again (tasks are idempotent).
@@ -246,10 +251,13 @@ class KafkaBridge:
             else:
                 if routing.event is not None:
                     structlog.contextvars.bind_contextvars(**routing.event.log_context(), event_type=routing.event.type)
-                if not self._dispatch(routing.tasks):
+                with processing(message):
+                    dispatched = self._dispatch(routing.tasks)
+                if not dispatched:
                     break  # stopping while the Celery broker is away: leave the rest for redelivery
                 if routing.notify:
                     progress.to_notify.append(routing.event)
+                    progress.notified.append(message)
                 BRIDGE_MESSAGES.labels(message.topic(), "dispatched" if routing.tasks or routing.notify else "no_task").inc()
                 logger.info(
                     "event_dispatched",

@@ -25,6 +25,7 @@ from common.metrics import serve_process_metrics
 from events.models import OutboxEvent
 from messaging.kafka import client_config, delivery_error
 from messaging.metrics import OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED
+from messaging.tracing import end_publish, start_publish
 from messaging.topics import ensure_topics_until_ready
 
 logger = structlog.get_logger(__name__)
@@ -103,8 +104,15 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
 
             return report
 
+        spans = {}
         for event in events:
             value, headers = _encode(event)
+            span, trace_headers = start_publish(
+                topic=event.topic, key=event.key, event_id=str(event.event_id), trace_context=event.trace_context
+            )
+            if span is not None:
+                spans[event.pk] = span
+            headers += trace_headers
             while True:
                 try:
                     producer.produce(
@@ -119,6 +127,8 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
         producer.flush(flush_timeout)
         undelivered = {event.pk for event in events} - set(delivered) - set(failures)
         failures.update(dict.fromkeys(undelivered, "delivery not confirmed before the flush timeout"))
+        for pk, span in spans.items():
+            end_publish(span, error=failures.get(pk))
         if delivered:
             OutboxEvent.objects.filter(pk__in=delivered).update(published_at=timezone.now())
         for error, pks in _group_by_error(failures).items():

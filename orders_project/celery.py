@@ -15,6 +15,8 @@ from celery import Celery
 from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, task_received, worker_init
 from kombu.transport import sqlalchemy as sql_transport
 
+from common.tracing import setup_tracing
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orders_project.settings")
 
 app = Celery("orders_project")
@@ -77,6 +79,9 @@ def prepare_worker(**_kwargs) -> None:
     # sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client reads that variable when first imported.
     from common.metrics import serve_process_metrics
 
+    # worker_init, not worker_process_init: the latter fires only in the children of the prefork
+    # pool, and the worker runs the threads pool (devtools/processes.py).
+    setup_tracing("worker")
     # kombu's SQL transport hands every transport option to SQLAlchemy's create_engine(), so its
     # poll interval (1 s by default: a second of latency per task) can only be set on the class.
     sql_transport.Transport.polling_interval = app.conf.sql_broker_poll_interval

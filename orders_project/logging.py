@@ -1,8 +1,9 @@
 """structlog JSON logging shared by every process (web, relay, bridge, worker).
 
 Context such as ``correlation_id``, ``order_id`` and ``event_id`` is bound with
-``structlog.contextvars`` and merged into every line, including lines emitted
-through the standard library by Django, Celery and confluent-kafka callbacks.
+``structlog.contextvars`` and merged into every line, including lines emitted through the
+standard library by Django, Celery and confluent-kafka callbacks; so are the ``trace_id`` and
+``span_id`` of the span in progress when tracing is on.
 """
 
 from __future__ import annotations
@@ -10,9 +11,22 @@ from __future__ import annotations
 import logging
 
 import structlog
+from opentelemetry import trace
+
+
+def add_trace_ids(_logger, _method, event_dict):
+    """``trace_id`` and ``span_id`` of the span in progress, as the trace's exporters write them
+    (hex); nothing when no span is (tracing off: the API's no-op answers)."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict.setdefault("trace_id", trace.format_trace_id(span_context.trace_id))
+        event_dict.setdefault("span_id", trace.format_span_id(span_context.span_id))
+    return event_dict
+
 
 _SHARED_PROCESSORS = [
     structlog.contextvars.merge_contextvars,
+    add_trace_ids,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),

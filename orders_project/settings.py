@@ -240,3 +240,6 @@ configure_structlog()
 LOGGING = logging_config(
     level=CONFIG["django"]["log_level"], service_name=SERVICE_NAME, environment=ENVIRONMENT
 )
+
+# OpenTelemetry (orders_project/tracing.py): off while tracing.otlp_endpoint is empty.
+TRACING = CONFIG["tracing"]

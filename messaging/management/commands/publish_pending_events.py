@@ -2,6 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from common.lifecycle import stop_on_signals
+from common.tracing import setup_tracing
 from messaging.kafka import KafkaAccessError
 from messaging.relay import run_relay
 
@@ -10,6 +11,7 @@ class Command(BaseCommand):
     help = "The outbox relay: publish outbox events to Kafka until SIGTERM or Ctrl-C."
 
     def handle(self, *args, **options):
+        setup_tracing("relay")
         outbox = settings.OUTBOX
         try:
             run_relay(

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from common.lifecycle import stop_on_signals
+from common.tracing import setup_tracing
 from events.contract import TOPIC_PARTITIONS
 from messaging.bridge import BridgeSettings, KafkaBridge
 from messaging.kafka import KafkaAccessError
@@ -11,6 +12,7 @@ class Command(BaseCommand):
     help = "The Kafka bridge: consume the event topics in the consumer group and start their Celery tasks."
 
     def handle(self, *args, **options):
+        setup_tracing("bridge")
         kafka, bridge = settings.KAFKA, settings.BRIDGE
         config = BridgeSettings(
             # The event topics, and dlq: its messages are archived for the admin.

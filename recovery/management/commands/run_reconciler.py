@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from common.lifecycle import stop_on_signals
+from common.tracing import setup_tracing
 from recovery.reconciler import run_reconciler
 from recovery.selectors import RedrivePolicy
 
@@ -12,6 +13,7 @@ class Command(BaseCommand):
     help = "The reconciler: re-drive stuck orders and unhandled events from the database until SIGTERM or Ctrl-C."
 
     def handle(self, *args, **options):
+        setup_tracing("reconciler")
         config = settings.RECONCILER
         run_reconciler(
             stop=stop_on_signals(),
