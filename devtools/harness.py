@@ -101,6 +101,13 @@ class ProcessGroup:
         }
         return cls(env=env, log_dir=work_dir)
 
+    @classmethod
+    def with_web_port(cls, *, kafka_brokers: str, work_dir: Path, **overrides: str) -> tuple[ProcessGroup, int]:
+        """``for_tests`` with web on a free port (returned), one gunicorn worker unless overridden."""
+        port = free_port()
+        env = {"HTTP_PORT": str(port), "HTTP_WORKERS": "1", **overrides}
+        return cls.for_tests(kafka_brokers=kafka_brokers, work_dir=work_dir, **env), port
+
     def start(self, name: str, *, command: str | None = None, **env_overrides: str) -> subprocess.Popen:
         """Start ``command`` (a key of ``process_commands``, default ``name``) as ``name``."""
         command_line = process_commands(worker_name=name)[command or name]

@@ -214,20 +214,24 @@ def table(results: dict[str, Any]) -> str:
     for label, key in UTILISATION_RATIOS:
         add(f"  {label} {'.' * (59 - len(label))} {_pct(r.get(key)):>9}")
     add("  (the last three are utilisation at the pipeline's max, not the parts' limits)")
-    profiles = results.get("profiles", {})
-    if profiles:
-        add("")
-        add("PROFILES (pyinstrument, in-process; self time by function, top 10)")
-        for name, p in profiles.items():
-            add(f"  {name}: {p['calls']} calls, {p['ms_per_call']} ms/call -> {p['html']}")
-            for spot in p["hot_spots"]:
-                add(f"    {spot['pct']:>5}%  {spot['function']:<38} {spot['where']}")
+    lines.extend(_profile_lines(results.get("profiles", {})))
     if results.get("errors"):
         add("")
         add("ERRORS")
         for error in results["errors"]:
             add(f"  {error}")
     return "\n".join(lines)
+
+
+def _profile_lines(profiles: dict) -> list[str]:
+    """The profiles' section: each profiled path and its hot spots (nothing without profiles)."""
+    if not profiles:
+        return []
+    section = ["", "PROFILES (pyinstrument, in-process; self time by function, top 10)"]
+    for name, p in profiles.items():
+        section.append(f"  {name}: {p['calls']} calls, {p['ms_per_call']} ms/call -> {p['html']}")
+        section.extend(f"    {spot['pct']:>5}%  {spot['function']:<38} {spot['where']}" for spot in p["hot_spots"])
+    return section
 
 
 def _busy(result: dict) -> str:

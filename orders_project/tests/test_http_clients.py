@@ -8,7 +8,6 @@ import json
 
 import pytest
 
-from devtools.broker import free_port
 from devtools.harness import SEED_ORDER, ProcessGroup, wait_until
 from orders.models import Order
 
@@ -17,12 +16,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 @pytest.fixture(scope="module")
 def web(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory):
-    port = free_port()
-    group = ProcessGroup.for_tests(
+    group, port = ProcessGroup.with_web_port(
         kafka_brokers=kafka_broker.bootstrap_servers,
         work_dir=tmp_path_factory.mktemp("web"),
-        HTTP_PORT=str(port),
-        HTTP_WORKERS="1",
         HTTP_MAX_BODY_BYTES="4096",
         DJANGO_DEBUG="true",  # Django's debug pages are the ones that listed every URL pattern
     )

@@ -35,13 +35,8 @@ ORDER_EVENTS = {"ORDER_CREATED", "ORDER_PROCESSING", "ORDER_PAID", "PAYMENT_FAIL
 @pytest.fixture(scope="module")
 def system(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory):
     """web, relay, bridge and a Celery worker, started as run-local starts them."""
-    port = free_port()
-    group = ProcessGroup.for_tests(
-        kafka_brokers=kafka_broker.bootstrap_servers,
-        work_dir=tmp_path_factory.mktemp("system"),
-        HTTP_PORT=str(port),
-        HTTP_WORKERS="1",
-        PAYMENTS_SEED=PAYMENT_SEED,
+    group, port = ProcessGroup.with_web_port(
+        kafka_brokers=kafka_broker.bootstrap_servers, work_dir=tmp_path_factory.mktemp("system"), PAYMENTS_SEED=PAYMENT_SEED
     )
     with django_db_blocker.unblock():
         group.start_system(port=port)

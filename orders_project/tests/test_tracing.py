@@ -108,12 +108,9 @@ class OtlpReceiver:
 def traced_system(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory):
     """web, relay, bridge, worker (and the reconciler) exporting their spans to a receiver."""
     receiver = OtlpReceiver()
-    port = free_port()
-    group = ProcessGroup.for_tests(
+    group, port = ProcessGroup.with_web_port(
         kafka_brokers=kafka_broker.bootstrap_servers,
         work_dir=tmp_path_factory.mktemp("traced"),
-        HTTP_PORT=str(port),
-        HTTP_WORKERS="1",
         TRACING_OTLP_ENDPOINT=receiver.url,
         TRACING_EXPORT_DELAY_MS="100",
     )
