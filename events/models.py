@@ -27,6 +27,10 @@ class OutboxEvent(models.Model):
     trace_context = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     published_at = models.DateTimeField(null=True, blank=True)
+    # Where Kafka put the published copy: the reconciler waits while the bridge's consumer group
+    # has not yet committed past this offset (the copy is late, not lost).
+    kafka_partition = models.IntegerField(null=True, blank=True)
+    kafka_offset = models.BigIntegerField(null=True, blank=True)
     publish_attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
     # Set by the reconciler once every handler the event is routed to has applied it and its

@@ -25,8 +25,8 @@ from common.metrics import serve_process_metrics
 from events.models import OutboxEvent
 from messaging.kafka import client_config, delivery_error
 from messaging.metrics import OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED
-from messaging.tracing import end_publish, start_publish
 from messaging.topics import ensure_topics_until_ready
+from messaging.tracing import end_publish, start_publish
 
 logger = structlog.get_logger(__name__)
 
@@ -90,14 +90,14 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
     with _claimed_batch(batch_size) as events:
         if not events:
             return result
-        delivered: list[int] = []
+        delivered: dict[int, tuple[int, int]] = {}  # pk: (partition, offset)
         failures: dict[int, str] = {}
 
         def on_delivery(event_pk: int):
             def report(error, message):
                 error = delivery_error(error, message)
                 if error is None:
-                    delivered.append(event_pk)
+                    delivered[event_pk] = (message.partition(), message.offset())
                 else:
                     failures[event_pk] = str(error)
                     result.producer_broken |= needs_new_producer(error)
@@ -130,7 +130,7 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
         for pk, span in spans.items():
             end_publish(span, error=failures.get(pk))
         if delivered:
-            OutboxEvent.objects.filter(pk__in=delivered).update(published_at=timezone.now())
+            _mark_published(delivered)
         for error, pks in _group_by_error(failures).items():
             OutboxEvent.objects.filter(pk__in=pks).update(publish_attempts=F("publish_attempts") + 1, last_error=error[:2000])
     for event in events:
@@ -150,6 +150,18 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
     OUTBOX_PUBLISH_FAILURES.inc(len(failures))
     result.errors.update(failures.values())
     return result
+
+
+def _mark_published(delivered: dict[int, tuple[int, int]]) -> None:
+    """Stamp the delivered rows published, each with where Kafka put it."""
+    now = timezone.now()
+    OutboxEvent.objects.bulk_update(
+        [
+            OutboxEvent(pk=pk, published_at=now, kafka_partition=partition, kafka_offset=offset)
+            for pk, (partition, offset) in delivered.items()
+        ],
+        ["published_at", "kafka_partition", "kafka_offset"],
+    )
 
 
 def _group_by_error(failures: dict[int, str]) -> dict[str, list[int]]:

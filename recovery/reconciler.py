@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 
 import structlog
 from django.db import DatabaseError, connection
@@ -18,7 +19,7 @@ from django.utils import timezone
 from common.metrics import serve_process_metrics
 from recovery import selectors, services
 from recovery.metrics import LAST_PASS, OLDEST_UNFINISHED_AGE, STUCK_ORDERS, UNFINISHED_ORDERS
-from recovery.selectors import RedrivePolicy
+from recovery.selectors import Downstream, RedrivePolicy
 
 logger = structlog.get_logger(__name__)
 
@@ -34,13 +35,15 @@ def run_reconciler(
     *,
     stop: threading.Event,
     policy: RedrivePolicy,
+    read_downstream: Callable[[], Downstream],
     interval: float,
     retention: dt.timedelta,
     purge_batch_size: int,
     purge_max_batches: int,
     metrics_port: int,
 ) -> None:
-    """Pass over the database every ``interval`` seconds until ``stop`` is set."""
+    """Pass over the database every ``interval`` seconds until ``stop`` is set; each pass starts by
+    reading how far the work downstream of the outbox has got (``read_downstream``)."""
     serve_process_metrics(port=metrics_port, process="reconciler")
     logger.info(
         "reconciler_started",
@@ -56,6 +59,7 @@ def run_reconciler(
         try:
             result = services.reconcile(
                 policy=policy,
+                downstream=read_downstream(),
                 retention=retention,
                 purge_batch_size=purge_batch_size,
                 purge_max_batches=purge_max_batches,

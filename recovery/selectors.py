@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from django.db.models import Count, Max, Min, Q
 
@@ -30,6 +31,9 @@ class RedrivePolicy:
     max_redrives: int
     backoff: float
     backoff_max: float
+    # Seconds a published event may stay in flight (ahead of the bridge, or handed to a queue
+    # with a backlog) before it is re-driven anyway: a broker may have lost it.
+    max_wait_in_flight: float
     batch_size: int = 500
 
     def wait_after(self, *, redrives: int) -> float:
@@ -94,6 +98,37 @@ def order_events(*, order_id) -> list[OutboxEvent]:
 def is_waiting_in_outbox(*, event_id) -> bool:
     """True while a copy of the event is not yet published: the relay's work, not lost work."""
     return OutboxEvent.objects.filter(event_id=event_id, published_at__isnull=True).exists()
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """What the reconciler reads beyond the database at the start of a pass: how far the work
+    downstream of the outbox has got."""
+
+    # The bridge's consumer group's committed offset (the next it reads) per (topic, partition);
+    # empty: unknown.
+    bridge_offsets: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    # Tasks waiting in the pipeline's Celery queue; None: unknown.
+    queued_tasks: int | None = None
+
+
+def is_in_flight(*, event_id, downstream: Downstream, policy: RedrivePolicy, now: dt.datetime) -> bool:
+    """True while a copy of the event may still be on its way: not yet published (the relay's
+    work), or published less than ``policy.max_wait_in_flight`` s ago and either still ahead of
+    the bridge in Kafka (the group has not committed past its offset) or handed to a Celery queue
+    that holds a backlog. Late work is not lost work: a re-driven copy would queue behind it.
+    Past that wait, or with nothing known downstream, a published copy counts as delivered."""
+    recent = now - dt.timedelta(seconds=policy.max_wait_in_flight)
+    copies = OutboxEvent.objects.filter(event_id=event_id).filter(Q(published_at__isnull=True) | Q(published_at__gte=recent))
+    for published_at, topic, partition, offset in copies.values_list("published_at", "topic", "kafka_partition", "kafka_offset"):
+        if published_at is None:
+            return True
+        committed = downstream.bridge_offsets.get((topic, partition))
+        if committed is None or offset is None:
+            continue  # where Kafka put it, or how far the bridge got, is not known
+        if committed <= offset or downstream.queued_tasks:
+            return True
+    return False
 
 
 def unhandled_events(*, events: list[OutboxEvent]) -> list[OutboxEvent]:

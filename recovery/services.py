@@ -29,7 +29,7 @@ from orders.models import Order, OrderStatus
 from recovery import selectors
 from recovery.metrics import EVENTS_COMPLETED, NOTIFICATIONS_GIVEN_UP, PARKED, REDRIVES, ROWS_PURGED
 from recovery.models import Redrive, RedriveReason
-from recovery.selectors import SETTLED_STATUSES, UNFINISHED_STATUSES, RedrivePolicy
+from recovery.selectors import SETTLED_STATUSES, UNFINISHED_STATUSES, Downstream, RedrivePolicy
 
 logger = structlog.get_logger(__name__)
 
@@ -112,12 +112,12 @@ def _due(*, order: Order, policy: RedrivePolicy, now: dt.datetime) -> tuple[bool
     return policy.due(redrives=redrives, last_redrive_at=last, now=now), redrives
 
 
-def redrive_stuck_order(*, order_id, policy: RedrivePolicy, now: dt.datetime) -> str:
+def redrive_stuck_order(*, order_id, policy: RedrivePolicy, downstream: Downstream, now: dt.datetime) -> str:
     """Re-drive an order that stayed in CREATED or PROCESSING past its deadline, at most once per
     backoff step; after ``policy.max_redrives`` re-drives park it as FAILED with a dlq event.
 
     Skipped if it moved on meanwhile, is not yet due, is held by another reconciler, or its
-    awaited event still waits in the outbox (the relay's backlog is not lost work).
+    awaited event may still be on its way (``selectors.is_in_flight``): late work is not lost work.
     """
     with transaction.atomic():
         order = _lock_order(order_id)
@@ -127,7 +127,9 @@ def redrive_stuck_order(*, order_id, policy: RedrivePolicy, now: dt.datetime) ->
             return SKIPPED
         due, redrives = _due(order=order, policy=policy, now=now)
         event = selectors.awaited_event(order=order)
-        if not due or event is None or selectors.is_waiting_in_outbox(event_id=event.event_id):
+        if not due or event is None or selectors.is_in_flight(
+            event_id=event.event_id, downstream=downstream, policy=policy, now=now
+        ):
             return SKIPPED
         stuck_for = round((now - order.updated_at).total_seconds())
         if redrives >= policy.max_redrives:
@@ -151,7 +153,9 @@ def redrive_stuck_order(*, order_id, policy: RedrivePolicy, now: dt.datetime) ->
     return REDRIVEN
 
 
-def redrive_unhandled_events(*, order_id, events: list[OutboxEvent], policy: RedrivePolicy, now: dt.datetime) -> str:
+def redrive_unhandled_events(
+    *, order_id, events: list[OutboxEvent], policy: RedrivePolicy, downstream: Downstream, now: dt.datetime
+) -> str:
     """Re-drive the events of a paid or declined order that a handler never applied (a lost
     notification); after ``policy.max_redrives`` re-drives of the order, record their missing
     notifications FAILED, each with a dlq event."""
@@ -165,7 +169,7 @@ def redrive_unhandled_events(*, order_id, events: list[OutboxEvent], policy: Red
         events = [
             event
             for event in selectors.unhandled_events(events=events)
-            if not selectors.is_waiting_in_outbox(event_id=event.event_id)
+            if not selectors.is_in_flight(event_id=event.event_id, downstream=downstream, policy=policy, now=now)
         ]
         if not events:
             return SKIPPED
@@ -187,7 +191,9 @@ def redrive_unhandled_events(*, order_id, events: list[OutboxEvent], policy: Red
     return REDRIVEN
 
 
-def settle_events(*, policy: RedrivePolicy, now: dt.datetime, after_id: int, max_batches: int) -> tuple[int, Counter, int]:
+def settle_events(
+    *, policy: RedrivePolicy, downstream: Downstream, now: dt.datetime, after_id: int, max_batches: int
+) -> tuple[int, Counter, int]:
     """Go through the published events older than the event deadline not yet known complete,
     from outbox id ``after_id``, at most ``max_batches`` batches: mark complete those every
     handler applied (or that need none), and re-drive per order those of paid or declined orders
@@ -225,7 +231,9 @@ def settle_events(*, policy: RedrivePolicy, now: dt.datetime, after_id: int, max
         for event in unhandled.values():
             by_order.setdefault(event.key, []).append(event)
         for order_id, events in by_order.items():
-            outcomes[redrive_unhandled_events(order_id=order_id, events=events, policy=policy, now=now)] += 1
+            outcomes[
+                redrive_unhandled_events(order_id=order_id, events=events, policy=policy, downstream=downstream, now=now)
+            ] += 1
     EVENTS_COMPLETED.inc(completed)
     return completed, outcomes, after_id
 
@@ -258,20 +266,22 @@ def purge_history(*, retention: dt.timedelta, batch_size: int, max_batches: int,
 def reconcile(
     *,
     policy: RedrivePolicy,
+    downstream: Downstream,
     retention: dt.timedelta,
     purge_batch_size: int,
     purge_max_batches: int,
     events_cursor: int = 0,
     max_event_batches: int = 20,
 ) -> PassResult:
-    """One pass: stuck orders, then unfinished events (from ``events_cursor``), then old history."""
+    """One pass: stuck orders, then unfinished events (from ``events_cursor``), then old history.
+    ``downstream``, read just before, tells which published events may still be on their way."""
     now = timezone.now()
     result = PassResult()
     for order in selectors.stuck_orders(policy=policy, now=now, limit=STUCK_ORDERS_PER_PASS):
         if policy.due(redrives=order.redrive_count, last_redrive_at=order.last_redrive_at, now=now):
-            result.orders[redrive_stuck_order(order_id=order.pk, policy=policy, now=now)] += 1
+            result.orders[redrive_stuck_order(order_id=order.pk, policy=policy, downstream=downstream, now=now)] += 1
     result.events_completed, event_outcomes, result.events_cursor = settle_events(
-        policy=policy, now=now, after_id=events_cursor, max_batches=max_event_batches
+        policy=policy, downstream=downstream, now=now, after_id=events_cursor, max_batches=max_event_batches
     )
     result.orders.update(event_outcomes)
     result.purged = purge_history(retention=retention, batch_size=purge_batch_size, max_batches=purge_max_batches, now=now)

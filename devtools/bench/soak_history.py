@@ -132,13 +132,13 @@ def soak(*, rounds: int, orders: int, retention: float) -> list[dict]:
     """The rounds; a row of figures per round, printed as it ends."""
     from events.models import InboxEntry, OutboxEvent
     from orders.models import Order, OrderStatus
-    from recovery.selectors import RedrivePolicy
+    from recovery.selectors import Downstream, RedrivePolicy
     from recovery.services import reconcile
 
     # Events complete as soon as their handlers applied them (no deadline); nothing is stuck here.
     policy = RedrivePolicy(
         stuck_after={OrderStatus.CREATED: 30.0, OrderStatus.PROCESSING: 45.0},
-        event_deadline=0.0, max_redrives=10, backoff=15.0, backoff_max=60.0,
+        event_deadline=0.0, max_redrives=10, backoff=15.0, backoff_max=60.0, max_wait_in_flight=120.0,
     )
     print(f"{'round':>5} {'orders/s':>9} {'pass s':>7} {'outbox':>7} {'inbox':>7} {'purged':>7} {'orders':>7} {'MB':>6}", flush=True)
     rows, cursor = [], 0
@@ -148,7 +148,7 @@ def soak(*, rounds: int, orders: int, retention: float) -> list[dict]:
         elapsed = time.perf_counter() - started
         started = time.perf_counter()
         result = reconcile(
-            policy=policy, retention=dt.timedelta(seconds=retention), purge_batch_size=1000, purge_max_batches=10,
+            policy=policy, downstream=Downstream(), retention=dt.timedelta(seconds=retention), purge_batch_size=1000, purge_max_batches=10,
             events_cursor=cursor,
         )
         pass_s = time.perf_counter() - started

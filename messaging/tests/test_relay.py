@@ -48,6 +48,7 @@ def test_relay_publishes_pending_rows_in_batches_and_marks_them_published(kafka_
         message = on_kafka[event.key]
         assert json.loads(message.value()) == event.payload
         assert dict((name, value.decode()) for name, value in message.headers()) == event.headers
+        assert (event.kafka_partition, event.kafka_offset) == (message.partition(), message.offset())
     assert set(order_ids) <= set(on_kafka)
 
 

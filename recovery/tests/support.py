@@ -21,16 +21,20 @@ def default_policy(*, max_redrives: int) -> RedrivePolicy:
         max_redrives=max_redrives,
         backoff=15.0,
         backoff_max=60.0,
+        max_wait_in_flight=120.0,
     )
 
 
-def publish_all() -> None:
-    """What the relay does once Kafka confirmed the rows."""
-    OutboxEvent.objects.filter(published_at__isnull=True).update(published_at=timezone.now())
+def publish_all(*, partition: int | None = None, offset: int | None = None) -> None:
+    """What the relay does once Kafka confirmed the rows (put, if given, at ``partition`` and ``offset``)."""
+    OutboxEvent.objects.filter(published_at__isnull=True).update(
+        published_at=timezone.now(), kafka_partition=partition, kafka_offset=offset
+    )
 
 
 def age(*, seconds: float) -> None:
     """Move every clock of the data ``seconds`` into the past, as if that much time went by."""
     delta = dt.timedelta(seconds=seconds)
-    for model, field in ((Order, "updated_at"), (OutboxEvent, "created_at"), (Redrive, "created_at")):
+    clocks = ((Order, "updated_at"), (OutboxEvent, "created_at"), (OutboxEvent, "published_at"), (Redrive, "created_at"))
+    for model, field in clocks:
         model.objects.update(**{field: F(field) - delta})

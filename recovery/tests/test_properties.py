@@ -28,6 +28,7 @@ from payments.gateway import SimulatedGateway
 from payments.models import Payment, PaymentStatus
 from recovery import services
 from recovery.models import Redrive
+from recovery.selectors import Downstream
 from recovery.tests.support import age, default_policy, publish_all
 
 POLICY = default_policy(max_redrives=4)
@@ -67,7 +68,7 @@ class Bridge:
 
 
 def reconcile() -> services.PassResult:
-    return services.reconcile(policy=POLICY, retention=dt.timedelta(days=7), purge_batch_size=100, purge_max_batches=2)
+    return services.reconcile(policy=POLICY, downstream=Downstream(), retention=dt.timedelta(days=7), purge_batch_size=100, purge_max_batches=2)
 
 
 def state(order) -> tuple:

@@ -22,19 +22,24 @@ from payments.gateway import SimulatedGateway
 from recovery import services
 from recovery.models import Redrive, RedriveReason
 from recovery.reconciler import publish_order_gauges
-from recovery.selectors import RedrivePolicy
+from recovery.selectors import Downstream, RedrivePolicy
 from recovery.tests.support import age, default_policy, publish_all
 
 pytestmark = pytest.mark.django_db
 
 POLICY = default_policy(max_redrives=3)
+# Kafka and the Celery broker told the reconciler nothing: what it did before it asked them.
+NOTHING_KNOWN = Downstream()
 APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="recovery")
 DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="recovery")
 
 
-def reconcile(policy: RedrivePolicy = POLICY, *, retention_days: float = 7.0) -> services.PassResult:
+def reconcile(
+    policy: RedrivePolicy = POLICY, *, downstream: Downstream = NOTHING_KNOWN, retention_days: float = 7.0
+) -> services.PassResult:
     return services.reconcile(
-        policy=policy, retention=dt.timedelta(days=retention_days), purge_batch_size=100, purge_max_batches=10
+        policy=policy,
+        downstream=downstream, retention=dt.timedelta(days=retention_days), purge_batch_size=100, purge_max_batches=10
     )
 
 
@@ -88,6 +93,44 @@ def test_an_event_still_waiting_in_the_outbox_is_the_relays_work_not_lost_work()
     age(seconds=600)
     assert reconcile().orders == {services.SKIPPED: 1}
     assert copies(created_event(order)["event_id"]) == 1
+
+
+def stuck_with_its_event_at(*, partition: int, offset: int) -> str:
+    """An order stuck in CREATED for a minute, its ORDER_CREATED published at ``partition`` and
+    ``offset`` of the orders topic; the event's id."""
+    event_id = created_event(new_order())["event_id"]
+    publish_all(partition=partition, offset=offset)
+    age(seconds=60)
+    return event_id
+
+
+def test_an_event_still_ahead_of_the_bridge_in_kafka_is_late_not_lost():
+    event_id = stuck_with_its_event_at(partition=1, offset=41)
+    # 41: the next offset the bridge reads is the event's.
+    assert reconcile(downstream=Downstream(bridge_offsets={("orders", 1): 41})).orders == {services.SKIPPED: 1}
+    assert copies(event_id) == 1
+    # Another partition's progress says nothing about this one.
+    assert reconcile(downstream=Downstream(bridge_offsets={("orders", 0): 500})).orders == {services.REDRIVEN: 1}
+    assert copies(event_id) == 2
+
+
+def test_an_event_the_bridge_read_past_is_re_driven_unless_the_celery_queue_holds_a_backlog():
+    event_id = stuck_with_its_event_at(partition=1, offset=41)
+    passed = {("orders", 1): 42}
+    assert reconcile(downstream=Downstream(bridge_offsets=passed, queued_tasks=350)).orders == {services.SKIPPED: 1}
+    assert reconcile(downstream=Downstream(bridge_offsets=passed, queued_tasks=0)).orders == {services.REDRIVEN: 1}
+    assert copies(event_id) == 2
+
+
+def test_an_event_in_flight_for_too_long_is_re_driven_as_a_broker_may_have_lost_it():
+    event_id = stuck_with_its_event_at(partition=1, offset=41)
+    ahead = Downstream(bridge_offsets={("orders", 1): 41}, queued_tasks=350)
+    age(seconds=POLICY.max_wait_in_flight - 61)
+    assert reconcile(downstream=ahead).orders == {services.SKIPPED: 1}
+
+    age(seconds=2)
+    assert reconcile(downstream=ahead).orders == {services.REDRIVEN: 1}
+    assert copies(event_id) == 2
 
 
 def test_re_drives_back_off_then_the_order_is_parked_with_a_dead_letter():
@@ -162,15 +205,21 @@ def test_re_driving_an_applied_event_charges_and_notifies_nothing_again():
     assert Notification.objects.filter(order=order).count() == sent
 
 
-def test_complete_events_are_marked_and_a_missing_notification_is_re_driven():
-    done, missing = settle(new_order()), new_order()
-    envelope = created_event(missing)
-    order_services.start_processing(order_id=missing.id, event_id=envelope["event_id"], source="test")
-    payment_services.charge_order(order_id=missing.id, event_id=envelope["event_id"], source="test", gateway=APPROVE)
-    # ORDER_CREATED and ORDER_PROCESSING were told; the ORDER_PAID notification was lost.
-    for event in OutboxEvent.objects.filter(key=str(missing.id), event_type__in=["ORDER_CREATED", "ORDER_PROCESSING"]):
+def paid_without_its_last_notification() -> tuple[Order, OutboxEvent]:
+    """A paid order whose ORDER_CREATED and ORDER_PROCESSING were told, and its ORDER_PAID event,
+    whose notification never came."""
+    order = new_order()
+    envelope = created_event(order)
+    order_services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
+    payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=APPROVE)
+    for event in OutboxEvent.objects.filter(key=str(order.id), event_type__in=["ORDER_CREATED", "ORDER_PROCESSING"]):
         notification_services.send_event_notifications(event=Event(event.payload))
-    paid_event = OutboxEvent.objects.get(key=str(missing.id), event_type="ORDER_PAID")
+    return order, OutboxEvent.objects.get(key=str(order.id), event_type="ORDER_PAID")
+
+
+def test_complete_events_are_marked_and_a_missing_notification_is_re_driven():
+    done = settle(new_order())
+    missing, paid_event = paid_without_its_last_notification()
     publish_all()
     age(seconds=46)
 
@@ -186,6 +235,17 @@ def test_complete_events_are_marked_and_a_missing_notification_is_re_driven():
     publish_all()
     assert reconcile().events_completed == 2  # the event and its re-driven copy
     assert not OutboxEvent.objects.filter(completed_at__isnull=True).exclude(event_type="NOTIFICATION_SENT").exists()
+
+
+def test_a_notification_event_still_ahead_of_the_bridge_is_not_re_driven():
+    order, paid_event = paid_without_its_last_notification()
+    publish_all(partition=2, offset=7)
+    age(seconds=46)
+
+    assert reconcile(downstream=Downstream(bridge_offsets={("payments", 2): 7})).orders == {services.SKIPPED: 1}
+    assert not Redrive.objects.filter(order=order).exists()
+    assert reconcile(downstream=Downstream(bridge_offsets={("payments", 2): 8})).orders == {services.REDRIVEN: 1}
+    assert Redrive.objects.get(order=order).event_id == paid_event.event_id
 
 
 def test_a_notification_missing_after_the_last_re_drive_is_recorded_failed_with_a_dead_letter():
@@ -278,14 +338,14 @@ def test_a_second_reconciler_skips_the_order_the_first_one_holds():
     holder.start()
     try:
         assert held.wait(10)
-        assert services.redrive_stuck_order(order_id=order.pk, policy=POLICY, now=timezone.now()) == services.SKIPPED
+        assert services.redrive_stuck_order(order_id=order.pk, policy=POLICY, downstream=NOTHING_KNOWN, now=timezone.now()) == services.SKIPPED
     finally:
         release.set()
         holder.join()
     assert not Redrive.objects.exists()
-    assert services.redrive_stuck_order(order_id=order.pk, policy=POLICY, now=timezone.now()) == services.REDRIVEN
+    assert services.redrive_stuck_order(order_id=order.pk, policy=POLICY, downstream=NOTHING_KNOWN, now=timezone.now()) == services.REDRIVEN
     # The re-drive it committed is seen by the next reconciler, which waits out the backoff.
-    assert services.redrive_stuck_order(order_id=order.pk, policy=POLICY, now=timezone.now()) == services.SKIPPED
+    assert services.redrive_stuck_order(order_id=order.pk, policy=POLICY, downstream=NOTHING_KNOWN, now=timezone.now()) == services.SKIPPED
 
 
 def test_an_operator_re_drives_at_once_and_is_told_what_to_do_when_nothing_can_be():
