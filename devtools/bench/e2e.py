@@ -25,7 +25,8 @@ POSTERS = 4  # client threads of the saturation run
 
 
 class System:
-    """The four processes through devtools.harness.ProcessGroup; every one is killed in stop()."""
+    """The processes of a system under test through devtools.harness.ProcessGroup (the pipeline's
+    web, relay, bridge and workers, or the peer's web and workers); every one is killed in stop()."""
 
     def __init__(self, *, env: dict[str, str], log_dir: Path, http_port: int, workers: int = 1):
         from devtools.harness import ProcessGroup
@@ -114,13 +115,17 @@ class System:
 
     # --- logs -------------------------------------------------------------------------------
 
+    def log_events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON lines of process ``name``; none for a process this system does not run (the peer's relay)."""
+        return self.group.log_events(name) if name in self.started else []
+
     def log_times(self, name: str, event: str) -> list[float]:
-        return [epoch(e["ts"]) for e in self.group.log_events(name) if e.get("event") == event and e.get("ts")]
+        return [epoch(e["ts"]) for e in self.log_events(name) if e.get("event") == event and e.get("ts")]
 
     def dispatched_order_created(self) -> dict[str, float]:
         return {
             e["event_id"]: epoch(e["ts"])
-            for e in self.group.log_events("bridge")
+            for e in self.log_events("bridge")
             if e.get("event") == "event_dispatched" and e.get("event_type") == "ORDER_CREATED" and e.get("event_id")
         }
 
@@ -131,7 +136,7 @@ class System:
         id. The workers log no line when a run starts: ``received`` is when the worker took the
         message off the queue, so received to end includes any wait for a free thread.
         """
-        events = [event for name in self.workers for event in self.group.log_events(name)]
+        events = [event for name in self.workers for event in self.log_events(name)]
         received: dict[str, list[float]] = defaultdict(list)
         for e in events:
             if e.get("event") == "task_received" and e.get("task_id") and e.get("ts"):
@@ -366,8 +371,9 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
     ).values_list("order_id", "event_type", "created_at"):
         timeline[str(order_id)].setdefault(event_type, epoch(created))
     dispatched = system.dispatched_order_created()
+    task_runs = system.task_runs()
     runs: dict[tuple[str, str], dict] = {}
-    for run in system.task_runs():
+    for run in task_runs:
         runs.setdefault((run["task"], run["event_id"]), run)
 
     stages: dict[str, list[float]] = defaultdict(list)
@@ -406,8 +412,9 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
             stages["POST to terminal"].append(terminal - p.sent)
     measured_from = t_start + warm
     in_window = _count_between(terminal_times, measured_from, t_end)
+    # Every successful run, by task (the peer's tasks carry no event id to tell them apart by).
     task_times: dict[str, list[float]] = defaultdict(list)
-    for run in runs.values():
+    for run in task_runs:
         if t_start <= run["end"] <= t_end + 60 and run["received"]:
             task_times[run["task"]].append(run["end"] - run["received"])
     order = [

@@ -103,12 +103,6 @@ class OrmLoad:
         self.close()
 
 
-def orm_baseline(*, duration: float, processes: int) -> dict[str, Any]:
-    """orders/s of create_order in a loop in ``processes`` spawned processes."""
-    with OrmLoad(processes) as load:
-        return load.run(duration)
-
-
 class QueryCensus:
     """Counts SQL statements by kind and transactions on the default connection.
 

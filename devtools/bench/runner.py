@@ -16,7 +16,7 @@ from typing import Any
 
 from devtools.bench.env import BASE_DIR, DATABASE_URL, OUTPUT_DIR, REDIS_URL
 
-PHASES = ("orm", "census", "kafka", "celery", "api", "e2e")
+PHASES = ("orm", "census", "kafka", "celery", "api", "e2e", "peer")
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,11 @@ _RUNNING: dict[str, Any] = {}
 
 
 def _cleanup(results, progress, noop_processes) -> None:
-    system = _RUNNING.pop("system", None)
-    if system is not None:
-        progress("stopping web, relay, bridge, worker")
-        system.stop()
+    for name in ("system", "peer"):
+        system = _RUNNING.pop(name, None)
+        if system is not None:
+            progress(f"stopping the {name}'s processes")
+            system.stop()
     for process in noop_processes:
         if process.poll() is None:
             try:
@@ -178,6 +179,14 @@ def _with_cpu(noop_processes: list, function, *args, **kwargs):
             "seconds": {k: round(v, 2) for k, v in used.items() if not k.startswith("_") and v > 0.01},
         }
     return result
+
+
+def _orm_baseline(noop_processes: list, *, duration: float, processes: int) -> dict:
+    """create_order loops in ``processes`` processes; CPU counted over the loops, not the processes' start."""
+    from devtools.bench import orm
+
+    with orm.OrmLoad(processes) as load:
+        return _with_cpu(noop_processes, load.run, duration)
 
 
 def _phase(name: str, results: dict, progress: Progress, function, *args, **kwargs):
@@ -243,9 +252,9 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
 
     if "orm" in phases:
         baselines["orm_1"] = _phase(f"ORM-only baseline, 1 process, {d.orm:.0f} s", results, progress,
-                                    _with_cpu, noop_processes, orm.orm_baseline, duration=d.orm, processes=1) or {}
+                                    _orm_baseline, noop_processes, duration=d.orm, processes=1) or {}
         baselines["orm_2"] = _phase(f"ORM-only baseline, 2 processes, {d.orm:.0f} s", results, progress,
-                                    _with_cpu, noop_processes, orm.orm_baseline, duration=d.orm, processes=2) or {}
+                                    _orm_baseline, noop_processes, duration=d.orm, processes=2) or {}
         rates = [b.get("rate") for b in (baselines["orm_1"], baselines["orm_2"]) if b.get("rate")]
         baselines["orm_baseline_rate"] = max(rates) if rates else None
         progress(f"  ORM-only: 1 process {baselines['orm_1'].get('rate', 0):.1f}/s, "
@@ -323,30 +332,35 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
             results["e2e"] = e2e_results = {}
             # The ORM-only baseline just before and just after the maximum, in the same minutes.
             bracket = [orm_load.run(d.paired_slice)["rate"]]
-            sat = _phase(f"E2E max sustainable rate ({d.saturation_warmup:.0f} s warm-up + {d.saturation_window:.0f} s)",
-                         results, progress, e2e.saturation, system, warmup=d.saturation_warmup,
-                         window=d.saturation_window, backlog=d.saturation_backlog, broker_pid=broker_pid)
-            if sat:
-                e2e_results["saturation"] = sat
-                progress(f"  max sustainable {sat['max_sustainable_rate']:.1f} orders/s (terminal {sat['terminal_rate']:.1f}/s)")
-                drained = e2e.drain(timeout=d.drain_timeout)
-                e2e_results["saturation_drain"] = drained
-                progress(f"  drained in {drained['seconds']:.1f} s ({drained})")
+            if _saturate("E2E", system, d, e2e_results, results, progress, broker_pid=broker_pid):
                 bracket.append(orm_load.run(d.paired_slice)["rate"])
                 e2e_results["orm_bracket"] = {"rates": [round(rate, 1) for rate in bracket],
                                               "rate": sum(bracket) / len(bracket), "slice_s": d.paired_slice}
                 progress(f"  ORM-only (2 processes) just before and after: {bracket[0]:.1f} and {bracket[1]:.1f} orders/s")
-                rate = max(0.5, sat["max_sustainable_rate"] / 2)
-                sus = _phase(f"E2E sustained at {rate:.1f} orders/s for {d.sustained:.0f} s", results, progress,
-                             e2e.sustained, system, rate=rate, duration=d.sustained, warm=d.sustained_warm,
-                             broker_pid=broker_pid, drain_timeout=d.drain_timeout, idle_window=d.idle_window)
-                if sus:
-                    e2e_results["sustained"] = sus
-                    p = sus["stages_ms"].get("POST to terminal", {})
-                    progress(f"  {sus['terminal_rate'] or 0:.1f} orders/s terminal, POST-to-terminal p50 {p.get('p50') or 0:.0f} ms"
-                             f" p99 {p.get('p99') or 0:.0f} ms")
+                _sustain("E2E", system, d, e2e_results, results, progress, broker_pid=broker_pid)
         _RUNNING.pop("system")
         progress("stopping web, relay, bridge, worker")
+        system.stop()
+
+    if "peer" in phases:
+        from devtools.bench import e2e, peer
+
+        bench_env.truncate_order_tables()
+        # Same commands, configuration and number of processes as the pipeline's web and workers;
+        # its own logs, so that its task runs are not mixed with the pipeline's.
+        (run_dir / "peer").mkdir()
+        system = _RUNNING["peer"] = e2e.System(env=peer.environment({**os.environ, **app_env}, run_id=run_id),
+                                               log_dir=run_dir / "peer", http_port=http_port, workers=args.workers)
+        progress(f"starting the peer: web and {args.workers} worker(s)")
+        system.start("web", *system.workers)
+        system.wait_web(timeout=60)
+        system.wait_workers(timeout=90)
+        results["peer"] = peer_results = {}
+        # No broker pid: the Kafka broker, idle, is not the peer's (its CPU counts as "other").
+        if _saturate("peer", system, d, peer_results, results, progress, broker_pid=None):
+            _sustain("peer", system, d, peer_results, results, progress, broker_pid=None)
+        _RUNNING.pop("peer")
+        progress("stopping the peer")
         system.stop()
 
     if args.profile:
@@ -357,6 +371,36 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
                                      duration=d.profile, out_dir=OUTPUT_DIR, stamp=stamp,
                                      log_path=run_dir / "profile-emails.log") or {}
         bench_env.truncate_order_tables()
+
+
+def _saturate(label: str, system, d: Durations, into: dict, results, progress, *, broker_pid: int | None) -> dict | None:
+    """``system``'s max sustainable rate into ``into["saturation"]``, then waits until its orders are done."""
+    from devtools.bench import e2e
+
+    sat = _phase(f"{label} max sustainable rate ({d.saturation_warmup:.0f} s warm-up + {d.saturation_window:.0f} s)",
+                 results, progress, e2e.saturation, system, warmup=d.saturation_warmup,
+                 window=d.saturation_window, backlog=d.saturation_backlog, broker_pid=broker_pid)
+    if sat:
+        into["saturation"] = sat
+        progress(f"  max sustainable {sat['max_sustainable_rate']:.1f} orders/s (terminal {sat['terminal_rate']:.1f}/s)")
+        drained = into["saturation_drain"] = e2e.drain(timeout=d.drain_timeout)
+        progress(f"  drained in {drained['seconds']:.1f} s ({drained})")
+    return sat
+
+
+def _sustain(label: str, system, d: Durations, into: dict, results, progress, *, broker_pid: int | None) -> None:
+    """``system`` at half its max rate into ``into["sustained"]``."""
+    from devtools.bench import e2e
+
+    rate = max(0.5, into["saturation"]["max_sustainable_rate"] / 2)
+    sus = _phase(f"{label} sustained at {rate:.1f} orders/s for {d.sustained:.0f} s", results, progress,
+                 e2e.sustained, system, rate=rate, duration=d.sustained, warm=d.sustained_warm,
+                 broker_pid=broker_pid, drain_timeout=d.drain_timeout, idle_window=d.idle_window)
+    if sus:
+        into["sustained"] = sus
+        p = sus["stages_ms"].get("POST to terminal", {})
+        progress(f"  {sus['terminal_rate'] or 0:.1f} orders/s terminal, POST-to-terminal p50 {p.get('p50') or 0:.0f} ms"
+                 f" p99 {p.get('p99') or 0:.0f} ms")
 
 
 def _report(results: dict, stamp: str, progress: Progress) -> int:
