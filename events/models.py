@@ -4,6 +4,10 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+# PostgreSQL: a transaction that added outbox rows notifies this channel when it commits (the
+# trigger of migration 0006), which wakes an idle relay.
+OUTBOX_CHANNEL = "outbox_rows_added"
+
 
 class OutboxEvent(models.Model):
     """An event written in the same transaction as the state change it announces.

@@ -4,6 +4,9 @@ only once the broker confirmed them.
 On PostgreSQL a batch is claimed with ``SELECT ... FOR UPDATE SKIP LOCKED`` and held until
 its delivery is confirmed, so several relays share the work without publishing a row twice.
 SQLite has no row locks: run one relay there (the local default does).
+
+With nothing pending, the relay waits for new rows (``_NewRowsWait``): on PostgreSQL until a
+transaction that added some commits, on SQLite for the next poll.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import psycopg
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 from django.db import DatabaseError, connection, transaction
@@ -22,7 +27,7 @@ from django.utils import timezone
 
 from common.lifecycle import backoff_delays
 from common.metrics import serve_process_metrics
-from events.models import OutboxEvent
+from events.models import OUTBOX_CHANNEL, OutboxEvent
 from messaging.kafka import client_config, delivery_error
 from messaging.metrics import OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED
 from messaging.topics import ensure_topics_until_ready
@@ -76,6 +81,67 @@ def _claimed_batch(batch_size: int):
             yield list(pending.select_for_update(skip_locked=True)[:batch_size])
     else:
         yield list(pending[:batch_size])
+
+
+# How soon a relay waiting for a notification notices that it was asked to stop.
+STOP_CHECK_INTERVAL = 0.25
+
+
+class _NewRowsWait:
+    """How the relay waits for rows to publish when it found too few.
+
+    PostgreSQL: it LISTENs, on an autocommit connection of its own (no transaction held open), for
+    the NOTIFY the outbox's trigger sends when rows are committed, and looks anyway after
+    ``idle_poll_interval`` without one. Other databases: it sleeps ``poll_interval``.
+    """
+
+    def __init__(self, *, poll_interval: float, idle_poll_interval: float):
+        self.listens = connection.vendor == "postgresql"
+        self.poll_interval = poll_interval
+        self.idle_poll_interval = idle_poll_interval
+        self.listener: psycopg.Connection | None = None
+        self.reconnect_delays = backoff_delays(start=0.2, ceiling=idle_poll_interval)
+
+    def __call__(self, stop: threading.Event) -> None:
+        if not self.listens:
+            stop.wait(self.poll_interval)
+        elif self.listener is None:
+            self._listen(stop)
+        else:
+            try:
+                self._wait_for_notification(stop)
+            except psycopg.Error as exc:  # the server restarted, or ended this connection
+                logger.warning("relay_listen_lost", error=str(exc))
+                self.close()
+
+    def _wait_for_notification(self, stop: threading.Event) -> None:
+        """Until a notification comes, ``idle_poll_interval`` passes or ``stop`` is set."""
+        deadline = time.monotonic() + self.idle_poll_interval
+        while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            if list(self.listener.notifies(timeout=min(remaining, STOP_CHECK_INTERVAL), stop_after=1)):
+                # Read the ones queued behind it too: the relay's next look covers their rows.
+                list(self.listener.notifies(timeout=0))
+                return
+
+    def _listen(self, stop: threading.Event) -> None:
+        """Connect and LISTEN, then return at once: rows committed while nobody listened
+        notified no one, so the relay looks now."""
+        try:
+            self.listener = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+            self.listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
+        except psycopg.Error as exc:
+            self.close()
+            delay = next(self.reconnect_delays)
+            logger.warning("relay_listen_failed", error=str(exc), retry_in=delay)
+            stop.wait(delay)
+            return
+        self.reconnect_delays = backoff_delays(start=0.2, ceiling=self.idle_poll_interval)
+        logger.info("relay_listening", channel=OUTBOX_CHANNEL)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
 
 
 def _encode(event: OutboxEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -176,6 +242,7 @@ def run_relay(
     stop: threading.Event,
     batch_size: int,
     poll_interval: float,
+    idle_poll_interval: float,
     max_backoff: float,
     delivery_timeout_ms: int,
     metrics_port: int,
@@ -188,6 +255,7 @@ def run_relay(
     producer = build_producer(delivery_timeout_ms=delivery_timeout_ms)
     flush_timeout = delivery_timeout_ms / 1000 + 5
     delays = backoff_delays(start=0.2, ceiling=max_backoff)
+    wait_for_new_rows = _NewRowsWait(poll_interval=poll_interval, idle_poll_interval=idle_poll_interval)
     failed_in_a_row = 0
     logger.info("relay_started", batch_size=batch_size)
     while not stop.is_set():
@@ -211,6 +279,7 @@ def run_relay(
             continue
         delays = backoff_delays(start=0.2, ceiling=max_backoff)
         if result.published < batch_size:
-            stop.wait(poll_interval)
+            wait_for_new_rows(stop)
+    wait_for_new_rows.close()
     producer.flush(flush_timeout)
     logger.info("relay_stopped")

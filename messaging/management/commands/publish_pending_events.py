@@ -18,6 +18,7 @@ class Command(BaseCommand):
                 stop=stop_on_signals(),
                 batch_size=outbox["batch_size"],
                 poll_interval=outbox["poll_interval"],
+                idle_poll_interval=outbox["idle_poll_interval"],
                 max_backoff=outbox["max_backoff"],
                 delivery_timeout_ms=outbox["delivery_timeout_ms"],
                 metrics_port=settings.METRICS["relay_port"],
