@@ -28,6 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.broker import free_port
 from devtools.processes import process_commands
+from events.contract import TOPIC_DLQ, TOPIC_NOTIFICATIONS, TOPIC_ORDERS, TOPIC_PARTITIONS, TOPIC_PAYMENTS
+from messaging.routes import topics_to_read
 from orders_project.config import BASE_DIR
 
 T = TypeVar("T")
@@ -42,6 +44,12 @@ SEED_ORDER = {
     ],
 }
 
+
+# The partitions of the topics a bridge with the default configuration reads.
+BRIDGE_PARTITIONS = sum(
+    TOPIC_PARTITIONS[topic]
+    for topic in topics_to_read(event_topics=[TOPIC_ORDERS, TOPIC_PAYMENTS, TOPIC_NOTIFICATIONS], dlq_topic=TOPIC_DLQ)
+)
 
 def wait_until(check: Callable[[], T], *, timeout: float, interval: float = 0.1, message: str = "") -> T:
     """Poll ``check`` until it returns something truthy; raise ``TimeoutError`` after ``timeout`` s."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from events.models import OutboxEvent
+from events.models import InboxEntry, OutboxEvent
 
 
 def recorded_payloads(*, event_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
@@ -13,3 +13,9 @@ def recorded_payloads(*, event_ids: set[str]) -> dict[str, list[dict[str, Any]]]
     for event_id, payload in OutboxEvent.objects.filter(event_id__in=event_ids).values_list("event_id", "payload"):
         recorded.setdefault(str(event_id), []).append(payload)
     return recorded
+
+
+def applied(*, handlers: list[str], event_ids: set[str]) -> set[tuple[str, str]]:
+    """(handler, event id) for each of ``event_ids`` that one of ``handlers`` applied."""
+    entries = InboxEntry.objects.filter(handler__in=handlers, event_id__in=event_ids)
+    return {(handler, str(event_id)) for handler, event_id in entries.values_list("handler", "event_id")}

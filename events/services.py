@@ -106,13 +106,17 @@ def refuse_event(*, event: Event, refusal: InvalidEvent, source: str) -> OutboxE
 
 def was_handled(*, handler: str, event_id: str) -> bool:
     """True, and the redelivery counted, if ``handler`` already applied ``event_id``."""
-    entries = InboxEntry.objects.filter(handler=handler, event_id=event_id)
     # A read first: the first delivery, by far the most common, then writes nothing.
-    if not entries.exists():
+    if not InboxEntry.objects.filter(handler=handler, event_id=event_id).exists():
         return False
-    entries.update(redeliveries=F("redeliveries") + 1)
-    logger.info("event_already_handled", handler=handler, event_id=str(event_id))
+    count_redelivery(handler=handler, event_id=event_id)
     return True
+
+
+def count_redelivery(*, handler: str, event_id: str) -> None:
+    """Count a delivery of an event ``handler`` had applied already (which changes nothing)."""
+    InboxEntry.objects.filter(handler=handler, event_id=event_id).update(redeliveries=F("redeliveries") + 1)
+    logger.info("event_already_handled", handler=handler, event_id=str(event_id))
 
 
 def claim_event(*, handler: str, event_id: str) -> bool:

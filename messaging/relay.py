@@ -90,9 +90,10 @@ STOP_CHECK_INTERVAL = 0.25
 class _NewRowsWait:
     """How the relay waits for rows to publish when it found too few.
 
-    PostgreSQL: it LISTENs, on an autocommit connection of its own (no transaction held open), for
-    the NOTIFY the outbox's trigger sends when rows are committed, and looks anyway after
-    ``idle_poll_interval`` without one. Other databases: it sleeps ``poll_interval``.
+    While rows keep coming it sleeps ``poll_interval``, so that the next batch gathers what was
+    written meanwhile. Once it found none, on PostgreSQL, it LISTENs, on an autocommit connection
+    of its own (no transaction held open), for the NOTIFY the outbox's trigger sends when rows are
+    committed, and looks anyway after ``idle_poll_interval`` without one; other databases poll.
     """
 
     def __init__(self, *, poll_interval: float, idle_poll_interval: float):
@@ -102,8 +103,8 @@ class _NewRowsWait:
         self.listener: psycopg.Connection | None = None
         self.reconnect_delays = backoff_delays(start=0.2, ceiling=idle_poll_interval)
 
-    def __call__(self, stop: threading.Event) -> None:
-        if not self.listens:
+    def __call__(self, stop: threading.Event, *, published: int) -> None:
+        if published or not self.listens:
             stop.wait(self.poll_interval)
         elif self.listener is None:
             self._listen(stop)
@@ -219,15 +220,18 @@ def publish_pending_events(*, producer: Producer, batch_size: int, flush_timeout
 
 
 def _mark_published(delivered: dict[int, tuple[int, int]]) -> None:
-    """Stamp the delivered rows published, each with where Kafka put it."""
-    now = timezone.now()
-    OutboxEvent.objects.bulk_update(
-        [
-            OutboxEvent(pk=pk, published_at=now, kafka_partition=partition, kafka_offset=offset)
-            for pk, (partition, offset) in delivered.items()
-        ],
-        ["published_at", "kafka_partition", "kafka_offset"],
-    )
+    """Stamp the delivered rows published, each with where Kafka put it: one statement (UPDATE ...
+    FROM VALUES, which SQLite has since 3.33 too) instead of Django's bulk_update, whose CASE
+    expressions cost more to build than the rest of the batch."""
+    table = OutboxEvent._meta.db_table
+    rows = ", ".join(["(%s, %s, %s)"] * len(delivered))
+    # Both databases name the columns of a VALUES list column1, column2, ...
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET published_at = %s, kafka_partition = delivered.column2, kafka_offset = delivered.column3 "
+            f"FROM (VALUES {rows}) AS delivered WHERE {table}.id = delivered.column1",
+            [timezone.now(), *(value for pk, position in delivered.items() for value in (pk, *position))],
+        )
 
 
 def _group_by_error(failures: dict[int, str]) -> dict[str, list[int]]:
@@ -279,7 +283,7 @@ def run_relay(
             continue
         delays = backoff_delays(start=0.2, ceiling=max_backoff)
         if result.published < batch_size:
-            wait_for_new_rows(stop)
+            wait_for_new_rows(stop, published=result.published)
     wait_for_new_rows.close()
     producer.flush(flush_timeout)
     logger.info("relay_stopped")

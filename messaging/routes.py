@@ -7,13 +7,32 @@ import base64
 
 from celery import Signature, chain, signature
 
-from events.contract import NOTIFICATION_SENT, ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED, Event
+from events.contract import (
+    EVENT_TOPICS,
+    NOTIFICATION_SENT,
+    ORDER_CREATED,
+    ORDER_PAID,
+    ORDER_PROCESSING,
+    PAYMENT_FAILED,
+    Event,
+)
 
 ARCHIVE_DEAD_LETTER = "events.archive_dead_letter"
 PROCESS_ORDER = "orders.process_order"
 CHARGE_PAYMENT = "payments.charge_payment"
 SEND_NOTIFICATIONS = "notifications.send_notifications_batch"
 NOTIFICATIONS_PER_TASK = 20
+
+
+# The events the pipeline acts on; NOTIFICATION_SENT is an announcement for other consumers.
+ACTED_ON = (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED)
+
+
+def topics_to_read(*, event_topics: list[str], dlq_topic: str) -> list[str]:
+    """What the bridge consumes: those of ``event_topics`` that carry an event the pipeline acts
+    on, and dlq, whose messages are archived for the admin."""
+    acted_on = {EVENT_TOPICS[event_type] for event_type in ACTED_ON}
+    return [topic for topic in event_topics if topic in acted_on] + [dlq_topic]
 
 
 def _task(name: str, *args) -> Signature:
@@ -33,13 +52,13 @@ def tasks_for(event: Event) -> list[Signature]:
     if event.type == ORDER_PROCESSING and event.attempt > 1:
         return [charge(event)]  # an operator's payment retry
     if event.type in (ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED, NOTIFICATION_SENT):
-        return []  # NOTIFICATION_SENT: an announcement for other consumers
+        return []
     raise ValueError(f"no route for {event.type}")  # parse_event lets only contract types through
 
 
 def notifies(event: Event) -> bool:
     """Whether the customer is told about this event."""
-    return event.type in (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED)
+    return event.type in ACTED_ON
 
 
 def notification_tasks(events: list[Event]) -> list[Signature]:

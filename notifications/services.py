@@ -12,7 +12,8 @@ from django.db import transaction
 
 from common.errors import TransientError
 from events.contract import NOTIFICATION_SENT, Event, InvalidEvent
-from events.services import claim_event, enqueue_dead_letter, enqueue_event, was_handled
+from events import selectors as event_selectors
+from events.services import claim_event, count_redelivery, enqueue_dead_letter, enqueue_event
 from notifications.backends import OutgoingMessage, send_email, send_sms
 from notifications.metrics import NOTIFICATIONS
 from notifications.models import Channel, Notification, NotificationStatus
@@ -69,15 +70,35 @@ class Announcement:
     correlation_id: str
 
 
-def announcement(*, event: Event) -> Announcement:
+@dataclass(frozen=True)
+class Briefing:
+    """What telling the customers about a batch of events needs from the database, read in a few
+    queries for the whole batch: the orders with their items, the statuses their events announced,
+    and the channels already done (the inbox, checked again when each message is recorded)."""
+
+    orders: dict[str, Order]
+    announced: dict[tuple[str, str, str], str]
+    done: set[tuple[str, str]]
+
+
+def brief(*, events: list[Event]) -> Briefing:
+    order_ids = {event.order_id for event in events}
+    event_ids = {event.event_id for event in events}
+    return Briefing(
+        orders=order_selectors.orders_with_items(order_ids=order_ids),
+        announced=order_selectors.announced_statuses(order_ids=order_ids, event_ids=event_ids),
+        done=event_selectors.applied(handlers=[_handler(channel) for channel in Channel.values], event_ids=event_ids),
+    )
+
+
+def announcement(*, event: Event, briefing: Briefing) -> Announcement:
     """The event's announcement, as the database has it; ``InvalidEvent`` if its order does not
     exist or never announced this event."""
     order_id, event_id, event_type = event.order_id, event.event_id, event.type
-    try:
-        order = order_selectors.get_order(order_id=order_id)
-    except Order.DoesNotExist:
-        raise InvalidEvent("unknown_order", f"no order {order_id}") from None
-    status = order_selectors.announced_status(order_id=order_id, event_id=event_id, event_type=event_type)
+    order = briefing.orders.get(order_id)
+    if order is None:
+        raise InvalidEvent("unknown_order", f"no order {order_id}")
+    status = briefing.announced.get((order_id, event_id, event_type))
     if status is None:
         raise InvalidEvent("unannounced_event", f"order {order_id} never announced {event_type} {event_id}")
     return Announcement(
@@ -134,8 +155,9 @@ def _record(*, announcement: Announcement, channel: str, message: OutgoingMessag
         )
 
 
-def send_event_notifications(*, event: Event) -> list[str]:
+def send_event_notifications(*, event: Event, briefing: Briefing | None = None) -> list[str]:
     """Send the event's message on every enabled channel not yet done; returns the channels sent now.
+    ``briefing``: what the database said about the event's batch (``brief``); read here if None.
 
     Recipient, items and amounts come from the order row, never from the event; an event whose
     order does not exist or never announced it sends nothing (``InvalidEvent``).
@@ -147,10 +169,16 @@ def send_event_notifications(*, event: Event) -> list[str]:
     and unrecorded; the retry sends it again with the same message key (the Message-ID of an
     email), which receivers can drop.
     """
-    pending = [channel for channel in enabled_channels() if not was_handled(handler=_handler(channel), event_id=event.event_id)]
+    briefing = briefing or brief(events=[event])
+    pending = []
+    for channel in enabled_channels():
+        if (_handler(channel), event.event_id) in briefing.done:
+            count_redelivery(handler=_handler(channel), event_id=event.event_id)
+        else:
+            pending.append(channel)
     if not pending:
         return []
-    told = announcement(event=event)
+    told = announcement(event=event, briefing=briefing)
     sent = []
     for channel in pending:
         message = compose(announcement=told, channel=channel)
@@ -171,7 +199,7 @@ def send_event_notifications(*, event: Event) -> list[str]:
 
 def record_delivery_failure(*, event: Event, error: str) -> None:
     """After the last retry: each channel not yet sent is recorded FAILED and the event goes to dlq."""
-    told = announcement(event=event)
+    told = announcement(event=event, briefing=brief(events=[event]))
     with transaction.atomic():
         for channel in enabled_channels():
             if claim_event(handler=_handler(channel), event_id=told.event_id):

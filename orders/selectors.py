@@ -44,11 +44,19 @@ def get_order_status_and_total(*, order_id: uuid.UUID) -> tuple[str, Any]:
     return Order.objects.values_list("status", "total_amount").get(pk=order_id)
 
 
-def announced_status(*, order_id, event_id, event_type: str) -> str | None:
-    """The status the order announced with the event ``event_id`` of ``event_type`` (from the
-    timeline entry written with it); None if the order never wrote such an event."""
-    entries = OrderTimelineEntry.objects.filter(order_id=order_id, event_id=event_id, event_type=event_type)
-    return entries.order_by("id").values_list("status", flat=True).first()
+def orders_with_items(*, order_ids: set[str]) -> dict[str, Order]:
+    """Those of the orders that exist, with their items, by id."""
+    return {str(order.id): order for order in Order.objects.prefetch_related("items").filter(pk__in=order_ids)}
+
+
+def announced_statuses(*, order_ids: set[str], event_ids: set[str]) -> dict[tuple[str, str, str], str]:
+    """(order id, event id, event type) -> the status the order announced with that event (from
+    the timeline entry written with it), for the events of ``event_ids`` the orders wrote."""
+    entries = OrderTimelineEntry.objects.filter(order_id__in=order_ids, event_id__in=event_ids).order_by("id")
+    statuses: dict[tuple[str, str, str], str] = {}
+    for order_id, event_id, event_type, status in entries.values_list("order_id", "event_id", "event_type", "status"):
+        statuses.setdefault((str(order_id), str(event_id), event_type), status)
+    return statuses
 
 
 def get_order_by_idempotency_key(*, idempotency_key: str) -> Order | None:

@@ -81,10 +81,16 @@ def send_notifications_batch(self, payloads: list[dict]) -> None:
 
     def send_each() -> None:
         errors: list[Exception] = []
-        for event in map(Event, payloads):
+        events = list(map(Event, payloads))
+        try:
+            briefing = notification_services.brief(events=events)
+        except Exception:
+            failed.extend(payloads)  # nothing was sent: the retry, or the give-up, takes them all
+            raise
+        for event in events:
             with structlog.contextvars.bound_contextvars(**event.log_context()):
                 try:
-                    notification_services.send_event_notifications(event=event)
+                    notification_services.send_event_notifications(event=event, briefing=briefing)
                 except InvalidEvent as refusal:
                     logger.warning("event_refused", reason=refusal.reason, error=refusal.error)
                     refuse_event(event=event, refusal=refusal, source=notification_services.EVENT_SOURCE)

@@ -32,7 +32,7 @@ from django.db import connection
 
 from conftest import FAULT_REPORT
 from devtools.broker import EmbeddedKafkaBroker, free_port
-from devtools.harness import ObjectStore, OrderLoad, ProcessGroup
+from devtools.harness import BRIDGE_PARTITIONS, ObjectStore, OrderLoad, ProcessGroup
 from devtools.harness import audit as audit_orders
 from devtools.harness import fault_order_body as order_body
 from devtools.harness import fault_row
@@ -259,14 +259,14 @@ def test_bridge_killed_while_a_second_bridge_takes_over_its_partitions(system):
         wait_until(lambda: _assigned(system, "bridge_b"), timeout=60, message="second bridge got no partitions")
         system.kill("bridge")
         # After the session timeout the group gives the dead bridge's partitions to bridge_b.
-        wait_until(lambda: _assigned(system, "bridge_b", count=10), timeout=60, message="no takeover")
+        wait_until(lambda: _assigned(system, "bridge_b", count=BRIDGE_PARTITIONS), timeout=60, message="no takeover")
         system.start("bridge")
 
     try:
         run_fault(system, "bridge SIGKILL, second bridge takes over", inject, after=5.0)
     finally:
         system.stop("bridge_b")
-    wait_until(lambda: _assigned(system, "bridge", count=10), timeout=60, message="bridge did not get its partitions back")
+    wait_until(lambda: _assigned(system, "bridge", count=BRIDGE_PARTITIONS), timeout=60, message="bridge did not get its partitions back")
 
 
 def test_worker_killed_during_a_payment_and_another_started(system):

@@ -6,11 +6,15 @@ import smtplib
 import uuid
 
 import pytest
+from celery.exceptions import Retry
 from django.core import mail
 from django.core.mail.backends.locmem import EmailBackend
+from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 
 from devtools.harness import create_test_order
 from events.models import InboxEntry, OutboxEvent
+from notifications import services as notification_services
 from notifications.models import Notification
 from pipeline.tasks import send_notifications, send_notifications_batch
 
@@ -86,3 +90,31 @@ def test_an_event_that_cannot_even_be_recorded_does_not_stop_its_batch(refusing_
 
     assert Notification.objects.get(order_id=good["order"]["id"]).status == "SENT"
     assert not Notification.objects.filter(order_id=stranger["order"]["id"]).exists()
+
+
+def reads_for_a_batch(size: int, tag: str) -> int:
+    events = [created_event(f"{tag}{n}@example.com", f"{tag}{n}") for n in range(size)]
+    with CaptureQueriesContext(connection) as queries:
+        send_notifications_batch.apply(args=(events,)).get()
+    assert Notification.objects.filter(order_id__in=[event["order"]["id"] for event in events]).count() == size
+    return sum(1 for query in queries.captured_queries if query["sql"].lstrip().upper().startswith("SELECT"))
+
+
+def test_a_batch_reads_the_database_once_for_all_its_events():
+    assert reads_for_a_batch(6, "six") == reads_for_a_batch(2, "two")
+
+
+def test_a_batch_the_database_cannot_read_is_retried_whole(monkeypatch, refusing_mail):
+    events = [created_event(f"user{n}@example.com", f"away{n}") for n in range(2)]
+    retried: list = []
+
+    def database_away(**_kwargs):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(notification_services, "brief", database_away)
+    monkeypatch.setattr(send_notifications_batch, "retry", lambda args, **_kwargs: retried.append(args) or Retry())
+
+    with pytest.raises(Retry):
+        send_notifications_batch.apply(args=(events,), throw=True)
+    assert retried == [(events,)]
+    assert not mail.outbox

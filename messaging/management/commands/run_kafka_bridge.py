@@ -3,9 +3,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from common.lifecycle import stop_on_signals
 from common.tracing import setup_tracing
-from events.contract import TOPIC_PARTITIONS
 from messaging.bridge import BridgeSettings, KafkaBridge
 from messaging.kafka import KafkaAccessError
+from messaging.routes import topics_to_read
 
 
 class Command(BaseCommand):
@@ -15,8 +15,7 @@ class Command(BaseCommand):
         setup_tracing("bridge")
         kafka, bridge = settings.KAFKA, settings.BRIDGE
         config = BridgeSettings(
-            # The event topics, and dlq: its messages are archived for the admin.
-            topics=[topic for topic in [*kafka["topics"], kafka["dlq_topic"]] if topic in TOPIC_PARTITIONS],
+            topics=topics_to_read(event_topics=kafka["topics"], dlq_topic=kafka["dlq_topic"]),
             group_id=kafka["group_id"],
             batch_size=bridge["batch_size"],
             poll_timeout=bridge["poll_timeout"],

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand
 from common.lifecycle import stop_on_signals
 from common.tracing import setup_tracing
 from messaging.progress import BridgeProgress, queued_tasks
+from messaging.routes import topics_to_read
 from recovery.reconciler import run_reconciler
 from recovery.selectors import Downstream, RedrivePolicy
 
@@ -16,7 +17,11 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         setup_tracing("reconciler")
         config, kafka = settings.RECONCILER, settings.KAFKA
-        bridge = BridgeProgress(group_id=kafka["group_id"], topics=kafka["topics"], timeout=kafka["health_timeout"])
+        bridge = BridgeProgress(
+            group_id=kafka["group_id"],
+            topics=topics_to_read(event_topics=kafka["topics"], dlq_topic=kafka["dlq_topic"]),
+            timeout=kafka["health_timeout"],
+        )
 
         def read_downstream() -> Downstream:
             return Downstream(
