@@ -107,6 +107,9 @@ def _database(url: str) -> dict:
             "max_size": CONFIG["database"]["pool_max_size"],
             "timeout": CONFIG["database"]["pool_timeout"],
         }
+        # Parameters travel apart from the SQL, so psycopg prepares the statements a pooled
+        # connection runs again and again (each order's handful) and PostgreSQL plans them once.
+        database["OPTIONS"]["server_side_binding"] = True
     return database
 
 

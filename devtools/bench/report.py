@@ -214,7 +214,7 @@ def table(results: dict[str, Any]) -> str:
     add = lines.append
     add(f"Order service benchmark - {meta['date']} - commit {meta['commit']}{' (+ uncommitted changes)' if meta.get('dirty') else ''}"
         f" - mode {meta['mode']}")
-    add(f"Machine: {meta['cores']} cores, {meta['postgres']}, Redis db 5, Kafka-protocol broker Tansu (in memory), all on this host")
+    add(f"Machine: {meta['cores']} cores, {meta.get('postgres', 'PostgreSQL')}, Redis db 5, Kafka-protocol broker Tansu (in memory), all on this host")
     add(f"System: web gunicorn {meta['http_workers']} workers x {meta['http_threads']} threads (gthread); relay; bridge; "
         f"Celery worker {meta.get('worker_processes', 1)} process(es) x threads -c {meta['celery_concurrency']} prefetch {meta['celery_prefetch']}")
     add(f"Load average (1, 5, 15 min) at start {meta.get('load_average_at_start')}, at end {meta.get('load_average_at_end')}"
