@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import kombu
 import structlog
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-from kombu.exceptions import ChannelError, OperationalError
+from confluent_kafka import Consumer, TopicPartition
+from kombu.exceptions import ChannelError
 
 from messaging.kafka import client_config
 
@@ -39,8 +39,8 @@ class BridgeProgress:
                 for partition in metadata.topics[topic].partitions
             ]
             committed = self.consumer.committed(partitions, timeout=self.timeout)
-        except KafkaException as exc:
-            logger.warning("bridge_progress_unknown", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - advisory: "unknown" is a safe answer, a crash is not
+            logger.warning("bridge_progress_unknown", error=f"{type(exc).__name__}: {exc}")
             return {}
         return {(tp.topic, tp.partition): tp.offset for tp in committed if tp.error is None and tp.offset >= 0}
 
@@ -61,6 +61,6 @@ def queued_tasks(*, broker_url: str, queue: str, timeout: float) -> int | None:
         if int(exc.reply_code or 0) == NOT_FOUND:  # a drained queue's key is gone (Redis)
             return 0
         logger.warning("celery_queue_unknown", error=str(exc))
-    except (OperationalError, OSError) as exc:
-        logger.warning("celery_queue_unknown", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - advisory: a broker away, or a transport's race, means unknown
+        logger.warning("celery_queue_unknown", error=f"{type(exc).__name__}: {exc}")
     return None

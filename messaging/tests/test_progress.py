@@ -59,3 +59,10 @@ def test_the_tasks_waiting_in_the_celery_queue_are_counted(tmp_path):
 
 def test_a_celery_broker_that_does_not_answer_gives_no_count():
     assert queued_tasks(broker_url=f"redis://127.0.0.1:{free_port()}/0", queue="orders-pipeline", timeout=1) is None
+
+
+def test_a_celery_broker_that_fails_in_any_way_gives_no_count(tmp_path):
+    """Whatever goes wrong in reading the queue (here SQLite cannot open the broker's file), the
+    reconciler gets "unknown" rather than an exception that would stop it."""
+    broker_url = f"sqla+sqlite:///{tmp_path}/no-such-directory/broker.sqlite3"
+    assert queued_tasks(broker_url=broker_url, queue="orders-pipeline", timeout=1) is None
