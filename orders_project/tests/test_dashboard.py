@@ -361,7 +361,7 @@ class Prometheus:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_until(self.scrapes_every_process, timeout=60, interval=0.5, message="prometheus did not scrape every process")
+        wait_until(self.scrapes_every_process, timeout=120, interval=0.5, message="prometheus did not scrape every process")
 
     def api(self, path: str, **params) -> dict:
         with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{urlencode(params)}", timeout=10) as response:
