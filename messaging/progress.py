@@ -51,9 +51,16 @@ class BridgeProgress:
 NOT_FOUND = 404
 
 
+# Brokers whose passive queue declaration only reads. kombu's SQL transport creates the queue's
+# row instead, racing the workers that create it at their start: it is not asked.
+READ_ONLY_DECLARE = ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")
+
+
 def queued_tasks(*, broker_url: str, queue: str, timeout: float) -> int | None:
     """Tasks waiting in the Celery queue ``queue`` (taken by no worker yet); None when the broker
-    does not answer."""
+    does not answer, or is not asked."""
+    if not broker_url.startswith(READ_ONLY_DECLARE):
+        return None
     try:
         with kombu.Connection(broker_url, connect_timeout=timeout, transport_options={"max_retries": 0}) as connection:
             return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
