@@ -1,6 +1,7 @@
 """Admin building blocks shared by the apps."""
 
 from django.contrib import admin, messages
+from django.contrib.auth.models import Group, Permission
 from django.utils.html import format_html
 
 
@@ -93,8 +94,6 @@ def ensure_operator_groups() -> dict[str, list[str]]:
     """Create or reset the groups READONLY_OPERATORS (view_* of OPERATOR_APPS' models) and
     OPERATORS (those and ``operator_action_permissions``); each ends with exactly these
     permissions. Run after migrate, which creates the permissions. Returns each group's."""
-    from django.contrib.auth.models import Group, Permission
-
     view = Permission.objects.filter(content_type__app_label__in=OPERATOR_APPS, codename__startswith="view_")
     actions = Permission.objects.none()
     for permission in operator_action_permissions():
