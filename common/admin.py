@@ -1,20 +1,8 @@
 """Admin building blocks shared by the apps."""
 
 from django.contrib import admin, messages
+from django.contrib.auth.models import Group, Permission
 from django.utils.html import format_html
-
-
-class NoSaveButtons:
-    """A change page with nothing to save shows no Save buttons (its actions are on the list)."""
-
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        extra_context = {
-            **(extra_context or {}),
-            "show_save": False,
-            "show_save_and_continue": False,
-            "show_save_and_add_another": False,
-        }
-        return super().changeform_view(request, object_id, form_url, extra_context)
 
 
 class ReadOnlyModelAdmin(admin.ModelAdmin):
@@ -50,17 +38,28 @@ def apply_to_each(modeladmin, request, queryset, *, operation, done: str) -> Non
         modeladmin.message_user(request, f"{done}: {succeeded}", level=messages.SUCCESS)
 
 
-def operator_action(*, description: str, operation, done: str):
+def operator_action(*, permission: str, description: str, operation, done: str):
     """An admin action that calls ``operation(obj, requested_by=...)`` on each selected object,
-    in the operator's name (see ``apply_to_each``)."""
+    in the operator's name (see ``apply_to_each``).
 
-    @admin.action(description=description)
+    ``permission`` ("app_label.codename") is required, so no action exists without one: the
+    action is Django's with ``permissions=[codename]``, which the ModelAdmin answers with a
+    ``has_<codename>_permission(request)`` method checking ``request.user.has_perm(permission)``
+    (Django's check admin.E129 refuses to start without it). A user without it is not offered the
+    action, and Django runs nothing for a POST of it.
+    """
+    app_label, dot, codename = permission.partition(".")
+    if not (app_label and dot and codename) or "." in codename:
+        raise ValueError(f"an operator action needs a permission 'app_label.codename', not {permission!r}")
+
+    @admin.action(description=description, permissions=[codename])
     def action(modeladmin, request, queryset):
         requested_by = operator_name(request)
         apply_to_each(
             modeladmin, request, queryset, operation=lambda obj: operation(obj, requested_by=requested_by), done=done
         )
 
+    action.required_permission = permission
     return action
 
 
@@ -72,3 +71,38 @@ def one_line_id(obj):
 
 def operator_name(request) -> str:
     return f"admin:{request.user.get_username()}"
+
+
+# The groups an operator is put in (``manage.py create_operator_groups``): the project's admin
+# pages to read, and, for "operators", every operator action's permission besides.
+OPERATOR_APPS = ("orders", "payments", "notifications", "events", "recovery")
+READONLY_OPERATORS = "operators-readonly"
+OPERATORS = "operators"
+
+
+def operator_action_permissions(site=admin.site) -> set[str]:
+    """The permission ("app_label.codename") of every operator action registered on ``site``."""
+    return {
+        action.required_permission
+        for modeladmin in site._registry.values()
+        for action, _name, _description in modeladmin._get_base_actions()
+        if hasattr(action, "required_permission")
+    }
+
+
+def ensure_operator_groups() -> dict[str, list[str]]:
+    """Create or reset the groups READONLY_OPERATORS (view_* of OPERATOR_APPS' models) and
+    OPERATORS (those and ``operator_action_permissions``); each ends with exactly these
+    permissions. Run after migrate, which creates the permissions. Returns each group's."""
+    view = Permission.objects.filter(content_type__app_label__in=OPERATOR_APPS, codename__startswith="view_")
+    actions = Permission.objects.none()
+    for permission in operator_action_permissions():
+        app_label, codename = permission.split(".")
+        actions |= Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+    granted = {READONLY_OPERATORS: list(view), OPERATORS: list(view | actions)}
+    for name, permissions in granted.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        group.permissions.set(permissions)
+    return {
+        name: sorted(f"{p.content_type.app_label}.{p.codename}" for p in permissions) for name, permissions in granted.items()
+    }

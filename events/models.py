@@ -80,8 +80,9 @@ class InboxEntry(models.Model):
 class DeadLetter(models.Model):
     """A message of the dlq topic, kept for operators: why it failed, and a way to send it again.
 
-    The bridge copies every dlq message here (``archive_dead_letter``). An operator may store a
-    corrected value in ``fixed_value``, then re-publish it to the topic of its event type.
+    The bridge copies every dlq message here (``archive_dead_letter``). An operator may re-publish
+    it to the topic of its event type, only if it is an event the outbox recorded, exactly as
+    recorded; ``fixed_value`` restores a damaged copy of such an event.
     """
 
     # Digest of the message (value and headers): the same message archived twice is one row.
@@ -97,7 +98,15 @@ class DeadLetter(models.Model):
     # The original bytes, base64, exactly as they were; ``value`` is their text for reading.
     original_value_b64 = models.TextField()
     value = models.TextField(blank=True)
-    fixed_value = models.TextField(blank=True, help_text="A corrected JSON event to re-publish instead of the original.")
+    # Only an event the outbox recorded is re-published (``republish_dead_letter``): a fixed value
+    # can restore a damaged copy of one, never change what it says.
+    fixed_value = models.TextField(
+        blank=True,
+        help_text=(
+            "For a value that no longer reads as its event: the event exactly as the outbox recorded it "
+            "(Events › Outbox events, its payload), re-published instead of the value."
+        ),
+    )
     received_at = models.DateTimeField(default=timezone.now)
     republished_at = models.DateTimeField(null=True, blank=True)
     republished_by = models.CharField(max_length=150, blank=True)
@@ -105,6 +114,8 @@ class DeadLetter(models.Model):
 
     class Meta:
         ordering = ["-received_at", "-id"]
+        # Also what lets an operator store a fixed value (DeadLetterAdmin.has_change_permission).
+        permissions = [("republish_deadletter", "Can re-publish a dead letter (and store its fixed value)")]
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.event_type or 'unreadable'} {self.key}"

@@ -41,6 +41,11 @@ class Order(models.Model):
             models.Index(fields=["user_id", "-created_at"], name="order_user_created_idx"),
             models.Index(fields=["status", "-created_at"], name="order_status_created_idx"),
         ]
+        # The operators' actions on orders (README, "Admin actions"); viewing needs only view_order.
+        permissions = [
+            ("cancel_order", "Can cancel an order that is not paid"),
+            ("retry_payment", "Can retry a failed payment (a new charge)"),
+        ]
 
     def __str__(self) -> str:
         return f"Order {self.id} ({self.status})"

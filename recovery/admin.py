@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.utils import timezone
 
-from common.admin import NoSaveButtons, ReadOnlyModelAdmin, one_line_id, operator_action
+from common.admin import ReadOnlyModelAdmin, one_line_id, operator_action
 from events.models import DeadLetter
 from recovery import services
 from recovery.models import Redrive, UnfinishedOrder
@@ -31,10 +31,14 @@ class UnfinishedOrderAdmin(ReadOnlyModelAdmin):
         return order.redrive_count
 
     redrive_now = operator_action(
+        permission="recovery.redrive_order",
         description="Re-drive now: send the event each order awaits again",
         operation=lambda order, requested_by: services.redrive_now(order_id=order.pk, requested_by=requested_by),
         done="Re-driven",
     )
+
+    def has_redrive_order_permission(self, request):
+        return request.user.has_perm("recovery.redrive_order")
 
 
 @admin.register(Redrive)
@@ -46,7 +50,7 @@ class RedriveAdmin(ReadOnlyModelAdmin):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(NoSaveButtons, admin.ModelAdmin):
+class DeadLetterAdmin(admin.ModelAdmin):
     """Dead letters: read why, optionally store a fixed value, re-publish."""
 
     list_display = ["received_at", "reason", "source", "event_type", "key", "original_topic", "republished_at"]
@@ -69,15 +73,25 @@ class DeadLetterAdmin(NoSaveButtons, admin.ModelAdmin):
         "republished_by",
     ]
 
-    def get_readonly_fields(self, request, obj=None):
-        editable = {"fixed_value"} if obj is None or obj.republished_at is None else set()
-        return [name for name in self.fields if name not in editable]
+    readonly_fields = [name for name in fields if name != "fixed_value"]
 
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        # The one field to change, the fixed value, is there only to be re-published: storing one
+        # takes the re-publish permission (Django's change_deadletter alone grants nothing here),
+        # and only until the dead letter is re-published (then its page is read-only).
+        if obj is not None and obj.republished_at is not None:
+            return False
+        return self.has_republish_deadletter_permission(request)
+
+    def has_republish_deadletter_permission(self, request):
+        return request.user.has_perm("events.republish_deadletter")
+
     republish = operator_action(
-        description="Re-publish to the event's topic (the fixed value if one is set)",
+        permission="events.republish_deadletter",
+        description="Re-publish to the event's topic (the fixed value if one is set), if the outbox recorded it",
         operation=lambda dead_letter, requested_by: services.republish_dead_letter(
             dead_letter_id=dead_letter.pk, requested_by=requested_by
         ),

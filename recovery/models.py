@@ -37,3 +37,4 @@ class UnfinishedOrder(Order):
     class Meta:
         proxy = True
         verbose_name = "unfinished order"
+        permissions = [("redrive_order", "Can re-drive an order (send the event it awaits again)")]

@@ -20,8 +20,9 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from events.contract import Event, InvalidEvent, parse_event
+from events.contract import Event, InvalidEvent, check_recorded, parse_event
 from events.models import DeadLetter, InboxEntry, OutboxEvent
+from events.selectors import recorded_payloads
 from events.services import republish_event
 from notifications import services as notification_services
 from orders import services as order_services
@@ -197,7 +198,8 @@ def settle_events(
     """Go through the published events older than the event deadline not yet known complete,
     from outbox id ``after_id``, at most ``max_batches`` batches: mark complete those every
     handler applied (or that need none), and re-drive per order those of paid or declined orders
-    that a handler missed. Events of unfinished orders wait: the order's deadline covers them.
+    that a handler missed. Events of unfinished orders wait: the order's deadline covers them; so
+    do those of parked orders, until an operator resumes or cancels the order.
 
     Returns (events completed, outcome per order, where the next pass goes on: 0 once the end was
     reached), so a large backlog of unchecked rows is worked through over several passes.
@@ -220,8 +222,12 @@ def settle_events(
                 complete.append(event)
             elif status in SETTLED_STATUSES:
                 waiting.append(event)
+            elif status == OrderStatus.FAILED:
+                # Parked, an operator's now: its events and their inbox entries are kept until it is
+                # resumed or cancelled, for its dead letter is re-published only as the outbox recorded it.
+                continue
             elif status not in UNFINISHED_STATUSES:
-                complete.append(event)  # parked (an operator's now), cancelled, or no such order
+                complete.append(event)  # cancelled, or no such order
         unhandled = {event.event_id: event for event in selectors.unhandled_events(events=waiting)}
         complete += [event for event in waiting if event.event_id not in unhandled]
         completed += OutboxEvent.objects.filter(
@@ -322,24 +328,62 @@ class DeadLetterAlreadyRepublished(Exception):
         )
 
 
-def republish_dead_letter(*, dead_letter_id: int, requested_by: str) -> OutboxEvent:
-    """Send a dead-lettered event (or its operator-fixed value) to its topic again.
+# What an operator can do instead when a dead letter is not re-published, by the refusal's reason.
+NOT_RECORDED = (
+    "only an event the outbox recorded is re-published, and this is none (a message this service did not "
+    "write, or one whose history was deleted after the retention period): leave it as the record of what "
+    "was refused; if its order needs something, use the order's actions (retry payment, cancel, re-drive)"
+)
+NOT_AS_RECORDED = (
+    "only an event exactly as the outbox recorded it is re-published: clear 'fixed value' to re-publish "
+    "the original, or store in it the event's payload from Events › Outbox events"
+)
+REPUBLISH_REFUSALS = {"unknown_event": NOT_RECORDED, "event_mismatch": NOT_AS_RECORDED}
 
-    The event must now pass the contract. A parked order resumes in the status it was parked
-    from, so the handlers that had not applied the event do their part; those that had (their
-    inbox holds the event id) do nothing again. Recorded in the order's timeline.
+
+def recorded_event(dead_letter: DeadLetter) -> Event:
+    """The event a dead letter re-publishes: its fixed value if set, else its value, which must
+    be a contract event the outbox recorded under its id, exactly as recorded, and (when the dead
+    letter knows its event id) that very event. Raises ``InvalidEvent`` saying why and what to do.
+
+    The bridge trusts whatever the outbox holds, and a re-publish goes through the outbox: without
+    this check a message the bridge refused as forged (unknown_event, event_mismatch), or a fixed
+    value altered from the recorded event, would become trusted once re-published.
+    """
+    raw = (dead_letter.fixed_value or dead_letter.value).encode()
+    try:
+        event = parse_event(raw, max_bytes=len(raw) + 1)
+    except InvalidEvent as exc:
+        raise InvalidEvent(
+            exc.reason,
+            f"{exc.error}: store a corrected JSON event in 'fixed value', then re-publish; "
+            "only the event exactly as the outbox recorded it (Events › Outbox events, its payload) is re-published",
+        ) from None
+    if dead_letter.event_id and event.event_id != dead_letter.event_id:
+        raise InvalidEvent(
+            "event_mismatch",
+            f"the fixed value is event {event.event_id}, this dead letter is event {dead_letter.event_id}: {NOT_AS_RECORDED}",
+        )
+    try:
+        check_recorded(event, recorded=recorded_payloads(event_ids={event.event_id}).get(event.event_id, []))
+    except InvalidEvent as exc:
+        raise InvalidEvent(exc.reason, f"{exc.error}: {REPUBLISH_REFUSALS.get(exc.reason, NOT_RECORDED)}") from None
+    return event
+
+
+def republish_dead_letter(*, dead_letter_id: int, requested_by: str) -> OutboxEvent:
+    """Send a dead-lettered event (or its fixed value) to its topic again, only if the outbox
+    recorded it (``recorded_event``; else nothing is written).
+
+    A parked order resumes in the status it was parked from, so the handlers that had not applied
+    the event do their part; those that had (their inbox holds the event id) do nothing again.
+    Recorded in the order's timeline.
     """
     with transaction.atomic():
         dead_letter = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
         if dead_letter.republished_at:
             raise DeadLetterAlreadyRepublished(dead_letter)
-        raw = (dead_letter.fixed_value or dead_letter.value).encode()
-        try:
-            event = parse_event(raw, max_bytes=len(raw) + 1)
-        except InvalidEvent as exc:
-            raise InvalidEvent(
-                exc.reason, f"{exc.error}: store a corrected JSON event in 'fixed value', then re-publish"
-            ) from None
+        event = recorded_event(dead_letter)
         order = order_services.resume_order(
             order_id=event.order_id, reason=f"retry {event.type}", requested_by=requested_by
         )

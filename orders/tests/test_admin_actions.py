@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 import pytest
 from django.db import IntegrityError
@@ -206,3 +207,64 @@ def test_a_malformed_dead_letter_is_republished_with_its_fixed_value_only(staff_
     assert change.status_code == 302
     assert "Re-published: 1" in run_action(staff_client, "events/deadletter", "republish", dead_letter.pk)
     assert OutboxEvent.objects.filter(event_id=good["event_id"], topic="orders").count() == 2
+
+
+def forged_dead_letter(event: dict, *, reason: str) -> DeadLetter:
+    """What the bridge archives when it refuses a message someone else wrote to a topic."""
+    headers = {"dlq_reason": reason, "dlq_error": "refused", "dlq_source": "kafka-bridge", "dlq_original_topic": "payments"}
+    return event_services.archive_dead_letter(key=event["order"]["id"], headers=headers, value=json.dumps(event).encode())
+
+
+def test_forged_events_the_bridge_refused_are_not_republished_even_in_bulk_beside_a_legitimate_one(staff_client):
+    # Someone who can write to Kafka tells the customer of an unpaid order that it is paid.
+    unpaid = new_order()
+    created = created_event(unpaid)
+    paid = {**created, "type": "ORDER_PAID", "order": {**created["order"], "status": "PAID"}}
+    forged = [
+        forged_dead_letter({**paid, "event_id": str(uuid.uuid4())}, reason="unknown_event"),
+        forged_dead_letter(paid, reason="event_mismatch"),  # the real event's id, another content
+    ]
+    parked = new_order()
+    parked_event = created_event(parked)
+    services.park_order(order_id=parked.id, reason="payment_gave_up", error="t", original_event=parked_event, source="test")
+    legitimate = archive_outbox_dead_letter(OutboxEvent.objects.get(key=str(parked.id), topic="dlq"))
+    outbox_before = OutboxEvent.objects.count()
+
+    page = run_action(staff_client, "events/deadletter", "republish", *[d.pk for d in forged], legitimate.pk)
+
+    assert "Re-published: 1" in page
+    assert "not written by this service" in page and "leave it as the record of what was refused" in page
+    assert "differs from what the outbox recorded under its id" in page
+    assert "only an event exactly as the outbox recorded it is re-published" in page
+    assert list(OutboxEvent.objects.order_by("id").values_list("payload", flat=True)[outbox_before:]) == [parked_event]
+    assert not OutboxEvent.objects.filter(event_type="ORDER_PAID").exists()
+    assert DeadLetter.objects.filter(pk__in=[d.pk for d in forged], republished_at__isnull=True).count() == 2
+    unpaid.refresh_from_db()
+    assert unpaid.status == OrderStatus.CREATED and unpaid.timeline.count() == 1
+
+
+def test_a_fixed_value_is_republished_only_as_the_outbox_recorded_the_dead_letter_s_own_event(staff_client):
+    order = new_order()
+    envelope = created_event(order)
+    services.park_order(order_id=order.id, reason="payment_gave_up", error="t", original_event=envelope, source="test")
+    dead_letter = archive_outbox_dead_letter(OutboxEvent.objects.get(key=str(order.id), topic="dlq"))
+    other = created_event(new_order())  # recorded, but another order's event
+    attempts = {
+        "differs from what the outbox recorded under its id": {**envelope, "order": {**envelope["order"], "email": "x@evil.example"}},
+        f"the fixed value is event {other['event_id']}, this dead letter is event {envelope['event_id']}": other,
+    }
+    outbox_before = OutboxEvent.objects.count()
+
+    for refusal, fixed in attempts.items():
+        DeadLetter.objects.filter(pk=dead_letter.pk).update(fixed_value=json.dumps(fixed))
+        page = run_action(staff_client, "events/deadletter", "republish", dead_letter.pk)
+        assert refusal in page and "clear &#x27;fixed value&#x27; to re-publish the original" in page
+        assert OutboxEvent.objects.count() == outbox_before
+        order.refresh_from_db()
+        assert order.status == OrderStatus.FAILED
+
+    # The same event with its keys in another order and other spacing is the recorded event.
+    DeadLetter.objects.filter(pk=dead_letter.pk).update(fixed_value=json.dumps(envelope, indent=2, sort_keys=True))
+    assert "Re-published: 1" in run_action(staff_client, "events/deadletter", "republish", dead_letter.pk)
+    order.refresh_from_db()
+    assert order.status == OrderStatus.CREATED

@@ -188,7 +188,9 @@ def test_malformed_messages_go_to_dlq_with_reason_and_bridge_keeps_going(system)
     assert Order.objects.get(pk=order_id).status in TERMINAL
 
 
-def test_forged_events_go_to_dlq_with_their_reason_and_nothing_is_sent(system):
+def test_forged_events_go_to_dlq_with_their_reason_and_nothing_is_sent_even_once_an_operator_republishes_them(
+    system, admin_client
+):
     order_id = post_order(system.base_url, user_id="forged_target")
     wait_for_completion([order_id])
     created = OutboxEvent.objects.get(key=order_id, event_type="ORDER_CREATED").payload
@@ -225,6 +227,16 @@ def test_forged_events_go_to_dlq_with_their_reason_and_nothing_is_sent(system):
     assert not any(attacker in line for line in system.log("worker").splitlines() if "To:" in line or "recipient" in line)
     assert Order.objects.get(pk=order_id).timeline.count() == before["timeline"]
     assert Notification.objects.filter(order_id=order_id).count() == before["notifications"]
+
+    # Re-published in bulk by an operator, they are refused again: the outbox did not record them.
+    outbox_rows = OutboxEvent.objects.count()
+    response = admin_client.post(
+        "/admin/events/deadletter/", {"action": "republish", "_selected_action": [row.pk for row in rows]}, follow=True
+    )
+    page = response.content.decode()
+    assert "Re-published" not in page and page.count("only an event") == len(forged)
+    assert OutboxEvent.objects.count() == outbox_rows
+    assert not DeadLetter.objects.filter(pk__in=[row.pk for row in rows], republished_at__isnull=False).exists()
 
 
 def test_an_event_delivered_twice_changes_nothing_the_second_time(system):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 
 import pytest
@@ -11,6 +12,7 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from devtools.harness import create_test_order
+from events import services as event_services
 from events.contract import Event
 from events.models import InboxEntry, OutboxEvent
 from notifications import services as notification_services
@@ -382,3 +384,29 @@ def test_gauges_show_unfinished_and_stuck_orders_with_the_oldest_age():
     assert sample("orders_stuck", "CREATED") == 1
     assert sample("orders_unfinished_oldest_age_seconds", "CREATED") >= 100
     assert sample("orders_unfinished", "PROCESSING") == 0
+
+
+def test_a_parked_order_keeps_its_events_past_the_retention_so_its_dead_letter_can_still_be_republished():
+    # Its dead letter is re-published only as the outbox recorded it, and its inbox entries say
+    # which handlers must not apply the event again.
+    order = new_order()
+    envelope = created_event(order)
+    order_services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
+    order_services.park_order(order_id=order.id, reason="payment_gave_up", error="t", original_event=envelope, source="test")
+    publish_all()
+    age(seconds=46)
+    reconcile()
+    OutboxEvent.objects.filter(completed_at__isnull=False).update(completed_at=timezone.now() - dt.timedelta(days=8))
+    InboxEntry.objects.update(handled_at=timezone.now() - dt.timedelta(days=8))
+    reconcile()
+
+    kept = set(OutboxEvent.objects.filter(key=str(order.id)).values_list("event_type", flat=True))
+    assert kept == {"ORDER_CREATED", "ORDER_PROCESSING"}  # the DEAD_LETTER row, complete, is gone
+    assert InboxEntry.objects.filter(event_id=envelope["event_id"]).exists()
+    dead_letter = event_services.archive_dead_letter(
+        key=str(order.id), headers={"dlq_reason": "payment_gave_up", "dlq_original_event_id": envelope["event_id"]},
+        value=json.dumps(envelope).encode(),
+    )
+    services.republish_dead_letter(dead_letter_id=dead_letter.pk, requested_by="ops")
+    order.refresh_from_db()
+    assert order.status == OrderStatus.PROCESSING
