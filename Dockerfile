@@ -15,9 +15,10 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
 # The project (.dockerignore leaves out the virtualenv, local data and deploy/).
 COPY --chown=app:app . .
-# Static files for WhiteNoise, collected at build time. ENVIRONMENT is not production here, so the
-# throwaway key is accepted; the containers get the real one from their environment.
-RUN DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput -v 0 \
+# Static files for WhiteNoise, collected at build time with development's settings (no secret
+# exists at build time, and collectstatic needs none). The containers run as production (ENVIRONMENT
+# unset is production) and get their key, hosts and SMTP server from their environment.
+RUN ENVIRONMENT=development python manage.py collectstatic --noinput -v 0 \
     && mkdir -p /app/var && chown app:app /app/var
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001

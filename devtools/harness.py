@@ -97,6 +97,7 @@ class ProcessGroup:
         run_id = uuid.uuid4().hex[:8]
         env = {
             **os.environ,
+            "ENVIRONMENT": "development",
             "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": database_url(),
             "KAFKA_BROKERS": kafka_brokers,

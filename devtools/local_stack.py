@@ -246,7 +246,13 @@ class Stack:
         self.broker = EmbeddedKafkaBroker(port=broker_port, log_path=broker_log)
         self.broker_started_at = 0.0
         self.broker_backoff = Backoff()
-        self.env = {**CLIENT_ENV, **os.environ, "KAFKA_BROKERS": self.broker.bootstrap_servers, "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **CLIENT_ENV,
+            **os.environ,
+            "ENVIRONMENT": "development",
+            "KAFKA_BROKERS": self.broker.bootstrap_servers,
+            "PYTHONUNBUFFERED": "1",
+        }
         self.children = [
             Child(name, command, env=self.env, log=log) for name, command in process_commands().items()
         ]
@@ -404,5 +410,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The local stack is development, whatever the shell says: debug pages, the repository's key,
+    # an open API, emails in the log (any other ENVIRONMENT is production and wants its secrets).
+    os.environ["ENVIRONMENT"] = "development"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orders_project.settings")
     sys.exit(main())

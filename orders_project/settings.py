@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.core.exceptions import ImproperlyConfigured
-
+from orders_project import security
 from orders_project.config import BASE_DIR, env, load_config
 from orders_project.logging import configure_structlog, logging_config
 
@@ -13,16 +12,29 @@ CONFIG = load_config()
 
 SERVICE_NAME = CONFIG["service_name"]
 ENVIRONMENT = CONFIG["environment"]
-SECRET_KEY = CONFIG["django"]["secret_key"]
-DEBUG = CONFIG["django"]["debug"]
-PRODUCTION = ENVIRONMENT == "production"
+# Only ENVIRONMENT=development, exactly, is development; any other value, a missing one included,
+# is production, which refuses to start without a real key, its hosts and a delivering email
+# backend (orders_project/security.py says what each needs).
+DEVELOPMENT = security.is_development(ENVIRONMENT)
+PRODUCTION = not DEVELOPMENT
+DEBUG = security.debug(CONFIG["django"]["debug"], development=DEVELOPMENT)
+SECRET_KEY = security.secret_key(CONFIG["django"]["secret_key"], development=DEVELOPMENT)
+ALLOWED_HOSTS = security.allowed_hosts(CONFIG["http"]["allowed_hosts"], development=DEVELOPMENT)
+_security = CONFIG["security"]
+CSRF_TRUSTED_ORIGINS = _security["csrf_trusted_origins"]
 if PRODUCTION:
-    # Refuse to start rather than run production with a debugger page or a key from the repository.
-    if DEBUG:
-        raise ImproperlyConfigured("DJANGO_DEBUG must be false when ENVIRONMENT is production")
-    if SECRET_KEY.startswith("dev-insecure") or len(SECRET_KEY) < 32:
-        raise ImproperlyConfigured("Set DJANGO_SECRET_KEY to a random value of 32+ characters in production")
-ALLOWED_HOSTS = CONFIG["http"]["allowed_hosts"]
+    # Behind a proxy that terminates TLS (the Ingress): it says the request came over HTTPS in this
+    # header, so Django builds https:// URLs, and the admin's CSRF check accepts the https Origin.
+    SECURE_PROXY_SSL_HEADER = security.proxy_ssl_header(_security["proxy_ssl_header"])
+    SECURE_SSL_REDIRECT = _security["ssl_redirect"]
+    # Probes and scrapers inside the cluster call the pods over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^health/?$", r"^health/ready/?$", r"^metrics/?$"]
+    SECURE_HSTS_SECONDS = _security["hsts_seconds"]
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _security["hsts_include_subdomains"]
+    SECURE_HSTS_PRELOAD = _security["hsts_preload"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
 HTTP_PORT = int(CONFIG["http"]["port"])
 MAX_REQUEST_BODY_BYTES = CONFIG["http"]["max_body_bytes"]
 # Django's own guard, for bodies sent without a Content-Length.
@@ -230,13 +242,16 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         "unacked_restore_throttle": 1,
     }
 
-EMAIL_BACKEND = NOTIFICATION["email_backend"]
+# Emails and SMS to the log in development only; SMTP (email.*) in production.
+EMAIL_BACKEND = security.email_backend(CONFIG, development=DEVELOPMENT)
+NOTIFICATION["sms_backend"] = security.sms_backend(CONFIG, development=DEVELOPMENT)
 DEFAULT_FROM_EMAIL = NOTIFICATION["email_from"]
 EMAIL_HOST = CONFIG["email"]["host"]
 EMAIL_PORT = CONFIG["email"]["port"]
 EMAIL_HOST_USER = CONFIG["email"]["user"]
 EMAIL_HOST_PASSWORD = CONFIG["email"]["password"]
 EMAIL_USE_TLS = CONFIG["email"]["use_tls"]
+EMAIL_USE_SSL = security.email_use_ssl(CONFIG)
 EMAIL_TIMEOUT = CONFIG["email"]["timeout"]
 
 configure_structlog()

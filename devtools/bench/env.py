@@ -68,6 +68,8 @@ def app_environment(*, kafka_brokers: str, run_id: str, http_port: int) -> dict[
     return {
         "PYTHONUNBUFFERED": "1",
         "DJANGO_SETTINGS_MODULE": "orders_project.settings",
+        # Development's settings (no key, hosts or SMTP server to provide), with debug off below.
+        "ENVIRONMENT": "development",
         "DATABASE_URL": DATABASE_URL,
         "CELERY_BROKER_URL": REDIS_URL,
         "CELERY_QUEUE": f"bench-pipeline-{run_id}",

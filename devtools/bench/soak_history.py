@@ -49,6 +49,7 @@ def prepare_database() -> str:
     # a gateway without latency or timeouts and with reproducible outcomes.
     os.environ.update(
         DJANGO_SETTINGS_MODULE="orders_project.settings",
+        ENVIRONMENT="development",
         NOTIFICATION_EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
         PAYMENTS_SEED="soak",
         PAYMENTS_TIMEOUT_RATE="0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 
@@ -108,16 +109,20 @@ def _check_with(**env: str) -> subprocess.CompletedProcess:
     )
 
 
+# What production needs besides the key (orders_project/tests/test_security.py tests each refusal).
+PRODUCTION_HOSTS_AND_SMTP = {"HTTP_ALLOWED_HOSTS": "orders.example.com", "EMAIL_HOST": "smtp.example.com"}
+
+
 @pytest.mark.parametrize(
     "env, refusal",
     [
-        ({"DJANGO_DEBUG": "true", "DJANGO_SECRET_KEY": "x" * 50}, "DJANGO_DEBUG must be false"),
+        ({"DJANGO_DEBUG": "true", "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)}, "DJANGO_DEBUG must be false"),
         ({"DJANGO_DEBUG": "false"}, "Set DJANGO_SECRET_KEY"),
         ({"DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "short"}, "Set DJANGO_SECRET_KEY"),
     ],
 )
 def test_production_settings_refuse_debug_and_a_default_secret_key(env, refusal):
-    result = _check_with(ENVIRONMENT="production", **env)
+    result = _check_with(ENVIRONMENT="production", **PRODUCTION_HOSTS_AND_SMTP, **env)
 
     assert result.returncode != 0
     assert refusal in result.stderr
@@ -127,7 +132,14 @@ def test_production_settings_start_with_a_real_key_and_require_auth():
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", "from django.conf import settings; print(settings.API_REQUIRE_AUTH)"],
         cwd=BASE_DIR,
-        env={**os.environ, "ENVIRONMENT": "production", "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "k" * 50, "DATABASE_URL": "sqlite:///:memory:"},
+        env={
+            **os.environ,
+            **PRODUCTION_HOSTS_AND_SMTP,
+            "ENVIRONMENT": "production",
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+            "DATABASE_URL": "sqlite:///:memory:",
+        },
         capture_output=True,
         text=True,
     )

@@ -32,7 +32,8 @@ def test_yaml_defaults_are_the_seeds(environment):
     }
     assert loaded["payments"]["success_rate"] == 0.85
     assert loaded["service_name"] == "order-processing-system"
-    assert loaded["environment"] == "development"
+    # Unset means production: only ENVIRONMENT=development, exactly, is development.
+    assert loaded["environment"] == "production"
     assert loaded["database"]["url"].startswith("sqlite:")
 
 

@@ -38,7 +38,7 @@ from orders import services as order_services
 from orders.models import Order, OrderStatus
 # The compose fixtures (compose_cli, compose_config, services) are test_deploy_files.py's own.
 from orders_project.tests.test_deploy_files import (  # noqa: F401
-    METRICS_PORTS, ROOT, SECRET_KEY, _render, compose_cli, compose_config, services,
+    METRICS_PORTS, REQUIRED_ENV, ROOT, _render, compose_cli, compose_config, services,
 )
 from orders_project.tests.test_pipeline import _total, post_order
 from pipeline.metrics import OUTCOMES as TASK_OUTCOMES
@@ -191,7 +191,7 @@ def test_prometheus_scrapes_every_process(observability_services, services):
 
 @pytest.fixture(scope="module")
 def observability_services(compose_cli, tmp_path_factory) -> dict:
-    result = _render(compose_cli, tmp_path_factory, DJANGO_SECRET_KEY=SECRET_KEY, COMPOSE_PROFILES="observability")
+    result = _render(compose_cli, tmp_path_factory, **REQUIRED_ENV, COMPOSE_PROFILES="observability")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["services"]
 
@@ -208,6 +208,13 @@ def test_observability_uis_and_otlp_are_published_on_their_usual_ports(observabi
         name: {int(port["published"]) for port in observability_services[name]["ports"]} for name in OBSERVABILITY
     }
     assert published == {"prometheus": {9090}, "grafana": {3000}, "jaeger": {16686, 4317, 4318}}
+    assert {port.get("host_ip") for name in OBSERVABILITY for port in observability_services[name]["ports"]} == {"127.0.0.1"}
+
+
+def test_grafana_wants_its_admin_password_and_lets_no_one_in_anonymously(observability_services):
+    environment = observability_services["grafana"]["environment"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED_ENV["GRAFANA_ADMIN_PASSWORD"]
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert observability_services["jaeger"]["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
 
 

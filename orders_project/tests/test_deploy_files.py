@@ -30,8 +30,19 @@ APP_SERVICES = ("web", "relay", "bridge", "worker", "reconciler")
 ALL_SERVICES = {"kafka", "kafka-ui", "postgres", "redis", "migrate", "topics", *APP_SERVICES}
 METRICS_PORTS = {"relay": 9101, "bridge": 9102, "worker": 9103, "reconciler": 9104}
 SECRET_KEY = "test-deploy-files-secret-key"
+# What compose refuses to start without (the operator's .env or shell): production's secrets and the
+# operator UIs' passwords.
+REQUIRED_ENV = {
+    "DJANGO_SECRET_KEY": SECRET_KEY,
+    "EMAIL_HOST": "smtp.example.com",
+    "KAFKA_UI_PASSWORD": "test-kafka-ui-password",
+    "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
+}
 # Variables of the caller's environment that would change what compose renders.
-_COMPOSE_INPUTS = ("DJANGO_SECRET_KEY", "HTTP_ALLOWED_HOSTS", "DOCKER_HOST", "DOCKER_CONTEXT")
+_COMPOSE_INPUTS = (
+    *REQUIRED_ENV, "HTTP_ALLOWED_HOSTS", "EMAIL_PORT", "EMAIL_USE_TLS", "EMAIL_USER", "EMAIL_PASSWORD", "KAFKA_UI_USER",
+    "SECURITY_SSL_REDIRECT", "SECURITY_CSRF_TRUSTED_ORIGINS", "DOCKER_HOST", "DOCKER_CONTEXT",
+)
 
 
 def expected_commands() -> dict[str, list[str]]:
@@ -111,7 +122,7 @@ def _render(compose_cli, tmp_path_factory, **extra_env: str) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def compose_config(compose_cli, tmp_path_factory) -> dict:
-    result = _render(compose_cli, tmp_path_factory, DJANGO_SECRET_KEY=SECRET_KEY)
+    result = _render(compose_cli, tmp_path_factory, **REQUIRED_ENV)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -121,10 +132,11 @@ def services(compose_config) -> dict:
     return compose_config["services"]
 
 
-def test_compose_refuses_to_render_without_the_secret_key(compose_cli, tmp_path_factory):
-    result = _render(compose_cli, tmp_path_factory)
+@pytest.mark.parametrize("variable", sorted(REQUIRED_ENV))
+def test_compose_refuses_to_render_without_each_secret(compose_cli, tmp_path_factory, variable):
+    result = _render(compose_cli, tmp_path_factory, **{name: value for name, value in REQUIRED_ENV.items() if name != variable})
     assert result.returncode != 0
-    assert "DJANGO_SECRET_KEY" in result.stderr
+    assert f"required variable {variable} is missing" in result.stderr
 
 
 def test_compose_has_every_service(services):
@@ -140,11 +152,22 @@ def test_kafka_runs_in_kraft_mode_without_zookeeper(compose_config, services):
     assert "zookeeper" not in json.dumps(compose_config).lower()
 
 
-def test_kafka_ui_is_published_on_8081(services):
+def test_kafka_ui_is_published_on_8081_of_this_host_behind_a_login(services):
     ports = services["kafka-ui"]["ports"]
-    assert {"published": "8081", "target": 8080} in [
-        {"published": str(port.get("published")), "target": port.get("target")} for port in ports
+    assert [{"host_ip": "127.0.0.1", "published": "8081", "target": 8080}] == [
+        {"host_ip": port.get("host_ip"), "published": str(port.get("published")), "target": port.get("target")}
+        for port in ports
     ]
+    environment = services["kafka-ui"]["environment"]
+    assert environment["AUTH_TYPE"] == "LOGIN_FORM"
+    assert environment["SPRING_SECURITY_USER_NAME"] == "admin"
+    assert environment["SPRING_SECURITY_USER_PASSWORD"] == REQUIRED_ENV["KAFKA_UI_PASSWORD"]
+
+
+def test_every_published_port_is_bound_to_this_host_only(services):
+    published = [(name, port) for name, service in services.items() for port in service.get("ports", [])]
+    assert published
+    assert [(name, port.get("host_ip")) for name, port in published] == [(name, "127.0.0.1") for name, _ in published]
 
 
 def test_kafka_and_postgres_keep_their_data_on_named_volumes(compose_config, services):
@@ -201,6 +224,10 @@ def test_app_containers_run_in_production(services, name):
     assert environment["ENVIRONMENT"] == "production"
     assert environment["DJANGO_DEBUG"] == "false"
     assert environment["DJANGO_SECRET_KEY"] == SECRET_KEY
+    assert environment["EMAIL_HOST"] == REQUIRED_ENV["EMAIL_HOST"]
+    assert (environment["EMAIL_PORT"], environment["EMAIL_USE_TLS"]) == ("587", "true")
+    # No TLS proxy in the compose file: web on this host only, over plain HTTP.
+    assert environment["SECURITY_SSL_REDIRECT"] == "false"
     assert environment["API_REQUIRE_AUTH"] == "true"
     assert environment["DATABASE_URL"] == "postgres://orders:orders@postgres:5432/orders"
     assert environment["KAFKA_BROKERS"] == "kafka:9092"
@@ -248,8 +275,11 @@ def test_only_one_web_publishes_port_8080(services):
     assert all(not services[name].get("ports") for name in ("relay", "bridge", "worker", "reconciler"))
 
 
+SECRET_SETTINGS = {"DJANGO_SECRET_KEY", "DATABASE_URL", "EMAIL_USER", "EMAIL_PASSWORD"}
+
+
 def test_k8s_configmap_has_the_compose_settings(services, k8s):
-    compose_settings = set(services["web"]["environment"]) - {"DJANGO_SECRET_KEY", "DATABASE_URL"}
+    compose_settings = set(services["web"]["environment"]) - SECRET_SETTINGS
     assert set(k8s.configmap["data"]) == compose_settings
 
 
@@ -409,6 +439,17 @@ def test_k8s_configmap_is_production_and_holds_no_secrets(k8s):
     assert data["ENVIRONMENT"] == "production"
     assert data["API_REQUIRE_AUTH"] == "true"
     assert data["DJANGO_DEBUG"] == "false"
+    # Behind the Ingress, which ends TLS.
+    assert data["SECURITY_SSL_REDIRECT"] == "true"
+    assert all(origin.startswith("https://") for origin in data["SECURITY_CSRF_TRUSTED_ORIGINS"].split(","))
+    assert "*" not in data["HTTP_ALLOWED_HOSTS"].split(",")
     assert all(isinstance(value, str) for value in data.values())
-    assert not {"DJANGO_SECRET_KEY", "DATABASE_URL"} & set(data)
-    assert {"DJANGO_SECRET_KEY", "DATABASE_URL"} <= set(k8s.secret["stringData"])
+    assert not SECRET_SETTINGS & set(data)
+    assert SECRET_SETTINGS <= set(k8s.secret["stringData"])
+
+
+def test_k8s_example_secret_holds_placeholders_the_settings_refuse(k8s):
+    from orders_project.security import secret_key_problem
+
+    assert "placeholder" in secret_key_problem(k8s.secret["stringData"]["DJANGO_SECRET_KEY"])
+    assert all("REPLACE-ME" in value for value in k8s.secret["stringData"].values())

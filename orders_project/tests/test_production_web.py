@@ -1,13 +1,20 @@
-"""The web process as containers run it, with production settings: tokens required."""
+"""The web process as containers run it, with production settings, behind a proxy that ends TLS
+(the Ingress) and says so in X-Forwarded-Proto: tokens required, plain HTTP redirected except for the
+probes, HSTS, and the admin's login working over the proxy."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import secrets
 import urllib.error
+import urllib.parse
 import urllib.request
+from http.cookies import SimpleCookie
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 
@@ -18,8 +25,12 @@ from orders.models import Order
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 
+# What the Ingress adds to every request it took over HTTPS.
+OVER_TLS = {"X-Forwarded-Proto": "https"}
+
+
 def request(url: str, *, token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **OVER_TLS}
     if token:
         headers["Authorization"] = f"Token {token}"
     data = json.dumps(body).encode() if body else None
@@ -28,6 +39,16 @@ def request(url: str, *, token: str | None = None, body: dict | None = None) -> 
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
+
+
+def send(port: int, method: str, path: str, *, headers: dict, body: str | None = None) -> http.client.HTTPResponse:
+    """One request as it reaches the pod, redirects not followed."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
 
 
 def _up(url: str) -> bool:
@@ -44,7 +65,9 @@ def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broke
         work_dir=tmp_path,
         ENVIRONMENT="production",
         DJANGO_DEBUG="false",
-        DJANGO_SECRET_KEY="e2e-" + "s" * 60,
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        HTTP_ALLOWED_HOSTS="127.0.0.1",
+        EMAIL_HOST="smtp.example.com",
         HTTP_PORT=str(port),
         HTTP_WORKERS="1",
     )
@@ -65,6 +88,60 @@ def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broke
         assert request(f"{base}/orders/{created['order_id']}", token=alice)[0] == 200
         assert request(f"{base}/orders/{created['order_id']}", token=bob)[0] == 404
         assert request(f"{base}/orders", token=bob)[1]["results"] == []
+
+        # Over plain HTTP: redirected to https://, except what probes and scrapers call in the cluster.
+        plain = send(port, "GET", "/orders", headers={"Authorization": f"Token {alice}"})
+        assert (plain.status, plain.getheader("Location")) == (301, f"https://127.0.0.1:{port}/orders")
+        for path in ("/health", "/health/ready", "/metrics"):
+            assert send(port, "GET", path, headers={}).status in (200, 503), path
+        over_tls = send(port, "GET", "/health", headers=OVER_TLS)
+        assert over_tls.getheader("Strict-Transport-Security") == "max-age=31536000; includeSubDomains; preload"
     finally:
         web.stop_all()
     assert Order.objects.get().owner.username == "alice"
+
+
+def test_production_admin_login_works_behind_the_tls_proxy(kafka_broker, tmp_path):
+    port = free_port()
+    web = ProcessGroup.for_tests(
+        kafka_brokers=kafka_broker.bootstrap_servers,
+        work_dir=tmp_path,
+        ENVIRONMENT="production",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        HTTP_ALLOWED_HOSTS="127.0.0.1",
+        EMAIL_HOST="smtp.example.com",
+        HTTP_PORT=str(port),
+        HTTP_WORKERS="1",
+    )
+    password = secrets.token_urlsafe(16)
+    User.objects.create_superuser("operator", "operator@example.com", password)
+    web.start("web")
+    try:
+        wait_until(lambda: _up(f"http://127.0.0.1:{port}/health"), timeout=30, interval=0.3, message="web did not start")
+        form = send(port, "GET", "/admin/login/", headers=OVER_TLS)
+        cookie = SimpleCookie(form.getheader("Set-Cookie"))
+        assert form.status == 200 and cookie["csrftoken"]["secure"]
+        token = cookie["csrftoken"].value
+
+        # The browser posts the form to https://127.0.0.1:<port>: its Origin is the https one.
+        login = send(
+            port,
+            "POST",
+            "/admin/login/?next=/admin/",
+            headers={
+                **OVER_TLS,
+                "Origin": f"https://127.0.0.1:{port}",
+                "Cookie": f"csrftoken={token}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            body=urllib.parse.urlencode(
+                {"csrfmiddlewaretoken": token, "username": "operator", "password": password, "next": "/admin/"}
+            ),
+        )
+        assert (login.status, login.getheader("Location")) == (302, "/admin/")
+        cookies = SimpleCookie()
+        for header in login.headers.get_all("Set-Cookie"):
+            cookies.load(header)
+        assert cookies["sessionid"]["secure"] and cookies["sessionid"]["httponly"]
+    finally:
+        web.stop_all()
