@@ -56,6 +56,10 @@ def expected_commands() -> dict[str, list[str]]:
     return commands
 
 
+# Migrations, then the operator groups (README, "Admin actions"), as bin/run-local does.
+MIGRATE_COMMAND = ["sh", "-c", "python manage.py migrate --noinput && python manage.py create_operator_groups"]
+
+
 def test_expected_commands_follow_process_commands():
     commands = expected_commands()
     assert commands["web"] == ["gunicorn", "-c", "gunicorn.conf.py", "orders_project.wsgi"]
@@ -250,7 +254,7 @@ def test_app_containers_share_one_environment_and_one_image(services):
 
 
 def test_migrations_and_topics_run_once_before_the_app(services):
-    assert services["migrate"]["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    assert services["migrate"]["command"] == MIGRATE_COMMAND
     assert services["topics"]["command"] == ["python", "manage.py", "setup_kafka_topics"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
@@ -424,7 +428,7 @@ def test_k8s_job_migrates_and_creates_the_topics(k8s):
     assert pod_spec["restartPolicy"] in ("OnFailure", "Never")
     commands = [_argv(container) for container in _containers(pod_spec)]
     assert commands == [
-        ["python", "manage.py", "migrate", "--noinput"],
+        MIGRATE_COMMAND,
         ["python", "manage.py", "setup_kafka_topics"],
     ]
     for container in _containers(pod_spec):
