@@ -27,11 +27,14 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 
 APP_SERVICES = ("web", "relay", "bridge", "worker", "reconciler")
+# Settings that are secrets: in a Kubernetes Secret, never the ConfigMap.
+SECRET_SETTINGS = {"DJANGO_SECRET_KEY", "DATABASE_URL", "HTTP_INTERNAL_TOKEN"}
 ALL_SERVICES = {"kafka", "kafka-ui", "postgres", "redis", "migrate", "topics", *APP_SERVICES}
 METRICS_PORTS = {"relay": 9101, "bridge": 9102, "worker": 9103, "reconciler": 9104}
 SECRET_KEY = "test-deploy-files-secret-key"
+INTERNAL_TOKEN = "test-deploy-files-internal-token"
 # Variables of the caller's environment that would change what compose renders.
-_COMPOSE_INPUTS = ("DJANGO_SECRET_KEY", "HTTP_ALLOWED_HOSTS", "DOCKER_HOST", "DOCKER_CONTEXT")
+_COMPOSE_INPUTS = ("DJANGO_SECRET_KEY", "HTTP_INTERNAL_TOKEN", "HTTP_ALLOWED_HOSTS", "DOCKER_HOST", "DOCKER_CONTEXT")
 
 
 def expected_commands() -> dict[str, list[str]]:
@@ -111,7 +114,7 @@ def _render(compose_cli, tmp_path_factory, **extra_env: str) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def compose_config(compose_cli, tmp_path_factory) -> dict:
-    result = _render(compose_cli, tmp_path_factory, DJANGO_SECRET_KEY=SECRET_KEY)
+    result = _render(compose_cli, tmp_path_factory, DJANGO_SECRET_KEY=SECRET_KEY, HTTP_INTERNAL_TOKEN=INTERNAL_TOKEN)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -122,9 +125,15 @@ def services(compose_config) -> dict:
 
 
 def test_compose_refuses_to_render_without_the_secret_key(compose_cli, tmp_path_factory):
-    result = _render(compose_cli, tmp_path_factory)
+    result = _render(compose_cli, tmp_path_factory, HTTP_INTERNAL_TOKEN=INTERNAL_TOKEN)
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_compose_refuses_to_render_without_the_internal_token(compose_cli, tmp_path_factory):
+    result = _render(compose_cli, tmp_path_factory, DJANGO_SECRET_KEY=SECRET_KEY)
+    assert result.returncode != 0
+    assert "HTTP_INTERNAL_TOKEN" in result.stderr
 
 
 def test_compose_has_every_service(services):
@@ -177,6 +186,7 @@ def test_healthchecks_probe_each_process(services):
         return " ".join(services[name]["healthcheck"]["test"][1:])
 
     assert "http://127.0.0.1:8080/health/ready" in probe("web")
+    assert "'Authorization': 'Bearer ' + os.environ['HTTP_INTERNAL_TOKEN']" in probe("web")
     assert "http://127.0.0.1:9101/metrics" in probe("relay")
     assert "http://127.0.0.1:9102/metrics" in probe("bridge")
     assert "http://127.0.0.1:9104/metrics" in probe("reconciler")
@@ -207,6 +217,8 @@ def test_app_containers_run_in_production(services, name):
     assert environment["CELERY_BROKER_URL"] == "redis://redis:6379/0"
     assert environment["CACHE_URL"] == "rediscache://redis:6379/1"
     assert environment["HTTP_ALLOWED_HOSTS"] == "localhost,127.0.0.1,web"
+    assert environment["HTTP_INTERNAL_TOKEN"] == INTERNAL_TOKEN
+    assert environment["HTTP_NUM_PROXIES"] == "0"
     assert (environment["HTTP_HOST"], environment["HTTP_PORT"]) == ("0.0.0.0", "8080")
     assert environment["METRICS_RELAY_PORT"] == str(METRICS_PORTS["relay"])
     assert environment["METRICS_BRIDGE_PORT"] == str(METRICS_PORTS["bridge"])
@@ -249,7 +261,7 @@ def test_only_one_web_publishes_port_8080(services):
 
 
 def test_k8s_configmap_has_the_compose_settings(services, k8s):
-    compose_settings = set(services["web"]["environment"]) - {"DJANGO_SECRET_KEY", "DATABASE_URL"}
+    compose_settings = set(services["web"]["environment"]) - SECRET_SETTINGS
     assert set(k8s.configmap["data"]) == compose_settings
 
 
@@ -348,6 +360,12 @@ def test_k8s_web_probes_health_and_readiness(k8s):
     for probe in (liveness, readiness):
         hosts = [header["value"] for header in probe.get("httpHeaders", []) if header["name"].lower() == "host"]
         assert hosts and hosts[0] in allowed
+    # Readiness answers only the internal token; liveness is open.
+    authorization = {probe_name: [h["value"] for h in probe.get("httpHeaders", []) if h["name"] == "Authorization"]
+                     for probe_name, probe in (("liveness", liveness), ("readiness", readiness))}
+    assert authorization["liveness"] == []
+    (readiness_authorization,) = authorization["readiness"]
+    assert readiness_authorization.startswith("Bearer ")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == ("8080", "/metrics")
@@ -410,5 +428,7 @@ def test_k8s_configmap_is_production_and_holds_no_secrets(k8s):
     assert data["API_REQUIRE_AUTH"] == "true"
     assert data["DJANGO_DEBUG"] == "false"
     assert all(isinstance(value, str) for value in data.values())
-    assert not {"DJANGO_SECRET_KEY", "DATABASE_URL"} & set(data)
-    assert {"DJANGO_SECRET_KEY", "DATABASE_URL"} <= set(k8s.secret["stringData"])
+    assert not SECRET_SETTINGS & set(data)
+    assert SECRET_SETTINGS <= set(k8s.secret["stringData"])
+    # Behind the Ingress: the throttles key on the address it appends to X-Forwarded-For.
+    assert data["HTTP_NUM_PROXIES"] == "1"

@@ -65,6 +65,12 @@ def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broke
         assert request(f"{base}/orders/{created['order_id']}", token=alice)[0] == 200
         assert request(f"{base}/orders/{created['order_id']}", token=bob)[0] == 404
         assert request(f"{base}/orders", token=bob)[1]["results"] == []
+
+        # /metrics and /health/ready: the internal token only; /health is open.
+        assert request(f"{base}/metrics", token=alice)[0] == 401
+        assert request(f"{base}/health/ready")[0] == 401
+        assert b"http_requests_total" in web.internal_get("/metrics")
+        assert json.loads(web.internal_get("/health/ready"))["checks"]["database"] == "ok"
     finally:
         web.stop_all()
     assert Order.objects.get().owner.username == "alice"
