@@ -123,9 +123,13 @@ class PaymentAttemptSerializer(serializers.Serializer):
     status = serializers.CharField()
     amount = serializers.DecimalField(max_digits=16, decimal_places=2)
     currency = serializers.CharField()
-    decline_reason = serializers.CharField()
+    decline_reason = serializers.SerializerMethodField(help_text='"Card declined" for a declined attempt, else empty.')
     created_at = serializers.DateTimeField()
     completed_at = serializers.DateTimeField(allow_null=True)
+
+    def get_decline_reason(self, payment) -> str:
+        # The gateway's own words (the admin shows them) are not for the customer's eyes.
+        return "Card declined" if payment.decline_reason else ""
 
 
 class NotificationSentSerializer(serializers.Serializer):

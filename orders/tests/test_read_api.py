@@ -57,7 +57,7 @@ def test_detail_shows_the_payment_attempts_and_the_notifications_sent(api_client
 
     (payment,) = body["payments"]
     assert (payment["attempt"], payment["status"], payment["amount"], payment["currency"]) == (1, "DECLINED", "75.97", "USD")
-    assert payment["decline_reason"] and payment["completed_at"]
+    assert (payment["decline_reason"], bool(payment["completed_at"])) == ("Card declined", True)
     (notification,) = body["notifications"]
     assert (notification["channel"], notification["event_type"], notification["status"], notification["recipient"]) == (
         "email", "ORDER_CREATED", "SENT", "customer@example.com"
