@@ -23,6 +23,16 @@ def api_client() -> APIClient:
     return APIClient()
 
 
+@pytest.fixture(autouse=True)
+def fresh_health_answers():
+    """web answers readiness and its database gauges from what it read up to a couple of seconds
+    ago: each test reads its own."""
+    from orders_project import health
+
+    for cached in (health.READINESS, *(collector.families for collector in health.DATABASE_COLLECTORS)):
+        cached.clear()
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
     """A real Kafka-protocol broker process on a free port, for the whole test session."""

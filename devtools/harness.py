@@ -98,6 +98,8 @@ class ProcessGroup:
         env = {
             **os.environ,
             "ENVIRONMENT": "development",
+            # web's /metrics and /health/ready answer only this, as in production (internal_get).
+            "HTTP_INTERNAL_TOKEN": f"test-internal-{uuid.uuid4().hex}",
             "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": database_url(),
             "KAFKA_BROKERS": kafka_brokers,
@@ -180,11 +182,27 @@ class ProcessGroup:
             self.stop(name)
 
     def metrics(self, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """The process's Prometheus samples now: {(name, sorted labels): value}."""
+        """The process's Prometheus samples now: {(name, sorted labels): value}; web's from its
+        /metrics (which reads the database's gauges at most every couple of seconds)."""
+        if name == "web":
+            return parse_metrics(self.internal_get("/metrics").decode())
         url = f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         return parse_metrics(text)
+
+    @property
+    def internal_token(self) -> str:
+        return self.env["HTTP_INTERNAL_TOKEN"]
+
+    def internal_get(self, path: str) -> bytes:
+        """The body of web's ``path`` (/metrics, /health/ready) asked with the internal token;
+        ``urllib.error.HTTPError`` for any status but 2xx."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.env['HTTP_PORT']}{path}", headers={"Authorization": f"Bearer {self.internal_token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")

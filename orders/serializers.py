@@ -8,7 +8,9 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from events.contract import NOTIFICATION_SENT, ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
+from orders.services import CREATED_MESSAGE
 
 CENT = Decimal("0.01")
 
@@ -105,14 +107,29 @@ class OrderSerializer(serializers.ModelSerializer):
         fields = ["id", "user_id", "email", "status", "total_amount", "items", "created_at", "updated_at"]
 
 
+class OrderListRowSerializer(serializers.ModelSerializer):
+    """An order in a list: how many items it has, not which (up to 100 each would make a page
+    of megabytes); GET /orders/{id} has them."""
+
+    item_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Order
+        fields = ["id", "user_id", "email", "status", "total_amount", "item_count", "created_at", "updated_at"]
+
+
 class PaymentAttemptSerializer(serializers.Serializer):
     attempt = serializers.IntegerField()
     status = serializers.CharField()
     amount = serializers.DecimalField(max_digits=16, decimal_places=2)
     currency = serializers.CharField()
-    decline_reason = serializers.CharField()
+    decline_reason = serializers.SerializerMethodField(help_text='"Card declined" for a declined attempt, else empty.')
     created_at = serializers.DateTimeField()
     completed_at = serializers.DateTimeField(allow_null=True)
+
+    def get_decline_reason(self, payment) -> str:
+        # The gateway's own words (the admin shows them) are not for the customer's eyes.
+        return "Card declined" if payment.decline_reason else ""
 
 
 class NotificationSentSerializer(serializers.Serializer):
@@ -141,10 +158,49 @@ class OrderStatusSerializer(serializers.ModelSerializer):
         fields = ["order_id", "status", "updated_at"]
 
 
+# What a client reads of a timeline entry: a fixed text per kind of entry. The stored message,
+# which the admin shows, may hold an exception's text, an operator's name or a note.
+PUBLIC_MESSAGES = {
+    ORDER_CREATED: CREATED_MESSAGE,
+    ORDER_PROCESSING: "Order accepted for processing",
+    ORDER_PAID: "Payment approved",
+    PAYMENT_FAILED: "Payment declined",
+    OrderStatus.CANCELLED: "Order cancelled",
+    "RESUMED": "Order resumed",
+    "REDRIVEN": "Processing retried",
+}
+# Why a step gave up and parked the order (the reason that starts the stored message).
+ON_HOLD_CAUSES = {
+    "processing_gave_up": "order processing failed",
+    "payment_gave_up": "payment gateway unavailable",
+    "redrive_limit": "order processing stalled",
+}
+STATUS_EVENTS = frozenset({ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED})
+
+
+def public_message(entry: OrderTimelineEntry) -> str:
+    if entry.event_type == NOTIFICATION_SENT:
+        # Written from the channel, the order's own recipient and the event's type alone.
+        return entry.message
+    if entry.status == OrderStatus.FAILED and entry.previous_status:
+        reason = entry.message.partition(":")[0]
+        return f"On hold: {ON_HOLD_CAUSES.get(reason, 'order processing failed')}"
+    if entry.event_type == ORDER_PROCESSING and entry.previous_status == OrderStatus.PAYMENT_FAILED:
+        return "Payment retry requested"
+    if entry.event_type in STATUS_EVENTS and not entry.previous_status and entry.message != CREATED_MESSAGE:
+        return "Processing retried"  # an event sent again (re-published from dlq), not a change
+    return PUBLIC_MESSAGES.get(entry.event_type) or entry.event_type.replace("_", " ").capitalize()
+
+
 class OrderTimelineEntrySerializer(serializers.ModelSerializer):
+    message = serializers.SerializerMethodField(help_text="What happened, in words fit for the customer's eyes.")
+
     class Meta:
         model = OrderTimelineEntry
         fields = ["event_type", "status", "event_id", "message", "created_at"]
+
+    def get_message(self, entry: OrderTimelineEntry) -> str:
+        return public_message(entry)
 
 
 class OrderListFilterSerializer(serializers.Serializer):

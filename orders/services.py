@@ -21,6 +21,10 @@ logger = structlog.get_logger(__name__)
 
 EVENT_SOURCE = "order-api"
 OPERATOR_SOURCE = "operator"
+# A client's key is stored as "client-<its id>:<key>" in a 255-character column: 200 leaves
+# room for any id (the views refuse longer keys).
+IDEMPOTENCY_KEY_MAX_LENGTH = 200
+CREATED_MESSAGE = "Order created"
 
 
 class IdempotencyKeyReused(Exception):
@@ -100,7 +104,7 @@ def create_order(
                 status=order.status,
                 event_type=ORDER_CREATED,
                 event_id=event.event_id,
-                message="Order created",
+                message=CREATED_MESSAGE,
                 created_at=order.created_at,
             )
     except IntegrityError:

@@ -20,20 +20,29 @@ from orders.serializers import (
     OrderCreateSerializer,
     OrderDetailSerializer,
     OrderListFilterSerializer,
+    OrderListRowSerializer,
     OrderSerializer,
     OrderStatusSerializer,
     OrderTimelineEntrySerializer,
 )
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-_VALID_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY_PATTERN = rf"[\x21-\x7e]{{1,{services.IDEMPOTENCY_KEY_MAX_LENGTH}}}"
+_IDEMPOTENCY_KEY_RULE = f"1 to {services.IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters without spaces."
 
 IDEMPOTENCY_PARAMETER = OpenApiParameter(
     IDEMPOTENCY_HEADER,
-    OpenApiTypes.STR,
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": services.IDEMPOTENCY_KEY_MAX_LENGTH,
+        "pattern": f"^{_IDEMPOTENCY_KEY_PATTERN}$",
+    },
     OpenApiParameter.HEADER,
-    description="Retry-safe creation: the same key and body return the first order instead of a new one.",
+    description=f"Retry-safe creation: the same key and body return the first order instead of a new one. {_IDEMPOTENCY_KEY_RULE}",
 )
+
+
 def error(description: str) -> OpenApiResponse:
     return OpenApiResponse(response=ErrorSerializer, description=description)
 
@@ -42,8 +51,8 @@ def _idempotency_key(request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
-    if not _VALID_IDEMPOTENCY_KEY.match(key):
-        raise ValidationError({IDEMPOTENCY_HEADER: ["1 to 255 printable ASCII characters without spaces."]})
+    if not re.fullmatch(_IDEMPOTENCY_KEY_PATTERN, key):
+        raise ValidationError({IDEMPOTENCY_HEADER: [_IDEMPOTENCY_KEY_RULE]})
     return key
 
 
@@ -72,7 +81,7 @@ class OrderViewSet(viewsets.GenericViewSet):
         request=OrderCreateSerializer,
         responses={
             201: OrderCreatedSerializer,
-            400: error("Invalid input: the reason per field"),
+            400: error("Invalid input (the reason per field), malformed JSON or an invalid Idempotency-Key"),
             413: error("Request body over the size limit"),
             415: error("Content-Type other than application/json"),
             422: error("Idempotency-Key reused with a different body"),
@@ -102,15 +111,19 @@ class OrderViewSet(viewsets.GenericViewSet):
         summary="List orders, newest first",
         parameters=[
             OpenApiParameter("status", OpenApiTypes.STR, enum=OrderStatus.values),
-            OpenApiParameter("user_id", OpenApiTypes.STR),
+            OpenApiParameter("user_id", {"type": "string", "minLength": 1, "maxLength": 64}),
         ],
-        responses={200: OrderSerializer(many=True), 400: error("Invalid filter"), 404: error("No such page")},
+        responses={
+            200: OrderListRowSerializer(many=True),
+            400: error("Invalid filter, page or page size"),
+            404: error("No such page"),
+        },
     )
     def list(self, request):
         filters = OrderListFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         page = self.paginate_queryset(selectors.list_orders(**filters.validated_data, owner=self._owner()))
-        return self.get_paginated_response(OrderSerializer(page, many=True).data)
+        return self.get_paginated_response(OrderListRowSerializer(page, many=True).data)
 
     @extend_schema(
         summary="An order with its items, total, status, payment attempts and notifications",

@@ -26,6 +26,7 @@ PLACEHOLDER_MARKERS = ("replace", "changeme", "change-me", "change_me", "insecur
 # Django's own deploy check wants 50 characters; a generated key has dozens of different ones.
 MIN_SECRET_KEY_LENGTH = 50
 MIN_SECRET_KEY_DISTINCT = 10
+MIN_INTERNAL_TOKEN_LENGTH = 32
 GENERATE_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
 
 # Email backends that deliver nothing: each writes the message (recipient, body: customer data)
@@ -49,16 +50,17 @@ def is_development(environment: str) -> bool:
     return environment == DEVELOPMENT
 
 
-def secret_key_problem(key: str) -> str | None:
-    """Why ``key`` cannot sign production's sessions and tokens, or None if it can."""
-    if not key:
+def secret_problem(value: str, *, min_length: int = MIN_SECRET_KEY_LENGTH) -> str | None:
+    """Why ``value`` cannot serve as production's secret (a signing key, a bearer token), or None
+    if it can."""
+    if not value:
         return "it is not set"
-    if key == DEVELOPMENT_SECRET_KEY or any(marker in key.lower() for marker in PLACEHOLDER_MARKERS):
+    if value == DEVELOPMENT_SECRET_KEY or any(marker in value.lower() for marker in PLACEHOLDER_MARKERS):
         return "it is a placeholder from the repository or an example"
-    if len(key) < MIN_SECRET_KEY_LENGTH:
-        return f"it has {len(key)} characters, fewer than {MIN_SECRET_KEY_LENGTH}"
-    trigrams = [key[i : i + 3] for i in range(len(key) - 2)]
-    if len(set(key)) < MIN_SECRET_KEY_DISTINCT or len(set(trigrams)) < 0.75 * len(trigrams):
+    if len(value) < min_length:
+        return f"it has {len(value)} characters, fewer than {min_length}"
+    trigrams = [value[i : i + 3] for i in range(len(value) - 2)]
+    if len(set(value)) < MIN_SECRET_KEY_DISTINCT or len(set(trigrams)) < 0.75 * len(trigrams):
         return "it is not random (too few different characters, or a repeated pattern)"
     return None
 
@@ -66,10 +68,21 @@ def secret_key_problem(key: str) -> str | None:
 def secret_key(configured: str, *, development: bool) -> str:
     if development:
         return configured or DEVELOPMENT_SECRET_KEY
-    if problem := secret_key_problem(configured):
+    if problem := secret_problem(configured):
         raise ImproperlyConfigured(
             f"Set DJANGO_SECRET_KEY to a random value of {MIN_SECRET_KEY_LENGTH}+ characters ({GENERATE_KEY}): "
             f"{problem}. Only ENVIRONMENT=development runs without one."
+        )
+    return configured
+
+
+def internal_token(configured: str, *, development: bool) -> str:
+    """HTTP_INTERNAL_TOKEN, the bearer token of /metrics and /health/ready: empty leaves them open
+    in development and unserved in production; a production token must be a random one."""
+    if configured and not development and (problem := secret_problem(configured, min_length=MIN_INTERNAL_TOKEN_LENGTH)):
+        raise ImproperlyConfigured(
+            f"Set HTTP_INTERNAL_TOKEN to a random value of {MIN_INTERNAL_TOKEN_LENGTH}+ characters "
+            f"(python3 -c 'import secrets; print(secrets.token_urlsafe(32))'): {problem}."
         )
     return configured
 

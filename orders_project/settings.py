@@ -171,6 +171,9 @@ REST_FRAMEWORK = {
     ],
     # Decimals leave the API as strings ("75.97"), never as floats.
     "COERCE_DECIMAL_TO_STRING": True,
+    # The throttles' client address: X-Forwarded-For's entry appended by the last of this many
+    # proxies; 0: the connection's address (a client chooses what its X-Forwarded-For says).
+    "NUM_PROXIES": CONFIG["http"]["num_proxies"],
 }
 
 SPECTACULAR_SETTINGS = {
@@ -261,3 +264,7 @@ LOGGING = logging_config(
 
 # OpenTelemetry (orders_project/tracing.py): off while tracing.otlp_endpoint is empty.
 TRACING = CONFIG["tracing"]
+
+# /metrics and /health/ready answer only this bearer token when it is set; without one they are
+# open in development and not served at all in production (orders_project/health.py).
+INTERNAL_TOKEN = security.internal_token(CONFIG["http"]["internal_token"], development=DEVELOPMENT)

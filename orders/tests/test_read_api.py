@@ -57,7 +57,7 @@ def test_detail_shows_the_payment_attempts_and_the_notifications_sent(api_client
 
     (payment,) = body["payments"]
     assert (payment["attempt"], payment["status"], payment["amount"], payment["currency"]) == (1, "DECLINED", "75.97", "USD")
-    assert payment["decline_reason"] and payment["completed_at"]
+    assert (payment["decline_reason"], bool(payment["completed_at"])) == ("Card declined", True)
     (notification,) = body["notifications"]
     assert (notification["channel"], notification["event_type"], notification["status"], notification["recipient"]) == (
         "email", "ORDER_CREATED", "SENT", "customer@example.com"
@@ -127,3 +127,25 @@ def test_a_page_that_is_not_a_number_is_refused(api_client, page):
 
     assert response.status_code == 400
     assert "page" in response.json()["fields"]
+
+
+def test_the_timeline_tells_clients_what_happened_but_not_the_internals(api_client, create):
+    order_id = create()
+    created = OutboxEvent.objects.get(key=order_id, event_type="ORDER_CREATED").payload
+    order_services.start_processing(order_id=order_id, event_id=created["event_id"], source="test")
+    error = 'OperationalError: connection to server at "db.internal" (10.0.0.3) failed for user "orders"'
+    order_services.park_order(order_id=order_id, reason="payment_gave_up", error=error, original_event=created, source="test")
+    order_services.cancel_order(order_id=order_id, requested_by="admin:jane", reason="customer called")
+
+    response = api_client.get(f"/orders/{order_id}/events")
+
+    assert [(entry["event_type"], entry["message"]) for entry in response.json()] == [
+        ("ORDER_CREATED", "Order created"),
+        ("ORDER_PROCESSING", "Order accepted for processing"),
+        ("FAILED", "On hold: payment gateway unavailable"),
+        ("CANCELLED", "Order cancelled"),
+    ]
+    for internal in ("db.internal", "OperationalError", "admin:jane", "customer called"):
+        assert internal not in response.content.decode()
+    # Operators still read the whole story (the admin shows the stored messages).
+    assert Order.objects.get(pk=order_id).timeline.filter(message__contains="db.internal").exists()

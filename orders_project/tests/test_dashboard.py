@@ -30,7 +30,7 @@ from django.db import transaction
 from prometheus_client import REGISTRY
 
 from devtools.broker import free_port
-from devtools.harness import ProcessGroup, create_test_order, parse_metrics, wait_until
+from devtools.harness import ProcessGroup, create_test_order, wait_until
 from events.contract import TOPIC_ORDERS
 from events.models import OutboxEvent
 from events.services import archive_dead_letter
@@ -162,8 +162,20 @@ def test_provisioning_points_at_the_compose_services(observability_services):
 # --- Prometheus: the configuration ---------------------------------------------------------------
 
 
-def test_promtool_accepts_the_prometheus_config():
-    result = subprocess.run([promtool(), "check", "config", str(PROMETHEUS_FILE)], capture_output=True, text=True, timeout=60)
+# Where Prometheus reads web's internal token: a compose secret, there only in the container.
+TOKEN_FILE = "/run/secrets/internal_token"
+
+
+def test_promtool_accepts_the_prometheus_config(tmp_path):
+    # promtool wants the token's file to exist: the same configuration, with a file of its own.
+    shutil.copy(ALERTS_FILE, tmp_path / ALERTS_FILE.name)
+    (tmp_path / "internal_token").write_text("token")
+    config = PROMETHEUS_FILE.read_text(encoding="utf-8")
+    assert config.count(TOKEN_FILE) == 1
+    (tmp_path / PROMETHEUS_FILE.name).write_text(config.replace(TOKEN_FILE, str(tmp_path / "internal_token")))
+    result = subprocess.run(
+        [promtool(), "check", "config", str(tmp_path / PROMETHEUS_FILE.name)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
     assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
@@ -175,6 +187,9 @@ def test_prometheus_scrapes_every_process(observability_services, services):
     # web by its name (Django's allowed hosts), the others by DNS: every container of a scaled service.
     assert jobs["web"]["static_configs"] == [{"targets": ["web:8080"]}]
     assert jobs["web"].get("metrics_path", "/metrics") == "/metrics"
+    # web's /metrics wants the internal token: the compose secret made from HTTP_INTERNAL_TOKEN.
+    assert jobs["web"]["authorization"] == {"type": "Bearer", "credentials_file": TOKEN_FILE}
+    assert all("authorization" not in jobs[name] for name in METRICS_PORTS)
     assert "web" in services["web"]["environment"]["HTTP_ALLOWED_HOSTS"].split(",")
     for name, port in METRICS_PORTS.items():
         assert jobs[name]["dns_sd_configs"] == [
@@ -184,6 +199,8 @@ def test_prometheus_scrapes_every_process(observability_services, services):
     mounts = {Path(volume["source"]): volume["target"] for volume in prometheus["volumes"] if volume["type"] == "bind"}
     assert mounts[PROMETHEUS_FILE.parent] == "/etc/prometheus"
     assert f"--config.file=/etc/prometheus/{PROMETHEUS_FILE.name}" in prometheus["command"]
+    (secret,) = prometheus["secrets"]
+    assert (secret["source"], secret["target"]) == ("internal_token", TOKEN_FILE)
 
 
 # --- docker-compose.yml: the observability profile ------------------------------------------------
@@ -193,7 +210,10 @@ def test_prometheus_scrapes_every_process(observability_services, services):
 def observability_services(compose_cli, tmp_path_factory) -> dict:
     result = _render(compose_cli, tmp_path_factory, **REQUIRED_ENV, COMPOSE_PROFILES="observability")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["services"]
+    rendered = json.loads(result.stdout)
+    # The secret Prometheus reads is the token web answers.
+    assert rendered["secrets"]["internal_token"]["environment"] == "HTTP_INTERNAL_TOKEN"
+    return rendered["services"]
 
 
 def test_plain_up_starts_without_the_observability_services(services, observability_services):
@@ -294,9 +314,7 @@ def test_unserved_reads_names_matchers_and_grouping():
 
 
 def _scrape(group: ProcessGroup) -> dict[str, dict]:
-    with urllib.request.urlopen(f"{group.base_url}/metrics", timeout=5) as response:
-        web = parse_metrics(response.read().decode())
-    return {"web": web, **{name: group.metrics(name) for name in METRICS_PORTS}}
+    return {name: group.metrics(name) for name in ("web", *METRICS_PORTS)}
 
 
 # Charges time out often and are retried once: some orders are retried, some given up (parked
@@ -356,6 +374,9 @@ class Prometheus:
             "rule_files": [str(ALERTS_FILE)],
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()],
         }
+        # web's /metrics wants the internal token, from a file as deploy/prometheus/prometheus.yml reads it.
+        (work_dir / "internal-token").write_text(group.internal_token)
+        config["scrape_configs"][0]["authorization"] = {"credentials_file": str(work_dir / "internal-token")}
         (work_dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{free_port()}"
         self.jobs = set(targets)

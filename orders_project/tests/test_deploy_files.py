@@ -27,13 +27,17 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 
 APP_SERVICES = ("web", "relay", "bridge", "worker", "reconciler")
+# Settings that are secrets: in a Kubernetes Secret, never the ConfigMap.
+SECRET_SETTINGS = {"DJANGO_SECRET_KEY", "DATABASE_URL", "HTTP_INTERNAL_TOKEN", "EMAIL_USER", "EMAIL_PASSWORD"}
 ALL_SERVICES = {"kafka", "kafka-ui", "postgres", "redis", "migrate", "topics", *APP_SERVICES}
 METRICS_PORTS = {"relay": 9101, "bridge": 9102, "worker": 9103, "reconciler": 9104}
 SECRET_KEY = "test-deploy-files-secret-key"
+INTERNAL_TOKEN = "test-deploy-files-internal-token"
 # What compose refuses to start without (the operator's .env or shell): production's secrets and the
 # operator UIs' passwords.
 REQUIRED_ENV = {
     "DJANGO_SECRET_KEY": SECRET_KEY,
+    "HTTP_INTERNAL_TOKEN": INTERNAL_TOKEN,
     "EMAIL_HOST": "smtp.example.com",
     "KAFKA_UI_PASSWORD": "test-kafka-ui-password",
     "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
@@ -204,6 +208,7 @@ def test_healthchecks_probe_each_process(services):
         return " ".join(services[name]["healthcheck"]["test"][1:])
 
     assert "http://127.0.0.1:8080/health/ready" in probe("web")
+    assert "'Authorization': 'Bearer ' + os.environ['HTTP_INTERNAL_TOKEN']" in probe("web")
     assert "http://127.0.0.1:9101/metrics" in probe("relay")
     assert "http://127.0.0.1:9102/metrics" in probe("bridge")
     assert "http://127.0.0.1:9104/metrics" in probe("reconciler")
@@ -238,6 +243,8 @@ def test_app_containers_run_in_production(services, name):
     assert environment["CELERY_BROKER_URL"] == "redis://redis:6379/0"
     assert environment["CACHE_URL"] == "rediscache://redis:6379/1"
     assert environment["HTTP_ALLOWED_HOSTS"] == "localhost,127.0.0.1,web"
+    assert environment["HTTP_INTERNAL_TOKEN"] == INTERNAL_TOKEN
+    assert environment["HTTP_NUM_PROXIES"] == "0"
     assert (environment["HTTP_HOST"], environment["HTTP_PORT"]) == ("0.0.0.0", "8080")
     assert environment["METRICS_RELAY_PORT"] == str(METRICS_PORTS["relay"])
     assert environment["METRICS_BRIDGE_PORT"] == str(METRICS_PORTS["bridge"])
@@ -277,9 +284,6 @@ def test_migrations_and_topics_run_once_before_the_app(services):
 def test_only_one_web_publishes_port_8080(services):
     assert [port["published"] for port in services["web"]["ports"]] == ["8080"]
     assert all(not services[name].get("ports") for name in ("relay", "bridge", "worker", "reconciler"))
-
-
-SECRET_SETTINGS = {"DJANGO_SECRET_KEY", "DATABASE_URL", "EMAIL_USER", "EMAIL_PASSWORD"}
 
 
 def test_k8s_configmap_has_the_compose_settings(services, k8s):
@@ -382,6 +386,12 @@ def test_k8s_web_probes_health_and_readiness(k8s):
     for probe in (liveness, readiness):
         hosts = [header["value"] for header in probe.get("httpHeaders", []) if header["name"].lower() == "host"]
         assert hosts and hosts[0] in allowed
+    # Readiness answers only the internal token; liveness is open.
+    authorization = {probe_name: [h["value"] for h in probe.get("httpHeaders", []) if h["name"] == "Authorization"]
+                     for probe_name, probe in (("liveness", liveness), ("readiness", readiness))}
+    assert authorization["liveness"] == []
+    (readiness_authorization,) = authorization["readiness"]
+    assert readiness_authorization.startswith("Bearer ")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == ("8080", "/metrics")
@@ -450,10 +460,13 @@ def test_k8s_configmap_is_production_and_holds_no_secrets(k8s):
     assert all(isinstance(value, str) for value in data.values())
     assert not SECRET_SETTINGS & set(data)
     assert SECRET_SETTINGS <= set(k8s.secret["stringData"])
+    # Behind the Ingress: the throttles key on the address it appends to X-Forwarded-For.
+    assert data["HTTP_NUM_PROXIES"] == "1"
 
 
 def test_k8s_example_secret_holds_placeholders_the_settings_refuse(k8s):
-    from orders_project.security import secret_key_problem
+    from orders_project.security import secret_problem
 
-    assert "placeholder" in secret_key_problem(k8s.secret["stringData"]["DJANGO_SECRET_KEY"])
+    assert "placeholder" in secret_problem(k8s.secret["stringData"]["DJANGO_SECRET_KEY"])
+    assert "placeholder" in secret_problem(k8s.secret["stringData"]["HTTP_INTERNAL_TOKEN"])
     assert all("REPLACE-ME" in value for value in k8s.secret["stringData"].values())

@@ -92,10 +92,15 @@ def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broke
         # Over plain HTTP: redirected to https://, except what probes and scrapers call in the cluster.
         plain = send(port, "GET", "/orders", headers={"Authorization": f"Token {alice}"})
         assert (plain.status, plain.getheader("Location")) == (301, f"https://127.0.0.1:{port}/orders")
-        for path in ("/health", "/health/ready", "/metrics"):
-            assert send(port, "GET", path, headers={}).status in (200, 503), path
+        for path, status in {"/health": 200, "/health/ready": 401, "/metrics": 401}.items():
+            assert send(port, "GET", path, headers={}).status == status, path
         over_tls = send(port, "GET", "/health", headers=OVER_TLS)
         assert over_tls.getheader("Strict-Transport-Security") == "max-age=31536000; includeSubDomains; preload"
+        # /metrics and /health/ready: the internal token only; /health is open.
+        assert request(f"{base}/metrics", token=alice)[0] == 401
+        assert request(f"{base}/health/ready")[0] == 401
+        assert b"http_requests_total" in web.internal_get("/metrics")
+        assert json.loads(web.internal_get("/health/ready"))["checks"]["database"] == "ok"
     finally:
         web.stop_all()
     assert Order.objects.get().owner.username == "alice"

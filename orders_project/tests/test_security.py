@@ -174,6 +174,14 @@ def _example_secret_key() -> str:
     return secret["stringData"]["DJANGO_SECRET_KEY"]
 
 
+@pytest.mark.parametrize(
+    "token, reason", [("short", "fewer than 32"), ("REPLACE-ME-with-a-long-random-string-too", "placeholder")]
+)
+def test_production_refuses_an_internal_token_that_is_short_or_a_placeholder(token, reason):
+    line = refusal(ENVIRONMENT="production", **production_env(HTTP_INTERNAL_TOKEN=token))
+    assert "HTTP_INTERNAL_TOKEN" in line and reason in line
+
+
 def test_the_settings_refuse_the_key_of_the_example_secret():
     assert "placeholder" in refusal(**production_env(DJANGO_SECRET_KEY=_example_secret_key()))
 
@@ -197,16 +205,16 @@ def test_the_settings_refuse_the_key_of_the_example_secret():
     ],
 )
 def test_placeholder_short_and_low_variety_keys_are_refused(key, reason):
-    assert reason in security.secret_key_problem(key)
+    assert reason in security.secret_problem(key)
 
 
 def test_the_example_secret_carries_a_placeholder_key():
-    assert "placeholder" in security.secret_key_problem(_example_secret_key())
+    assert "placeholder" in security.secret_problem(_example_secret_key())
 
 
 @pytest.mark.parametrize("key", [secrets.token_urlsafe(50) for _ in range(20)] + [secrets.token_hex(32) for _ in range(20)])
 def test_generated_keys_are_accepted(key):
-    assert security.secret_key_problem(key) is None
+    assert security.secret_problem(key) is None
 
 
 @pytest.mark.parametrize(
