@@ -8,12 +8,15 @@ import http.client
 import json
 import os
 import secrets
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from http.cookies import SimpleCookie
 
 import pytest
+import yaml
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from rest_framework.authtoken.models import Token
@@ -21,6 +24,7 @@ from rest_framework.authtoken.models import Token
 from devtools.broker import free_port
 from devtools.harness import ProcessGroup, wait_until
 from orders.models import Order
+from orders_project.config import BASE_DIR
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -49,6 +53,14 @@ def send(port: int, method: str, path: str, *, headers: dict, body: str | None =
     response.read()
     connection.close()
     return response
+
+
+def compose_web_readiness_probe() -> list[str]:
+    """The command of web's healthcheck in docker-compose.yml (Kubernetes' readiness probe is the same)."""
+    compose = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text(encoding="utf-8"))
+    kind, *command = compose["services"]["web"]["healthcheck"]["test"]
+    assert kind == "CMD" and command[0] == "python"
+    return [sys.executable, *command[1:]]
 
 
 def _up(url: str) -> bool:
@@ -101,6 +113,11 @@ def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broke
         assert request(f"{base}/health/ready")[0] == 401
         assert b"http_requests_total" in web.internal_get("/metrics")
         assert json.loads(web.internal_get("/health/ready"))["checks"]["database"] == "ok"
+
+        # The readiness probe of compose and Kubernetes, run as the container runs it (on this port).
+        probe = [arg.replace("127.0.0.1:8080", f"127.0.0.1:{port}") for arg in compose_web_readiness_probe()]
+        assert subprocess.run(probe, env={**os.environ, "HTTP_INTERNAL_TOKEN": web.internal_token}, timeout=30).returncode == 0
+        assert subprocess.run(probe, env={**os.environ, "HTTP_INTERNAL_TOKEN": "forged"}, capture_output=True, timeout=30).returncode != 0
     finally:
         web.stop_all()
     assert Order.objects.get().owner.username == "alice"
