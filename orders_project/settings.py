@@ -262,7 +262,7 @@ LOGGING = logging_config(
     level=CONFIG["django"]["log_level"], service_name=SERVICE_NAME, environment=ENVIRONMENT
 )
 
-# OpenTelemetry (orders_project/tracing.py): off while tracing.otlp_endpoint is empty.
+# OpenTelemetry (common/tracing.py): off while tracing.otlp_endpoint is empty.
 TRACING = CONFIG["tracing"]
 
 # /metrics and /health/ready answer only this bearer token when it is set; without one they are

@@ -123,3 +123,63 @@ def _resolve(dotted: str):
 @pytest.mark.parametrize("dotted", _guarantee_functions())
 def test_every_function_the_page_names_exists(dotted):
     assert callable(_resolve(dotted)) or isinstance(_resolve(dotted), (dict, tuple, frozenset)), dotted
+
+
+def _package_table_modules() -> list[tuple[str, str]]:
+    """(package, file) for every ``name.py`` or ``dir/name.py`` the package table says a package holds."""
+    page = (BASE_DIR / "docs" / "architecture.md").read_text()
+    return sorted(
+        {
+            (package, module)
+            for package, holds in re.findall(r"^\| `(\w+)/` \| (.*) \| .* \|$", page, re.MULTILINE)
+            for module in re.findall(r"`((?:\w+/)*\w+\.py)`", holds)
+        }
+    )
+
+
+@pytest.mark.parametrize("package, module", _package_table_modules())
+def test_every_module_the_package_table_names_exists(package, module):
+    assert (BASE_DIR / package / module).is_file() or (BASE_DIR / module).is_file(), f"{package}/ has no {module}"
+
+
+# The pages that say what the code does now (docs/benchmarks.md also keeps the history of earlier
+# rounds, whose names are gone by design).
+CURRENT_PAGES = ("docs/architecture.md", "docs/design.md", "docs/reliability.md", "README.md")
+REPOSITORY_PATH = re.compile(r"(?<![\w/.:-])((?:[a-z_0-9]+/)+[a-z_0-9]+\.(?:py|ya?ml|md|sh|json))\b")
+
+
+def _named_paths() -> list[tuple[str, str]]:
+    """(where, path) for every repository file a current page, or a comment or docstring of the
+    product's code, names by its path."""
+    sources = [BASE_DIR / page for page in CURRENT_PAGES] + [
+        path for package in PACKAGES for path in _product_modules(package)
+    ]
+    return sorted(
+        {
+            (str(source.relative_to(BASE_DIR)), path)
+            for source in sources
+            for path in REPOSITORY_PATH.findall(source.read_text())
+        }
+    )
+
+
+@pytest.mark.parametrize("where, path", _named_paths())
+def test_every_file_a_page_or_comment_names_exists(where, path):
+    assert (BASE_DIR / path).exists(), f"{where} names {path}, which does not exist"
+
+
+def _dotted_names_in_design_pages() -> list[tuple[str, str]]:
+    """(page, name) for every dotted name of a project module the design pages quote."""
+    pattern = re.compile(r"`((?:%s)(?:\.\w+)+)`" % "|".join(PROJECT_PACKAGES))
+    return sorted(
+        {
+            (page, name)
+            for page in ("docs/architecture.md", "docs/design.md", "docs/reliability.md")
+            for name in pattern.findall((BASE_DIR / page).read_text())
+        }
+    )
+
+
+@pytest.mark.parametrize("page, dotted", _dotted_names_in_design_pages())
+def test_every_module_and_function_the_design_pages_name_exists(page, dotted):
+    _resolve(dotted)
