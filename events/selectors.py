@@ -17,5 +17,6 @@ def recorded_payloads(*, event_ids: set[str]) -> dict[str, list[dict[str, Any]]]
 
 def applied(*, handlers: list[str], event_ids: set[str]) -> set[tuple[str, str]]:
     """(handler, event id) for each of ``event_ids`` that one of ``handlers`` applied."""
+    # Filtered by handler too, so the (handler, event_id) unique index serves the lookup.
     entries = InboxEntry.objects.filter(handler__in=handlers, event_id__in=event_ids)
     return {(handler, str(event_id)) for handler, event_id in entries.values_list("handler", "event_id")}

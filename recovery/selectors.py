@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from django.db.models import Count, Max, Min, Q
 
 from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED
-from events.models import InboxEntry, OutboxEvent
+from events import selectors as event_selectors
+from events.models import OutboxEvent
 from notifications import services as notification_services
 from orders import services as order_services
 from orders.models import Order, OrderStatus
@@ -133,14 +134,13 @@ def is_in_flight(*, event_id, downstream: Downstream, policy: RedrivePolicy, now
 
 def unhandled_events(*, events: list[OutboxEvent]) -> list[OutboxEvent]:
     """Those of ``events`` that a required handler has not applied."""
-    required = {event.event_id: required_handlers(event_type=event.event_type) for event in events}
-    handlers = set().union(*required.values())
-    # Filtered by handler too, so the (handler, event_id) unique index serves the lookup.
-    inbox = InboxEntry.objects.filter(handler__in=handlers, event_id__in=list(required))
-    applied: dict = {}
-    for handler, event_id in inbox.values_list("handler", "event_id"):
-        applied.setdefault(event_id, set()).add(handler)
-    return [event for event in events if not required[event.event_id] <= applied.get(event.event_id, set())]
+    required = {str(event.event_id): required_handlers(event_type=event.event_type) for event in events}
+    done = event_selectors.applied(handlers=sorted(set().union(*required.values())), event_ids=set(required))
+    return [
+        event
+        for event in events
+        if any((handler, str(event.event_id)) not in done for handler in required[str(event.event_id)])
+    ]
 
 
 def incomplete_events(*, older_than: dt.datetime, after_id: int, limit: int) -> list[OutboxEvent]:
