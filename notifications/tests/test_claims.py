@@ -13,6 +13,7 @@ from django.conf import settings as django_settings
 from django.core import mail
 from django.db import connection, transaction
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from devtools.harness import ProcessGroup, create_test_order, wait_until
 from devtools.smtp import SlowSmtpServer
@@ -50,6 +51,10 @@ def order_created(tag: str) -> Event:
 
 def message_id(event_id) -> str:
     return f"<{event_id}.email@{django_settings.SERVICE_NAME}>"
+
+
+def takeovers_counted() -> float:
+    return REGISTRY.get_sample_value("notification_claims_taken_over_total", {"channel": "email"}) or 0.0
 
 
 def write_claim(event: Event, *, claimed_by: str, claimed_at: dt.datetime) -> Notification:
@@ -107,8 +112,11 @@ def test_while_a_mail_server_takes_its_time_the_database_takes_other_writes_at_o
 
 
 @pytest.mark.django_db
-def test_a_claim_whose_sender_died_is_taken_over_by_the_reconciler_and_sent_once_a_fresh_one_is_not(smtp_server):
+def test_a_claim_whose_sender_died_is_taken_over_by_the_reconciler_and_sent_once_a_fresh_one_is_not(
+    smtp_server, admin_client
+):
     smtp = smtp_server(delay=0.0)
+    takeovers_before = takeovers_counted()
     dead, alive = order_created("dead"), order_created("alive")
     timeout = dt.timedelta(seconds=django_settings.NOTIFICATION["claim_timeout"])
     write_claim(dead, claimed_by="worker@gone:1", claimed_at=timezone.now() - timeout * 2)
@@ -133,6 +141,10 @@ def test_a_claim_whose_sender_died_is_taken_over_by_the_reconciler_and_sent_once
     assert OutboxEvent.objects.get(event_type="NOTIFICATION_SENT").payload["details"]["source_event_id"] == dead.event_id
     held = Notification.objects.get(source_event_id=alive.event_id)
     assert (held.status, held.takeovers, held.claimed_by) == ("SENDING", 0, "worker@busy:2")
+    # Operators see it: counted, and on the notifications' admin page with who took it over.
+    assert takeovers_counted() == takeovers_before + 1
+    page = admin_client.get("/admin/notifications/notification/").content.decode()
+    assert taken.claimed_by in page and "worker@busy:2" in page
 
 
 @pytest.mark.django_db
