@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import smtplib
+import socket
 from dataclasses import dataclass
 from typing import Callable
 
 import structlog
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
 
-from common.errors import TransientError
+from common.errors import TRANSIENT_ERRORS, TransientError, describe
 from events.contract import NOTIFICATION_SENT, Event, InvalidEvent
 from events import selectors as event_selectors
-from events.services import claim_event, count_redelivery, enqueue_dead_letter, enqueue_event
+from events.services import claim_event, count_redelivery, enqueue_dead_letter, enqueue_event, refuse_event
 from notifications.backends import OutgoingMessage, send_email, send_sms
-from notifications.metrics import NOTIFICATIONS
+from notifications.metrics import NOTIFICATIONS, TAKEOVERS
 from notifications.models import Channel, Notification, NotificationStatus
 from orders import selectors as order_selectors
 from orders import services as order_services
@@ -37,6 +42,16 @@ SENDERS: dict[str, Callable[[OutgoingMessage], None]] = {Channel.EMAIL: send_ema
 
 class DeliveryFailed(TransientError):
     """The mail server or SMS provider did not take the message; worth another try."""
+
+
+class Undelivered(TransientError):
+    """Events of a batch that failed with a transient error, each with its error: a retry
+    carries only these."""
+
+    def __init__(self, failures: list[tuple[Event, Exception]]):
+        self.failures = failures
+        self.retry_args = ([event.payload for event, _error in failures],)
+        super().__init__(f"{len(failures)} event(s) undelivered, the first: {describe(failures[0][1])}")
 
 
 def enabled_channels() -> list[str]:
@@ -115,44 +130,137 @@ def compose(*, announcement: Announcement, channel: str) -> OutgoingMessage:
         recipient=order.email if channel == Channel.EMAIL else order.user_id,
         subject=subject,
         body=body if channel == Channel.EMAIL else subject,
-        message_key=f"{announcement.event_id}.{channel}",
+        message_key=message_key(event_id=announcement.event_id, channel=channel),
     )
 
 
-def _record(*, announcement: Announcement, channel: str, message: OutgoingMessage, status: str, error: str = "") -> None:
+def message_key(*, event_id, channel: str) -> str:
+    return f"{event_id}.{channel}"
+
+
+def _claimant(role: str) -> str:
+    return f"{role}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _stale_before(now: dt.datetime) -> dt.datetime:
+    return now - dt.timedelta(seconds=settings.NOTIFICATION["claim_timeout"])
+
+
+def _claim(*, announcement: Announcement, channel: str, claimant: str) -> Notification | None:
+    """Claim the channel's message for the event, committed before it is sent: a new row in
+    SENDING, or the row a failed send left UNSENT, or one whose sender held it past the claim
+    timeout (taken over). None when it was sent or given up, or another sender holds it: that
+    one records the outcome, or the reconciler takes its claim over once stale."""
+    message = compose(announcement=announcement, channel=channel)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            return Notification.objects.create(
+                order=announcement.order,
+                source_event_id=announcement.event_id,
+                source_event_type=announcement.event_type,
+                channel=channel,
+                recipient=message.recipient,
+                subject=message.subject,
+                body=message.body,
+                status=NotificationStatus.SENDING,
+                claimed_by=claimant,
+                claimed_at=now,
+            )
+    except IntegrityError:
+        existing = Notification.objects.get(source_event_id=announcement.event_id, channel=channel)
+    return _take(notification=existing, claimant=claimant, now=now)
+
+
+def _take(*, notification: Notification, claimant: str, now: dt.datetime) -> Notification | None:
+    """Claim an existing row if it is UNSENT or its claim is stale; one statement that changes it
+    only as it was read, so of two claimants at once one gets it."""
+    stale = notification.status == NotificationStatus.SENDING and notification.claimed_at < _stale_before(now)
+    if notification.status != NotificationStatus.UNSENT and not stale:
+        if notification.status == NotificationStatus.SENDING:
+            logger.info("notification_claim_held", channel=notification.channel, claimed_by=notification.claimed_by)
+        return None
+    as_read = Notification.objects.filter(
+        pk=notification.pk, status=notification.status, claimed_by=notification.claimed_by, claimed_at=notification.claimed_at
+    )
+    taken = as_read.update(
+        status=NotificationStatus.SENDING, claimed_by=claimant, claimed_at=now, takeovers=F("takeovers") + int(stale)
+    )
+    if not taken:
+        return None
+    if stale:
+        TAKEOVERS.labels(notification.channel).inc()
+        logger.warning(
+            "notification_claim_taken_over",
+            notification_id=notification.pk,
+            channel=notification.channel,
+            source_event_id=str(notification.source_event_id),
+            claimed_by=notification.claimed_by,
+            claimed_at=notification.claimed_at.isoformat(),
+            taken_by=claimant,
+        )
+    notification.status, notification.claimed_by, notification.claimed_at = NotificationStatus.SENDING, claimant, now
+    notification.takeovers += int(stale)
+    return notification
+
+
+def _deliver(*, claim: Notification, announcement: Announcement) -> bool:
+    """Send the claimed message outside any transaction, then record the outcome in a short one:
+    SENT with the inbox entry and the NOTIFICATION_SENT event, or UNSENT with the error (and
+    ``DeliveryFailed``). A sender that dies in between leaves the claim, which is taken over
+    once stale and sent again with the same message key (the Message-ID of an email).
+    False if the message was recorded meanwhile (a claim taken over from a sender that was slow,
+    not dead)."""
+    channel = claim.channel
+    message = OutgoingMessage(
+        recipient=claim.recipient,
+        subject=claim.subject,
+        body=claim.body,
+        message_key=message_key(event_id=claim.source_event_id, channel=channel),
+    )
+    try:
+        SENDERS[channel](message)
+    except (OSError, smtplib.SMTPException) as exc:
+        Notification.objects.filter(pk=claim.pk, status=NotificationStatus.SENDING, claimed_by=claim.claimed_by).update(
+            status=NotificationStatus.UNSENT, error=describe(exc)
+        )
+        NOTIFICATIONS.labels(channel, "error").inc()
+        raise DeliveryFailed(f"{channel} to {message.recipient}: {exc}") from exc
+    with transaction.atomic():
+        recorded = Notification.objects.filter(pk=claim.pk, status=NotificationStatus.SENDING).update(
+            status=NotificationStatus.SENT, error=""
+        )
+        if recorded and claim_event(handler=_handler(channel), event_id=claim.source_event_id):
+            _announce(announcement=announcement, notification=claim)
+    if not recorded:
+        return False
+    NOTIFICATIONS.labels(channel, "sent").inc()
+    logger.info("notification_sent", channel=channel, recipient=message.recipient, event_type=announcement.event_type)
+    return True
+
+
+def _announce(*, announcement: Announcement, notification: Notification) -> None:
     order = announcement.order
-    notification = Notification.objects.create(
-        order=order,
-        source_event_id=announcement.event_id,
-        source_event_type=announcement.event_type,
-        channel=channel,
-        recipient=message.recipient,
-        subject=message.subject,
-        body=message.body,
-        status=status,
-        error=error,
+    event = enqueue_event(
+        event_type=NOTIFICATION_SENT,
+        order=order_selectors.order_snapshot(order=order),
+        correlation_id=announcement.correlation_id,
+        source=EVENT_SOURCE,
+        details={
+            "notification_id": notification.pk,
+            "channel": notification.channel,
+            "recipient": notification.recipient,
+            "source_event_id": announcement.event_id,
+            "source_event_type": announcement.event_type,
+        },
     )
-    if status == NotificationStatus.SENT:
-        event = enqueue_event(
-            event_type=NOTIFICATION_SENT,
-            order=order_selectors.order_snapshot(order=order),
-            correlation_id=announcement.correlation_id,
-            source=EVENT_SOURCE,
-            details={
-                "notification_id": notification.pk,
-                "channel": channel,
-                "recipient": message.recipient,
-                "source_event_id": announcement.event_id,
-                "source_event_type": announcement.event_type,
-            },
-        )
-        order_services.record_order_event(
-            order_id=order.id,
-            status=announcement.status,
-            event_type=NOTIFICATION_SENT,
-            event_id=event.event_id,
-            message=f"{channel} sent to {message.recipient} for {announcement.event_type}",
-        )
+    order_services.record_order_event(
+        order_id=order.id,
+        status=announcement.status,
+        event_type=NOTIFICATION_SENT,
+        event_id=event.event_id,
+        message=f"{notification.channel} sent to {notification.recipient} for {announcement.event_type}",
+    )
 
 
 def send_event_notifications(*, event: Event, briefing: Briefing | None = None) -> list[str]:
@@ -162,12 +270,10 @@ def send_event_notifications(*, event: Event, briefing: Briefing | None = None) 
     Recipient, items and amounts come from the order row, never from the event; an event whose
     order does not exist or never announced it sends nothing (``InvalidEvent``).
 
-    Per channel, the inbox entry, the record and the NOTIFICATION_SENT event are written first and
-    committed right after the message went out, in one transaction: a copy of the event handled
-    at the same moment waits for it and then finds the channel done, and a failed send records
-    nothing. Only a process that dies between the send and the commit leaves the message sent
-    and unrecorded; the retry sends it again with the same message key (the Message-ID of an
-    email), which receivers can drop.
+    Per channel: the claim is committed (``_claim``), the message sent outside any transaction
+    and the outcome recorded (``_deliver``), so no database lock is held while a mail server
+    talks. A copy of the event handled at the same moment finds the claim and leaves it to its
+    holder.
     """
     briefing = briefing or brief(events=[event])
     pending = []
@@ -179,22 +285,58 @@ def send_event_notifications(*, event: Event, briefing: Briefing | None = None) 
     if not pending:
         return []
     told = announcement(event=event, briefing=briefing)
+    claimant = _claimant("worker")
     sent = []
     for channel in pending:
-        message = compose(announcement=told, channel=channel)
-        with transaction.atomic():
-            if not claim_event(handler=_handler(channel), event_id=told.event_id):
-                continue
-            _record(announcement=told, channel=channel, message=message, status=NotificationStatus.SENT)
-            try:
-                SENDERS[channel](message)
-            except (OSError, smtplib.SMTPException) as exc:
-                NOTIFICATIONS.labels(channel, "error").inc()
-                raise DeliveryFailed(f"{channel} to {message.recipient}: {exc}") from exc
-        NOTIFICATIONS.labels(channel, "sent").inc()
-        logger.info("notification_sent", channel=channel, recipient=message.recipient, event_type=told.event_type)
-        sent.append(channel)
+        claim = _claim(announcement=told, channel=channel, claimant=claimant)
+        if claim is not None and _deliver(claim=claim, announcement=told):
+            sent.append(channel)
     return sent
+
+
+def send_batch(*, events: list[Event]) -> None:
+    """The events of one batch, each standing alone: one that fails does not hold the others up.
+    A refused event goes to dlq; an error that is not transient is recorded for its event at
+    once; those that failed with a transient error are raised together (``Undelivered``)."""
+    briefing = brief(events=events)
+    failures: list[tuple[Event, Exception]] = []
+    for event in events:
+        with structlog.contextvars.bound_contextvars(**event.log_context()):
+            try:
+                send_event_notifications(event=event, briefing=briefing)
+            except InvalidEvent as refusal:
+                logger.warning("event_refused", reason=refusal.reason, error=refusal.error)
+                refuse_event(event=event, refusal=refusal, source=EVENT_SOURCE)
+            except TRANSIENT_ERRORS as exc:
+                failures.append((event, exc))
+            except Exception as exc:  # noqa: BLE001 - a bug or data it cannot handle: recorded, not retried
+                logger.exception("notification_step_failed")
+                try:
+                    _record_failure(event=event, exc=exc)
+                except TRANSIENT_ERRORS as recording_error:  # the database away: try the event again
+                    failures.append((event, recording_error))
+    if failures:
+        raise Undelivered(failures)
+
+
+def record_batch_failure(*, events: list[Event], exc: Exception) -> None:
+    """After the last retry (or an error that is not transient): record the notifications of
+    the events still undelivered FAILED, each with its own error."""
+    failures = exc.failures if isinstance(exc, Undelivered) else [(event, exc) for event in events]
+    for event, error in failures:
+        with structlog.contextvars.bound_contextvars(**event.log_context()):
+            _record_failure(event=event, exc=error)
+
+
+def _record_failure(*, event: Event, exc: Exception) -> None:
+    """A transient error (the database away) propagates, to be retried; any other is logged, so
+    that one event cannot stop the rest of its batch."""
+    try:
+        record_delivery_failure(event=event, error=describe(exc))
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - logged with its traceback; the other events go on
+        logger.exception("notification_failure_unrecorded")
 
 
 def record_delivery_failure(*, event: Event, error: str) -> None:
@@ -204,7 +346,19 @@ def record_delivery_failure(*, event: Event, error: str) -> None:
         for channel in enabled_channels():
             if claim_event(handler=_handler(channel), event_id=told.event_id):
                 message = compose(announcement=told, channel=channel)
-                _record(announcement=told, channel=channel, message=message, status=NotificationStatus.FAILED, error=error)
+                Notification.objects.update_or_create(
+                    source_event_id=told.event_id,
+                    channel=channel,
+                    defaults={
+                        "order": told.order,
+                        "source_event_type": told.event_type,
+                        "recipient": message.recipient,
+                        "subject": message.subject,
+                        "body": message.body,
+                        "status": NotificationStatus.FAILED,
+                        "error": error,
+                    },
+                )
                 NOTIFICATIONS.labels(channel, "failed").inc()
         enqueue_dead_letter(
             original=event.payload,
@@ -215,3 +369,30 @@ def record_delivery_failure(*, event: Event, error: str) -> None:
             correlation_id=told.correlation_id,
         )
     logger.error("notification_failed", event_type=told.event_type, error=error)
+
+
+def finish_stale_claims(*, now: dt.datetime, limit: int) -> int:
+    """The reconciler's part: take over the claims held past the claim timeout (their sender
+    died between the claim and the outcome) and send them again, same message key; returns how
+    many were sent. One that fails again is left UNSENT for the event's next delivery."""
+    stale = (
+        Notification.objects.filter(status=NotificationStatus.SENDING, claimed_at__lt=_stale_before(now))
+        .select_related("order")
+        .order_by("claimed_at")[:limit]
+    )
+    claimant = _claimant("reconciler")
+    sent = 0
+    for notification in stale:
+        claim = _take(notification=notification, claimant=claimant, now=now)
+        if claim is None:
+            continue
+        event_id, event_type, order_id = str(claim.source_event_id), claim.source_event_type, str(claim.order_id)
+        status = order_selectors.announced_statuses(order_ids={order_id}, event_ids={event_id})[(order_id, event_id, event_type)]
+        told = Announcement(
+            order=claim.order, status=status, event_type=event_type, event_id=event_id, correlation_id=claim.order.correlation_id
+        )
+        try:
+            sent += _deliver(claim=claim, announcement=told)
+        except DeliveryFailed as exc:
+            logger.warning("notification_takeover_failed", notification_id=claim.pk, error=str(exc))
+    return sent

@@ -10,23 +10,13 @@ import random
 from typing import Callable, TypeVar
 
 import structlog
-from django.db import InterfaceError as DatabaseInterfaceError
-from django.db import OperationalError as DatabaseOperationalError
 
-from common.errors import TransientError
+from common.errors import TRANSIENT_ERRORS, describe
 from events.contract import InvalidEvent
 from pipeline.metrics import TASKS
 
 logger = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-# Database errors here are connection-level (a restart, a failover, a lock timeout).
-TRANSIENT_ERRORS = (TransientError, DatabaseOperationalError, DatabaseInterfaceError)
-
-
-def describe(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def retry_delay(*, retries: int) -> float:
@@ -43,7 +33,6 @@ def run_with_retries(
     step: Callable[[], T],
     give_up: Callable[[Exception], None],
     refuse: Callable[[InvalidEvent], None] | None = None,
-    retry_args: tuple | None = None,
 ) -> T | None:
     """Run a pipeline step; retry transient errors, and after the last retry call ``give_up``.
 
@@ -53,8 +42,8 @@ def run_with_retries(
     ``give_up`` records the failure visibly (a parked order, a failed notification, a dlq
     event); an error that is not transient (a bug, data the step cannot handle) goes there at
     once. If the failure cannot be recorded either (the database is still away), the task is
-    retried once more rather than acknowledged with nothing written. ``retry_args`` replace the
-    task's arguments in the retry (the part of its work still to do); None keeps them.
+    retried once more rather than acknowledged with nothing written. A transient error that did
+    part of the work says what is left (``TransientError.retry_args``): the retry carries only that.
     """
     try:
         return step()
@@ -66,6 +55,7 @@ def run_with_retries(
         return None
     except TRANSIENT_ERRORS as exc:
         retries = task.request.retries
+        retry_args = getattr(exc, "retry_args", None)
         if retries < task.max_retries:
             logger.warning("task_retrying", error=describe(exc), retries=retries + 1)
             raise task.retry(args=retry_args, exc=exc, countdown=retry_delay(retries=retries)) from exc

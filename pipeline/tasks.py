@@ -13,12 +13,12 @@ import structlog
 from celery import shared_task
 
 from events import services as event_services
-from events.contract import Event, InvalidEvent
+from events.contract import Event
 from events.services import refuse_event
 from notifications import services as notification_services
 from orders import services as order_services
 from payments import services as payment_services
-from pipeline.retries import TRANSIENT_ERRORS, describe, run_with_retries
+from pipeline.retries import describe, run_with_retries
 
 logger = structlog.get_logger(__name__)
 
@@ -57,68 +57,16 @@ def charge_payment(self, payload: dict) -> None:
     )
 
 
-def _record_failure(event: Event, exc: Exception) -> None:
-    """Record the event's notifications FAILED and send it to dlq. A transient error (the database
-    away) propagates, to be retried; any other is logged, so that one event cannot stop the rest
-    of its batch."""
-    try:
-        notification_services.record_delivery_failure(event=event, error=describe(exc))
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception:  # noqa: BLE001 - logged with its traceback; the other events go on
-        logger.exception("notification_failure_unrecorded")
-
-
 @shared_task(bind=True, name="notifications.send_notifications_batch")
 def send_notifications_batch(self, payloads: list[dict]) -> None:
-    """Order events from one bridge batch: tell each event's customer on each enabled channel.
-
-    Each event stands alone: one that fails does not hold the others up, the retry carries only
-    the events that failed with a transient error, and an error that is not transient is
-    recorded for its event at once.
-    """
-    failed: list[dict] = []
-
-    def send_each() -> None:
-        errors: list[Exception] = []
-        events = list(map(Event, payloads))
-        try:
-            briefing = notification_services.brief(events=events)
-        except Exception:
-            failed.extend(payloads)  # nothing was sent: the retry, or the give-up, takes them all
-            raise
-        for event in events:
-            with structlog.contextvars.bound_contextvars(**event.log_context()):
-                try:
-                    notification_services.send_event_notifications(event=event, briefing=briefing)
-                except InvalidEvent as refusal:
-                    logger.warning("event_refused", reason=refusal.reason, error=refusal.error)
-                    refuse_event(event=event, refusal=refusal, source=notification_services.EVENT_SOURCE)
-                except TRANSIENT_ERRORS as exc:
-                    failed.append(event.payload)
-                    errors.append(exc)
-                except Exception as exc:  # noqa: BLE001 - a bug or data it cannot handle: recorded, not retried
-                    logger.exception("notification_step_failed")
-                    try:
-                        _record_failure(event, exc)
-                    except TRANSIENT_ERRORS as recording_error:  # the database away: try the event again
-                        failed.append(event.payload)
-                        errors.append(recording_error)
-        if errors:
-            raise errors[0]
-
-    def give_up(exc: Exception) -> None:
-        for event in map(Event, failed):
-            _record_failure(event, exc)
-
-    run_with_retries(self, step=send_each, give_up=give_up, retry_args=(failed,))
-
-
-@shared_task(name="notifications.send_notifications")
-def send_notifications(payload: dict) -> None:
-    """One event, as a bridge of the previous release queued it (during a rolling upgrade):
-    handed on as a batch of one."""
-    send_notifications_batch.delay([payload])
+    """Order events from one bridge batch: tell each event's customer on each enabled channel
+    (``notification_services.send_batch``); a retry carries only the events that failed."""
+    events = [Event(payload) for payload in payloads]
+    run_with_retries(
+        self,
+        step=lambda: notification_services.send_batch(events=events),
+        give_up=lambda exc: notification_services.record_batch_failure(events=events, exc=exc),
+    )
 
 
 # The name is the one tasks already queued carry.

@@ -76,6 +76,7 @@ def run_reconciler(
                 logger.info(
                     "reconciler_pass",
                     orders=dict(result.orders),
+                    claims_taken_over=result.claims_taken_over,
                     events_completed=result.events_completed,
                     purged=dict(result.purged),
                     seconds=round(time.monotonic() - started, 3),

@@ -40,6 +40,8 @@ STUCK_REASONS = {OrderStatus.CREATED: RedriveReason.STUCK_CREATED, OrderStatus.P
 
 # Stuck orders looked at per pass, oldest first (those waiting out their backoff included).
 STUCK_ORDERS_PER_PASS = 5000
+# Stale notification claims taken over per pass, oldest first: each is a send to a mail server.
+STALE_CLAIMS_PER_PASS = 100
 
 # What one order's turn in a pass came to.
 REDRIVEN = "redriven"
@@ -55,6 +57,8 @@ class NothingToRedrive(Exception):
 @dataclass
 class PassResult:
     orders: Counter = field(default_factory=Counter)
+    # Notifications sent again after their sender died holding the claim.
+    claims_taken_over: int = 0
     events_completed: int = 0
     purged: Counter = field(default_factory=Counter)
     # The outbox id the next pass goes on checking events from.
@@ -62,7 +66,12 @@ class PassResult:
 
     @property
     def did_anything(self) -> bool:
-        return bool(sum(n for outcome, n in self.orders.items() if outcome != SKIPPED) or self.events_completed or self.purged)
+        return bool(
+            sum(n for outcome, n in self.orders.items() if outcome != SKIPPED)
+            or self.claims_taken_over
+            or self.events_completed
+            or self.purged
+        )
 
 
 def _lock_order(order_id) -> Order | None:
@@ -279,13 +288,15 @@ def reconcile(
     events_cursor: int = 0,
     max_event_batches: int = 20,
 ) -> PassResult:
-    """One pass: stuck orders, then unfinished events (from ``events_cursor``), then old history.
-    ``downstream``, read just before, tells which published events may still be on their way."""
+    """One pass: stuck orders, stale notification claims, then unfinished events (from
+    ``events_cursor``), then old history. ``downstream``, read just before, tells which published
+    events may still be on their way."""
     now = timezone.now()
     result = PassResult()
     for order in selectors.stuck_orders(policy=policy, now=now, limit=STUCK_ORDERS_PER_PASS):
         if policy.due(redrives=order.redrive_count, last_redrive_at=order.last_redrive_at, now=now):
             result.orders[redrive_stuck_order(order_id=order.pk, policy=policy, downstream=downstream, now=now)] += 1
+    result.claims_taken_over = notification_services.finish_stale_claims(now=now, limit=STALE_CLAIMS_PER_PASS)
     result.events_completed, event_outcomes, result.events_cursor = settle_events(
         policy=policy, downstream=downstream, now=now, after_id=events_cursor, max_batches=max_event_batches
     )

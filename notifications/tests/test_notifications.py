@@ -10,7 +10,7 @@ from django.core import mail
 from devtools.broker import free_port
 from devtools.harness import create_test_order
 from events.contract import Event, InvalidEvent
-from events.models import OutboxEvent
+from events.models import InboxEntry, OutboxEvent
 from notifications import services
 from notifications.models import Notification
 from orders.models import Order
@@ -69,13 +69,19 @@ def test_disabled_channels_send_nothing(envelope, email_to_memory, settings):
     assert not mail.outbox
 
 
-def test_an_unreachable_mail_server_is_a_retryable_failure_with_nothing_recorded(envelope, settings):
+def test_an_unreachable_mail_server_is_a_retryable_failure_recorded_unsent_and_claimed_again(envelope, settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", free_port(), 2
 
     with pytest.raises(services.DeliveryFailed):
         services.send_event_notifications(event=Event(envelope))
-    assert not Notification.objects.exists()
+    notification = Notification.objects.get()
+    assert notification.status == "UNSENT" and "Connection refused" in notification.error
+    assert not InboxEntry.objects.exists() and not OutboxEvent.objects.filter(event_type="NOTIFICATION_SENT").exists()
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    assert services.send_event_notifications(event=Event(envelope)) == ["email"]
+    assert Notification.objects.get().status == "SENT" and len(mail.outbox) == 1
 
 
 def test_giving_up_records_failure_and_a_dead_letter(envelope):
