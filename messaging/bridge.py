@@ -23,9 +23,9 @@ from common.lifecycle import backoff_delays
 from common.metrics import serve_process_metrics
 from events.contract import TOPIC_DLQ, Event, InvalidEvent, check_recorded, dead_letter_headers, parse_event
 from events.selectors import recorded_payloads
-from messaging.kafka import client_config, delivery_error
+from messaging.kafka import client_config
 from messaging.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSAGES
-from messaging.relay import build_producer, needs_new_producer
+from messaging.producer import build_producer, delivery_error, needs_new_producer
 from messaging.routes import dead_letter_task, notification_tasks, notifies, tasks_for
 from messaging.topics import ensure_topics_until_ready
 from messaging.tracing import processing, processing_batch

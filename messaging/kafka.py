@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 from django.conf import settings
 
@@ -119,15 +119,3 @@ def check_broker(*, timeout: float) -> int:
     _admin, metadata = cluster_metadata(timeout=timeout)
     return len(metadata.brokers)
 
-
-def delivery_error(error: KafkaError | None, message: Message) -> KafkaError | None:
-    """The error of a delivery report, counting a delivery without an offset as failed.
-
-    With acks=all, no offset means the broker answered a retried batch as a duplicate of one it
-    already had. A restarted broker can answer so for a batch it never stored (the bundled
-    broker does), so the message is sent again; consumers' inboxes drop the copy if the first
-    one was stored after all.
-    """
-    if error is None and message.offset() is None:
-        return KafkaError(KafkaError.DUPLICATE_SEQUENCE_NUMBER, "confirmed as a duplicate without an offset: sending again")
-    return error

@@ -24,7 +24,7 @@ from events.contract import ORDER_CREATED, ORDER_PROCESSING, TOPIC_DLQ, build_en
 from events.models import OutboxEvent
 from events.services import enqueue_event
 from messaging.bridge import BridgeSettings, KafkaBridge
-from messaging.relay import build_producer
+from messaging.producer import build_producer
 from messaging.routes import PROCESS_ORDER, SEND_NOTIFICATIONS
 from messaging.topics import ensure_topics
 from orders.selectors import order_snapshot

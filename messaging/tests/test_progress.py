@@ -15,7 +15,8 @@ from devtools.harness import create_test_orders
 from events.contract import TOPIC_ORDERS
 from events.models import OutboxEvent
 from messaging.progress import READ_ONLY_DECLARE, BridgeProgress, queued_tasks
-from messaging.relay import build_producer, publish_pending_events
+from messaging.producer import build_producer
+from messaging.relay import publish_pending_events
 from messaging.topics import ensure_topics
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,8 @@ from devtools.broker import free_port
 from devtools.harness import create_test_orders, read_topics
 from events.contract import TOPIC_ORDERS, TOPIC_PARTITIONS
 from events.models import OutboxEvent
-from messaging.relay import build_producer, publish_pending_events
+from messaging.producer import build_producer
+from messaging.relay import produce_batch, publish_pending_events
 from messaging.topics import ensure_topics
 
 pytestmark = pytest.mark.django_db
@@ -50,6 +51,24 @@ def test_relay_publishes_pending_rows_in_batches_and_marks_them_published(kafka_
         assert dict((name, value.decode()) for name, value in message.headers()) == event.headers
         assert (event.kafka_partition, event.kafka_offset) == (message.partition(), message.offset())
     assert set(order_ids) <= set(on_kafka)
+
+
+def test_producing_a_batch_returns_where_kafka_put_each_row_and_records_nothing(kafka_settings, kafka_broker):
+    ensure_topics()
+    make_orders(3)
+    events = list(OutboxEvent.objects.order_by("id"))
+
+    deliveries = produce_batch(build_producer(delivery_timeout_ms=10000), events, flush_timeout=15)
+
+    assert deliveries.failed == {}
+    on_kafka = {
+        (message.topic(), message.partition(), message.offset()): json.loads(message.value())["event_id"]
+        for message in read_topics(bootstrap_servers=kafka_broker.bootstrap_servers, topics={event.topic for event in events})
+    }
+    where = {event.pk: on_kafka[(event.topic, *deliveries.confirmed[event.pk])] for event in events}
+    assert where == {event.pk: str(event.event_id) for event in events}
+    # Recording is the next step's: every row is still pending.
+    assert OutboxEvent.objects.filter(published_at__isnull=True).count() == 3
 
 
 def test_undelivered_rows_stay_pending_with_the_error(settings):

@@ -12,7 +12,8 @@ from devtools.broker import EmbeddedKafkaBroker
 from devtools.harness import ObjectStore, ProcessGroup, create_test_orders, read_topics, wait_until
 from events.contract import TOPIC_ORDERS
 from events.models import OutboxEvent
-from messaging.relay import build_producer, publish_pending_events
+from messaging.producer import build_producer
+from messaging.relay import publish_pending_events
 from messaging.topics import ensure_topics
 
 pytestmark = pytest.mark.django_db
