@@ -50,7 +50,7 @@ class SimulatedGateway:
         seed: str | None = None,
         latency_ms: int | None = None,
     ):
-        knobs = settings.PAYMENTS
+        knobs = settings.PAYMENTS if None in (success_rate, timeout_rate, seed, latency_ms) else {}
         self.success_rate = knobs["success_rate"] if success_rate is None else success_rate
         self.timeout_rate = knobs["timeout_rate"] if timeout_rate is None else timeout_rate
         self.seed = (knobs["seed"] if seed is None else seed) or secrets.token_hex(8)
