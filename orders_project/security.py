@@ -41,6 +41,9 @@ UNDELIVERING_EMAIL_BACKENDS = {
 LOG_EMAIL_BACKEND = "notifications.backends.LogEmailBackend"
 SMTP_EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 LOG_SMS_BACKEND = "notifications.backends.LoggingSmsBackend"
+# The payment gateway that moves no money (payments/simulator.py): a shop running it in production
+# ships every order as paid and charges nobody.
+SIMULATED_GATEWAY = "payments.simulator.SimulatedGateway"
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -149,6 +152,24 @@ def sms_backend(config: dict, *, development: bool) -> str:
             "or NOTIFICATION_SMS_ENABLED=false"
         )
     return backend
+
+
+def payment_gateway(config: dict, *, development: bool) -> str:
+    """PAYMENTS_GATEWAY_CLASS: the simulator by default; outside development only with
+    PAYMENTS_ALLOW_SIMULATOR=true (a demo), since it charges nobody."""
+    gateway = config["payments"]["gateway_class"].strip()
+    if not gateway:
+        raise ImproperlyConfigured(
+            "Set PAYMENTS_GATEWAY_CLASS to your payment provider's adapter (payments.gateway.PaymentGateway), "
+            f"or to {SIMULATED_GATEWAY}"
+        )
+    if gateway == SIMULATED_GATEWAY and not development and not config["payments"]["allow_simulator"]:
+        raise ImproperlyConfigured(
+            f"PAYMENTS_GATEWAY_CLASS={gateway} is the simulator, which charges nobody: outside "
+            "ENVIRONMENT=development name your payment provider's adapter (payments.gateway.PaymentGateway), "
+            "or set PAYMENTS_ALLOW_SIMULATOR=true for a demo"
+        )
+    return gateway
 
 
 def email_use_ssl(config: dict) -> bool:

@@ -206,6 +206,8 @@ OUTBOX = CONFIG["outbox"]
 BRIDGE = CONFIG["bridge"]
 ORDER_LIMITS = CONFIG["orders"]
 PAYMENTS = CONFIG["payments"]
+# The simulator locally; production refuses it unless PAYMENTS_ALLOW_SIMULATOR=true (security.py).
+PAYMENTS["gateway_class"] = security.payment_gateway(CONFIG, development=DEVELOPMENT)
 NOTIFICATION = CONFIG["notification"]
 # The processes' metrics endpoints bind the web process's interface unless told otherwise.
 METRICS = {**CONFIG["metrics"], "host": CONFIG["metrics"]["host"] or CONFIG["http"]["host"]}

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from common.admin import ReadOnlyModelAdmin
-from payments.models import Payment, SimulatedCharge
+from payments.models import Payment, SimulatedCharge, SimulatedRefund
 
 
 @admin.register(Payment)
@@ -13,9 +13,18 @@ class PaymentAdmin(ReadOnlyModelAdmin):
     ordering = ["-created_at", "-attempt"]
 
 
+# The simulated provider's ledger (payments/simulator.py): what a real provider's dashboard shows.
 @admin.register(SimulatedCharge)
 class SimulatedChargeAdmin(ReadOnlyModelAdmin):
-    list_display = ["created_at", "reference", "idempotency_key", "amount", "approved", "calls"]
+    list_display = ["created_at", "reference", "order_id", "idempotency_key", "amount", "approved", "calls"]
     list_filter = ["approved"]
-    search_fields = ["idempotency_key", "reference"]
+    search_fields = ["idempotency_key", "reference", "order_id"]
+    ordering = ["-created_at", "-id"]
+
+
+@admin.register(SimulatedRefund)
+class SimulatedRefundAdmin(ReadOnlyModelAdmin):
+    list_display = ["created_at", "reference", "charge_reference", "amount", "approved", "calls"]
+    list_filter = ["approved"]
+    search_fields = ["idempotency_key", "reference", "charge_reference"]
     ordering = ["-created_at", "-id"]

@@ -1,114 +1,116 @@
-"""Payment gateways: the interface the payment service calls, and the simulated one.
+"""The payment gateway: the interface the payment service calls, its results and errors, and the
+configured gateway of this process.
 
-A gateway must honour idempotency keys: the same key always yields the same single charge,
-however many times it is called. That is what makes retrying after a timeout safe.
+A provider's adapter is a class that implements ``PaymentGateway`` and is named by the setting
+``payments.gateway_class`` (``PAYMENTS_GATEWAY_CLASS``); it is built with no arguments, once per
+process and setting, and reads its own configuration (API keys from the environment, say). The
+local default is ``payments.simulator.SimulatedGateway``, which moves no money: production refuses
+it unless ``PAYMENTS_ALLOW_SIMULATOR=true`` (orders_project/security.py).
+
+The contract an adapter keeps:
+
+- **Idempotency keys.** ``charge`` and ``refund`` take an ``idempotency_key``; every call with the
+  same key is the same single operation at the provider, and answers with the outcome of the
+  first (a provider's own idempotency keys, or its lookup by key). The payment service commits the
+  key before it calls, so retrying after a timeout or a crash never charges or refunds twice.
+- **Declines are results.** A card declined, a refund refused (more than was captured, an unknown
+  charge) is an answer: a result with ``approved=False`` and the provider's reason, never an
+  exception.
+- **Timeouts and unavailability are ``TransientError``s.** No answer in time, a connection
+  refused, a 5xx or a rate limit: raise ``GatewayTimeout`` (the call may have taken effect) or
+  ``GatewayUnavailable`` (it did not reach the provider, or the provider says it failed). The
+  pipeline retries them under the same key with backoff, and parks the order after the last
+  retry. Any other exception is a bug: not retried, the order is parked at once.
+- **No transaction of ours is open around the call.** The service calls the gateway between its
+  transactions (payments/services.py), so an adapter may take its time, up to its own timeout.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
-import secrets
-import time
+import threading
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from django.conf import settings
-from django.db import connection
-from django.utils import timezone
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 from common.errors import TransientError
-from payments.models import SimulatedCharge
 
 
-class GatewayTimeout(TransientError):
-    """The gateway did not answer in time; the charge may or may not have happened."""
+class GatewayUnavailable(TransientError):
+    """The gateway could not be reached or failed on its side; retry with the same key."""
+
+
+class GatewayTimeout(GatewayUnavailable):
+    """The gateway did not answer in time; the operation may or may not have happened."""
 
 
 @dataclass(frozen=True)
 class ChargeResult:
     approved: bool
+    # The provider's id of the charge: what a refund names (``charge_reference``).
     reference: str
     decline_reason: str = ""
 
 
+@dataclass(frozen=True)
+class RefundResult:
+    approved: bool
+    # The provider's id of the refund.
+    reference: str
+    decline_reason: str = ""
+
+
+@runtime_checkable
 class PaymentGateway(Protocol):
-    def charge(self, *, idempotency_key: str, amount: Decimal, currency: str) -> ChargeResult: ...
+    """What a provider's adapter implements (the module's docstring gives the contract)."""
+
+    def charge(self, *, idempotency_key: str, order_id: str, amount: Decimal, currency: str) -> ChargeResult:
+        """Take ``amount`` of ``currency`` for the order, once per ``idempotency_key``."""
+        ...
+
+    def refund(self, *, idempotency_key: str, charge_reference: str, amount: Decimal) -> RefundResult:
+        """Give back ``amount`` (in the charge's currency) of the charge ``charge_reference``, once per
+        ``idempotency_key``; declined (a result) if it would take the charge's refunds over what it
+        captured."""
+        ...
 
 
-class SimulatedGateway:
-    """Approves ``success_rate`` of charges (85% by default); ``timeout_rate`` of calls time out.
+SETTING = "PAYMENTS_GATEWAY_CLASS"
 
-    Outcomes are drawn from ``seed`` and the idempotency key, so a run with a fixed seed is
-    reproducible. A timeout is simulated after the charge is recorded, the hard case: the
-    caller does not know whether it was charged and must retry with the same key.
-    """
 
-    DECLINE_REASON = "Card declined by the simulated gateway"
-
-    def __init__(self, *, success_rate: float, timeout_rate: float, seed: str, latency_ms: int = 0):
-        self.success_rate = success_rate
-        self.timeout_rate = timeout_rate
-        self.seed = seed
-        self.latency_ms = latency_ms
-
-    def _draw(self, *parts: object) -> float:
-        return random.Random(":".join(map(str, (self.seed, *parts)))).random()
-
-    def would_approve(self, *, idempotency_key: str) -> bool:
-        return self._draw("approve", idempotency_key) < self.success_rate
-
-    def charge(self, *, idempotency_key: str, amount: Decimal, currency: str) -> ChargeResult:
-        approved = self.would_approve(idempotency_key=idempotency_key)
-        reference = "sim_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
-        approved, reference, decline_reason, calls = self._record(
-            idempotency_key=idempotency_key,
-            amount=amount,
-            currency=currency,
-            approved=approved,
-            reference=reference,
-            decline_reason="" if approved else self.DECLINE_REASON,
+def gateway_class(path: str | None = None) -> type:
+    """The class ``path`` (the setting by default) names, checked to implement the interface."""
+    path = settings.PAYMENTS["gateway_class"] if path is None else path
+    try:
+        cls = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"{SETTING}={path!r} cannot be imported: {exc}") from exc
+    missing = [name for name in ("charge", "refund") if not callable(getattr(cls, name, None))]
+    if not isinstance(cls, type) or missing:
+        raise ImproperlyConfigured(
+            f"{SETTING}={path!r} is not a payment gateway class (payments.gateway.PaymentGateway): "
+            f"it has no {' or '.join(missing) or 'class'}"
         )
-        if self.latency_ms:
-            time.sleep(self.latency_ms / 1000)
-        if self._draw("timeout", idempotency_key, calls) < self.timeout_rate:
-            raise GatewayTimeout(f"Simulated gateway timed out on {idempotency_key}")
-        return ChargeResult(approved=approved, reference=reference, decline_reason=decline_reason)
-
-    @staticmethod
-    def _record(**charge) -> tuple[bool, str, str, int]:
-        """The ledger row for the key: created on the first call, its call count raised on the next
-        ones, in one statement (SQLite 3.35+, PostgreSQL); returns what the first call decided."""
-        table = SimulatedCharge._meta.db_table
-        amount = SimulatedCharge._meta.get_field("amount").get_db_prep_save(charge["amount"], connection)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} (idempotency_key, amount, currency, approved, reference, decline_reason, calls, "
-                "created_at) VALUES (%s, %s, %s, %s, %s, %s, 1, %s) ON CONFLICT (idempotency_key) "
-                f"DO UPDATE SET calls = {table}.calls + 1 RETURNING approved, reference, decline_reason, calls",
-                [
-                    charge["idempotency_key"],
-                    amount,
-                    charge["currency"],
-                    charge["approved"],
-                    charge["reference"],
-                    charge["decline_reason"],
-                    timezone.now(),
-                ],
-            )
-            approved, reference, decline_reason, calls = cursor.fetchone()
-        return bool(approved), reference, decline_reason, calls
+    return cls
 
 
-@lru_cache(maxsize=1)
-def _configured_gateway(success_rate: float, timeout_rate: float, seed: str, latency_ms: int) -> SimulatedGateway:
-    return SimulatedGateway(
-        success_rate=success_rate, timeout_rate=timeout_rate, seed=seed or secrets.token_hex(8), latency_ms=latency_ms
-    )
+_lock = threading.Lock()
+_built: tuple[tuple, PaymentGateway] | None = None
 
 
 def get_gateway() -> PaymentGateway:
-    config = settings.PAYMENTS
-    return _configured_gateway(config["success_rate"], config["timeout_rate"], config["seed"], config["latency_ms"])
+    """The gateway of this process: the configured class, built once for the current
+    ``settings.PAYMENTS`` and built again when they change (``override_settings``, the ``settings``
+    fixture), so tests swap it through settings, never through a cache."""
+    global _built
+    key = tuple(sorted((name, repr(value)) for name, value in settings.PAYMENTS.items()))
+    built = _built
+    if built is not None and built[0] == key:
+        return built[1]
+    with _lock:
+        if _built is None or _built[0] != key:
+            _built = (key, gateway_class()())
+        return _built[1]

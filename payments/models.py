@@ -43,16 +43,39 @@ class Payment(models.Model):
         return f"Payment {self.order_id} #{self.attempt} ({self.status})"
 
 
-class SimulatedCharge(models.Model):
-    """The simulated gateway's own ledger: what a real provider would hold on its side.
+# --- The simulated provider's ledger (payments/simulator.py) -------------------------------------
+# Not the service's data: what a real provider holds on its side, kept here only because the
+# simulator needs somewhere to keep it. Nothing but payments/simulator.py writes or reads it in the
+# product (the harness's audit and the tests read it as a provider's statement).
 
-    One row per idempotency key, so the number of rows approved per order is the number of
-    times the customer was really charged.
-    """
+
+class SimulatedCharge(models.Model):
+    """The simulated gateway's charges: one row per idempotency key, so the number of rows approved
+    per order is the number of times the customer was really charged."""
 
     idempotency_key = models.CharField(max_length=100, unique=True)
+    # The order the charge was for, as a provider keeps it in the charge's metadata.
+    order_id = models.CharField(max_length=64, blank=True)
     amount = models.DecimalField(max_digits=16, decimal_places=2)
     currency = models.CharField(max_length=3)
+    approved = models.BooleanField()
+    # What a refund names (charge_reference).
+    reference = models.CharField(max_length=64, db_index=True)
+    decline_reason = models.CharField(max_length=255, blank=True)
+    calls = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.reference} {'approved' if self.approved else 'declined'}"
+
+
+class SimulatedRefund(models.Model):
+    """The simulated gateway's refunds: one row per idempotency key; the approved ones of a charge
+    never add up to more than it captured."""
+
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    charge_reference = models.CharField(max_length=64, db_index=True)
+    amount = models.DecimalField(max_digits=16, decimal_places=2)
     approved = models.BooleanField()
     reference = models.CharField(max_length=64)
     decline_reason = models.CharField(max_length=255, blank=True)

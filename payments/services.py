@@ -13,7 +13,7 @@ from events.services import claim_event, was_handled
 from orders import selectors as order_selectors
 from orders import services as order_services
 from orders.models import Order
-from payments.gateway import GatewayTimeout, PaymentGateway, get_gateway
+from payments.gateway import GatewayTimeout, GatewayUnavailable, PaymentGateway, get_gateway
 from payments.metrics import PAYMENTS
 from payments.models import Payment, PaymentStatus
 
@@ -64,7 +64,8 @@ def charge_order(
 
     The attempt (and its idempotency key) is committed before the gateway is called, so a
     retry after a timeout or a crash charges under the same key: the gateway returns the
-    first charge instead of making a second. A decline is final.
+    first charge instead of making a second. A decline is final. ``gateway``: the configured one
+    (``get_gateway()``) unless given.
     """
     if was_handled(handler=CHARGE_HANDLER, event_id=event_id):
         return None
@@ -73,10 +74,13 @@ def charge_order(
         return None
     try:
         result = (gateway or get_gateway()).charge(
-            idempotency_key=payment.idempotency_key, amount=payment.amount, currency=payment.currency
+            idempotency_key=payment.idempotency_key,
+            order_id=str(order_id),
+            amount=payment.amount,
+            currency=payment.currency,
         )
-    except GatewayTimeout:
-        PAYMENTS.labels("timeout").inc()
+    except GatewayUnavailable as exc:
+        PAYMENTS.labels("timeout" if isinstance(exc, GatewayTimeout) else "unavailable").inc()
         raise
     with transaction.atomic():
         if not claim_event(handler=CHARGE_HANDLER, event_id=event_id):

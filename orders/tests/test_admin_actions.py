@@ -15,7 +15,7 @@ from events.models import DeadLetter, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
 from payments import services as payment_services
-from payments.gateway import SimulatedGateway
+from payments.simulator import SimulatedGateway
 from payments.models import Payment, PaymentStatus, SimulatedCharge
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,7 @@ from notifications import services as notification_services
 from notifications.models import Notification
 from orders import services as order_services
 from payments import services as payment_services
-from payments.gateway import SimulatedGateway
+from payments.simulator import SimulatedGateway
 from payments.models import Payment
 
 pytestmark = pytest.mark.django_db

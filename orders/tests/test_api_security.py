@@ -110,7 +110,11 @@ def _check_with(**env: str) -> subprocess.CompletedProcess:
 
 
 # What production needs besides the key (orders_project/tests/test_security.py tests each refusal).
-PRODUCTION_HOSTS_AND_SMTP = {"HTTP_ALLOWED_HOSTS": "orders.example.com", "EMAIL_HOST": "smtp.example.com"}
+PRODUCTION_REQUIREMENTS = {
+    "HTTP_ALLOWED_HOSTS": "orders.example.com",
+    "EMAIL_HOST": "smtp.example.com",
+    "PAYMENTS_ALLOW_SIMULATOR": "true",
+}
 
 
 @pytest.mark.parametrize(
@@ -122,7 +126,7 @@ PRODUCTION_HOSTS_AND_SMTP = {"HTTP_ALLOWED_HOSTS": "orders.example.com", "EMAIL_
     ],
 )
 def test_production_settings_refuse_debug_and_a_default_secret_key(env, refusal):
-    result = _check_with(ENVIRONMENT="production", **PRODUCTION_HOSTS_AND_SMTP, **env)
+    result = _check_with(ENVIRONMENT="production", **PRODUCTION_REQUIREMENTS, **env)
 
     assert result.returncode != 0
     assert refusal in result.stderr
@@ -134,7 +138,7 @@ def test_production_settings_start_with_a_real_key_and_require_auth():
         cwd=BASE_DIR,
         env={
             **os.environ,
-            **PRODUCTION_HOSTS_AND_SMTP,
+            **PRODUCTION_REQUIREMENTS,
             "ENVIRONMENT": "production",
             "DJANGO_DEBUG": "false",
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),

@@ -505,7 +505,7 @@ def test_every_metric_and_label_of_the_dashboard_and_the_alerts_is_served(operat
         if name == "pipeline_tasks_total" and dict(labels)["task"] == "events.archive_dead_letter"
     }
     assert archive_outcomes == set(TASK_OUTCOMES)
-    assert {dict(labels)["outcome"] for name, labels in samples["worker"] if name == "payments_total"} == {"approved", "declined", "timeout"}
+    assert {dict(labels)["outcome"] for name, labels in samples["worker"] if name == "payments_total"} == {"approved", "declined", "timeout", "unavailable"}
 
     merged = {key: value for process in samples.values() for key, value in process.items()}
     labels_of = served_labels(merged)

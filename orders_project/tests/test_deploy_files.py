@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import yaml
 
 from devtools.processes import process_commands
 from events.contract import TOPIC_DLQ, TOPIC_PARTITIONS
+from orders_project.security import SIMULATED_GATEWAY
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -47,6 +49,23 @@ _COMPOSE_INPUTS = (
     *REQUIRED_ENV, "HTTP_ALLOWED_HOSTS", "EMAIL_PORT", "EMAIL_USE_TLS", "EMAIL_USER", "EMAIL_PASSWORD", "KAFKA_UI_USER",
     "SECURITY_SSL_REDIRECT", "SECURITY_CSRF_TRUSTED_ORIGINS", "DOCKER_HOST", "DOCKER_CONTEXT",
 )
+
+
+def settings_refusal(environment: dict[str, str]) -> str | None:
+    """The ImproperlyConfigured line Django's settings stop with in ``environment`` (the app
+    containers' one, with random secrets instead of the placeholders), or None if they load."""
+    chosen = {**environment, "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "HTTP_INTERNAL_TOKEN": secrets.token_urlsafe(32)}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", ""), "DJANGO_SETTINGS_MODULE": "orders_project.settings", **chosen},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    refusals = [line for line in result.stderr.splitlines() if line.startswith("django.core.exceptions.ImproperlyConfigured")]
+    assert result.returncode == 0 or refusals, result.stderr
+    return refusals[-1] if refusals else None
 
 
 def expected_commands() -> dict[str, list[str]]:
@@ -250,6 +269,12 @@ def test_app_containers_run_in_production(services, name):
     assert environment["METRICS_BRIDGE_PORT"] == str(METRICS_PORTS["bridge"])
     assert environment["METRICS_WORKER_PORT"] == str(METRICS_PORTS["worker"])
     assert environment["METRICS_RECONCILER_PORT"] == str(METRICS_PORTS["reconciler"])
+    # A demo: the simulated gateway, allowed knowingly (production refuses it otherwise).
+    assert (environment["PAYMENTS_GATEWAY_CLASS"], environment["PAYMENTS_ALLOW_SIMULATOR"]) == (SIMULATED_GATEWAY, "true")
+
+
+def test_the_compose_environment_passes_the_production_start_checks(services):
+    assert settings_refusal(services["web"]["environment"]) is None
 
 
 def test_app_containers_share_one_environment_and_one_image(services):
@@ -459,6 +484,14 @@ def test_k8s_configmap_is_production_and_holds_no_secrets(k8s):
     assert SECRET_SETTINGS <= set(k8s.secret["stringData"])
     # Behind the Ingress: the throttles key on the address it appends to X-Forwarded-For.
     assert data["HTTP_NUM_PROXIES"] == "1"
+
+
+def test_k8s_pods_refuse_the_simulator_until_a_provider_adapter_is_named(k8s):
+    environment = {**k8s.configmap["data"], **k8s.secret["stringData"], "EMAIL_HOST": "smtp.example.com"}
+    environment["DATABASE_URL"] = "sqlite:///:memory:"
+
+    assert "PAYMENTS_ALLOW_SIMULATOR=true" in settings_refusal(environment)
+    assert settings_refusal({**environment, "PAYMENTS_GATEWAY_CLASS": "payments.tests.test_gateway.AlwaysTimesOut"}) is None
 
 
 def test_k8s_example_secret_holds_placeholders_the_settings_refuse(k8s):

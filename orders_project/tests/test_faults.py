@@ -41,7 +41,7 @@ from devtools.harness import redriven_orders, wait_until
 from events.contract import TOPIC_ORDERS
 from events.models import DeadLetter, OutboxEvent
 from messaging.routes import CHARGE_PAYMENT, PROCESS_ORDER
-from payments.gateway import SimulatedGateway
+from payments.simulator import SimulatedGateway
 from payments.models import Payment
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.fault]

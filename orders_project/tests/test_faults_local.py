@@ -36,7 +36,7 @@ from devtools.harness import (
     redriven_orders,
     wait_until,
 )
-from payments.gateway import SimulatedGateway
+from payments.simulator import SimulatedGateway
 from payments.models import Payment
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.fault_local]

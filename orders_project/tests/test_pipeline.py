@@ -21,7 +21,7 @@ from events.models import DeadLetter, InboxEntry, OutboxEvent
 from notifications.models import Notification
 from orders.models import Order, OrderStatus
 from orders_project.config import BASE_DIR
-from payments.gateway import SimulatedGateway
+from payments.simulator import SimulatedGateway
 from payments.models import Payment, SimulatedCharge
 from recovery.models import Redrive
 

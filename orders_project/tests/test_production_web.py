@@ -80,6 +80,7 @@ def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broke
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
         HTTP_ALLOWED_HOSTS="127.0.0.1",
         EMAIL_HOST="smtp.example.com",
+        PAYMENTS_ALLOW_SIMULATOR="true",
         HTTP_PORT=str(port),
         HTTP_WORKERS="1",
     )
@@ -132,6 +133,7 @@ def test_production_admin_login_works_behind_the_tls_proxy(kafka_broker, tmp_pat
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
         HTTP_ALLOWED_HOSTS="127.0.0.1",
         EMAIL_HOST="smtp.example.com",
+        PAYMENTS_ALLOW_SIMULATOR="true",
         HTTP_PORT=str(port),
         HTTP_WORKERS="1",
     )

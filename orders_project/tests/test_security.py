@@ -19,7 +19,9 @@ from orders_project.config import BASE_DIR
 
 # Variables of the caller's environment that choose what the settings do (the suite itself runs
 # with ENVIRONMENT=development, see devtools/pytest_development.py).
-_CHOOSERS = ("ENVIRONMENT", "DJANGO_", "HTTP_ALLOWED_HOSTS", "EMAIL_", "NOTIFICATION_", "SECURITY_", "API_REQUIRE_AUTH")
+_CHOOSERS = (
+    "ENVIRONMENT", "DJANGO_", "HTTP_ALLOWED_HOSTS", "EMAIL_", "NOTIFICATION_", "SECURITY_", "API_REQUIRE_AUTH", "PAYMENTS_",
+)
 NOT_DEVELOPMENT = [None, "production", "prod", "staging", "develop", "Development", "development "]
 
 # What settings print: the ones production changes.
@@ -36,6 +38,7 @@ print(json.dumps({
     "SECURE_PROXY_SSL_HEADER": s.SECURE_PROXY_SSL_HEADER, "CSRF_TRUSTED_ORIGINS": s.CSRF_TRUSTED_ORIGINS,
     "EMAIL_BACKEND": s.EMAIL_BACKEND, "SMS_BACKEND": s.NOTIFICATION["sms_backend"],
     "EMAIL": [s.EMAIL_HOST, s.EMAIL_PORT, s.EMAIL_HOST_USER, s.EMAIL_HOST_PASSWORD, s.EMAIL_USE_TLS, s.EMAIL_USE_SSL],
+    "PAYMENTS_GATEWAY": s.PAYMENTS["gateway_class"],
 }))
 """
 
@@ -44,12 +47,18 @@ def random_key() -> str:
     return secrets.token_urlsafe(50)
 
 
+# A class of the tests that implements the gateway interface: a provider's adapter, as far as the
+# settings can tell.
+PROVIDER_ADAPTER = "payments.tests.test_gateway.AlwaysTimesOut"
+
+
 def production_env(**overrides: str | None) -> dict[str, str | None]:
     """What production needs, as an operator provides it."""
     return {
         "DJANGO_SECRET_KEY": random_key(),
         "HTTP_ALLOWED_HOSTS": "orders.example.com,localhost",
         "EMAIL_HOST": "smtp.example.com",
+        "PAYMENTS_GATEWAY_CLASS": PROVIDER_ADAPTER,
         **overrides,
     }
 
@@ -116,6 +125,7 @@ def test_anything_but_development_runs_with_production_settings(environment):
     assert exempt == ["health", "health/", "health/ready", "metrics"]
     assert loaded["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend"
     assert loaded["SMS_BACKEND"] == ""
+    assert loaded["PAYMENTS_GATEWAY"] == PROVIDER_ADAPTER
 
 
 def test_only_development_exactly_gets_debug_the_dev_key_open_hosts_an_open_api_and_the_log_backends():
@@ -129,6 +139,7 @@ def test_only_development_exactly_gets_debug_the_dev_key_open_hosts_an_open_api_
     assert loaded["SECURE_HSTS_SECONDS"] == 0
     assert loaded["EMAIL_BACKEND"] == "notifications.backends.LogEmailBackend"
     assert loaded["SMS_BACKEND"] == "notifications.backends.LoggingSmsBackend"
+    assert loaded["PAYMENTS_GATEWAY"] == security.SIMULATED_GATEWAY
 
 
 def test_production_sends_email_over_smtp_with_the_configured_server():
@@ -155,12 +166,32 @@ def test_production_sends_email_over_smtp_with_the_configured_server():
         ({"HTTP_ALLOWED_HOSTS": None}, "Set HTTP_ALLOWED_HOSTS"),
         ({"HTTP_ALLOWED_HOSTS": "orders.example.com,*"}, "Set HTTP_ALLOWED_HOSTS"),
         ({"DJANGO_DEBUG": "true"}, "DJANGO_DEBUG must be false"),
+        ({"PAYMENTS_GATEWAY_CLASS": None}, "PAYMENTS_ALLOW_SIMULATOR=true"),
+        ({"PAYMENTS_GATEWAY_CLASS": security.SIMULATED_GATEWAY}, "PAYMENTS_ALLOW_SIMULATOR=true"),
+        ({"PAYMENTS_GATEWAY_CLASS": ""}, "Set PAYMENTS_GATEWAY_CLASS"),
+        ({"PAYMENTS_GATEWAY_CLASS": "payments.nowhere.Gateway"}, "PAYMENTS_GATEWAY_CLASS='payments.nowhere.Gateway' cannot be imported"),
     ],
-    ids=["log-email", "console-email", "log-sms", "sms-without-provider", "no-smtp-host", "tls-and-ssl", "no-hosts", "any-host", "debug"],
+    ids=[
+        "log-email", "console-email", "log-sms", "sms-without-provider", "no-smtp-host", "tls-and-ssl", "no-hosts", "any-host",
+        "debug", "default-simulator", "simulator", "no-gateway", "gateway-not-found",
+    ],
 )
 def test_production_refuses_to_start_and_names_the_variable(env, variable):
     """Customer data stays out of the logs: no backend that writes messages there, or drops them."""
     assert variable in refusal(**production_env(**env))
+
+
+def test_production_runs_the_simulator_only_when_told_to():
+    """A demo (compose's stack) may charge nobody, knowingly."""
+    loaded = loaded_settings(**production_env(PAYMENTS_GATEWAY_CLASS=None, PAYMENTS_ALLOW_SIMULATOR="true"))
+
+    assert loaded["PAYMENTS_GATEWAY"] == security.SIMULATED_GATEWAY
+
+
+def test_the_simulator_production_refuses_is_the_one_in_the_code():
+    from payments.simulator import SimulatedGateway
+
+    assert security.SIMULATED_GATEWAY == f"{SimulatedGateway.__module__}.{SimulatedGateway.__qualname__}"
 
 
 def test_production_may_turn_email_off_instead_of_naming_a_server():

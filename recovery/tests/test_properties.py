@@ -24,7 +24,7 @@ from notifications import services as notification_services
 from orders import services as order_services
 from orders.models import OrderStatus
 from payments import services as payment_services
-from payments.gateway import SimulatedGateway
+from payments.simulator import SimulatedGateway
 from payments.models import Payment, PaymentStatus
 from recovery import services
 from recovery.models import Redrive

@@ -20,7 +20,7 @@ from notifications.models import Notification, NotificationStatus
 from orders import services as order_services
 from orders.models import Order, OrderStatus, OrderTimelineEntry
 from payments import services as payment_services
-from payments.gateway import SimulatedGateway
+from payments.simulator import SimulatedGateway
 from recovery import services
 from recovery.models import Redrive, RedriveReason
 from recovery.reconciler import publish_order_gauges

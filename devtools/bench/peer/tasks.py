@@ -14,7 +14,7 @@ from notifications.models import Notification, NotificationStatus
 from notifications.services import SENDERS, SUBJECTS, Announcement, compose, enabled_channels
 from orders.models import Order, OrderStatus, OrderTimelineEntry
 from orders.services import record_order_event
-from payments.gateway import GatewayTimeout, get_gateway
+from payments.gateway import GatewayUnavailable, get_gateway
 from payments.models import Payment, PaymentStatus
 
 
@@ -40,11 +40,11 @@ def process_order(order_id: str) -> None:
 
 
 # The gateway answers the same key with the same charge, so a retry after a timeout is safe.
-@shared_task(name="peer.charge_payment", autoretry_for=(GatewayTimeout,), retry_backoff=True)
+@shared_task(name="peer.charge_payment", autoretry_for=(GatewayUnavailable,), retry_backoff=True)
 def charge_payment(order_id: str) -> None:
     order = Order.objects.get(pk=order_id)
     key, currency = f"{order.id}:1", settings.PAYMENTS["currency"]
-    result = get_gateway().charge(idempotency_key=key, amount=order.total_amount, currency=currency)
+    result = get_gateway().charge(idempotency_key=key, order_id=str(order.id), amount=order.total_amount, currency=currency)
     with transaction.atomic():
         Payment.objects.create(
             order=order, attempt=1, idempotency_key=key, amount=order.total_amount, currency=currency, gateway_calls=1,
