@@ -3,8 +3,9 @@ from django.utils import timezone
 
 from common.admin import ReadOnlyModelAdmin, one_line_id, operator_action
 from events.models import DeadLetter
-from recovery import services
+from recovery.dead_letters import republish_dead_letter
 from recovery.models import Redrive, UnfinishedOrder
+from recovery.redrives import redrive_now
 from recovery.selectors import REDRIVE_COUNT, UNFINISHED_STATUSES
 
 
@@ -33,7 +34,7 @@ class UnfinishedOrderAdmin(ReadOnlyModelAdmin):
     redrive_now = operator_action(
         permission="recovery.redrive_order",
         description="Re-drive now: send the event each order awaits again",
-        operation=lambda order, requested_by: services.redrive_now(order_id=order.pk, requested_by=requested_by),
+        operation=lambda order, requested_by: redrive_now(order_id=order.pk, requested_by=requested_by),
         done="Re-driven",
     )
 
@@ -92,7 +93,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
     republish = operator_action(
         permission="events.republish_deadletter",
         description="Re-publish to the event's topic (the fixed value if one is set), if the outbox recorded it",
-        operation=lambda dead_letter, requested_by: services.republish_dead_letter(
+        operation=lambda dead_letter, requested_by: republish_dead_letter(
             dead_letter_id=dead_letter.pk, requested_by=requested_by
         ),
         done="Re-published",

@@ -4,7 +4,7 @@ from prometheus_client import Counter, Gauge
 
 from recovery.models import RedriveReason
 
-# The tables recovery.services.purge_history deletes old rows from (the label of ROWS_PURGED).
+# The tables recovery.retention.purge_history deletes old rows from (the label of ROWS_PURGED).
 PURGED_TABLES = ("outbox", "inbox")
 
 UNFINISHED_ORDERS = Gauge("orders_unfinished", "Orders not in a terminal status", ["status"])

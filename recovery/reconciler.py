@@ -1,5 +1,5 @@
-"""The reconciler process: passes over the database at a fixed interval, re-driving what was lost
-downstream, parking what cannot finish and deleting old history (``recovery.services``).
+"""The reconciler: one pass over the database composes the jobs of recovery (re-drives, settling
+events, stale notification claims, retention), and its process runs a pass at a fixed interval.
 
 Several may run on PostgreSQL (each order is locked with SKIP LOCKED while it is handled); run
 one on SQLite.
@@ -10,18 +10,77 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from common.metrics import serve_process_metrics
-from recovery import selectors, services
+from notifications import services as notification_services
+from recovery import selectors
 from recovery.metrics import LAST_PASS, OLDEST_UNFINISHED_AGE, STUCK_ORDERS, UNFINISHED_ORDERS
+from recovery.redrives import RedriveOutcome, redrive_stuck_order
+from recovery.retention import purge_history
 from recovery.selectors import Downstream, RedrivePolicy
+from recovery.settling import settle_events
 
 logger = structlog.get_logger(__name__)
+
+# Stuck orders looked at per pass, oldest first (those waiting out their backoff included).
+STUCK_ORDERS_PER_PASS = 5000
+# Stale notification claims taken over per pass, oldest first: each is a send to a mail server.
+STALE_CLAIMS_PER_PASS = 100
+
+
+@dataclass
+class PassResult:
+    orders: Counter[RedriveOutcome] = field(default_factory=Counter)
+    # Notifications sent again after their sender died holding the claim.
+    claims_taken_over: int = 0
+    events_completed: int = 0
+    purged: Counter = field(default_factory=Counter)
+    # The outbox id the next pass goes on checking events from.
+    events_cursor: int = 0
+
+    @property
+    def did_anything(self) -> bool:
+        return bool(
+            sum(n for outcome, n in self.orders.items() if outcome != RedriveOutcome.SKIPPED)
+            or self.claims_taken_over
+            or self.events_completed
+            or self.purged
+        )
+
+
+def reconcile(
+    *,
+    policy: RedrivePolicy,
+    downstream: Downstream,
+    retention: dt.timedelta,
+    purge_batch_size: int,
+    purge_max_batches: int,
+    events_cursor: int = 0,
+    max_event_batches: int = 20,
+) -> PassResult:
+    """One pass: stuck orders, stale notification claims, then unfinished events (from
+    ``events_cursor``), then old history. ``downstream``, read just before, tells which published
+    events may still be on their way."""
+    now = timezone.now()
+    result = PassResult()
+    for order in selectors.stuck_orders(policy=policy, now=now, limit=STUCK_ORDERS_PER_PASS):
+        if policy.due(redrives=order.redrive_count, last_redrive_at=order.last_redrive_at, now=now):
+            result.orders[redrive_stuck_order(order_id=order.pk, policy=policy, downstream=downstream, now=now)] += 1
+    result.claims_taken_over = notification_services.finish_stale_claims(now=now, limit=STALE_CLAIMS_PER_PASS)
+    settled = settle_events(
+        policy=policy, downstream=downstream, now=now, after_id=events_cursor, max_batches=max_event_batches
+    )
+    result.orders.update(settled.orders)
+    result.events_completed, result.events_cursor = settled.completed, settled.cursor
+    result.purged = purge_history(retention=retention, batch_size=purge_batch_size, max_batches=purge_max_batches, now=now)
+    return result
 
 
 def publish_order_gauges(*, policy: RedrivePolicy) -> None:
@@ -57,7 +116,7 @@ def run_reconciler(
     while not stop.is_set():
         started = time.monotonic()
         try:
-            result = services.reconcile(
+            result = reconcile(
                 policy=policy,
                 downstream=read_downstream(),
                 retention=retention,

@@ -5,7 +5,7 @@ that throughput does not fall as history accumulates. Each round takes ``--order
 their whole life in this process, as the relay and the workers would: ``create_order``, the outbox
 rows marked published, ``start_processing``, ``charge_order`` (the simulated gateway) and the
 notifications of every order event (Django's locmem email backend); then one reconciler pass
-(``recovery.services.reconcile``) completes their events and deletes what was completed more than
+(``recovery.reconciler.reconcile``) completes their events and deletes what was completed more than
 ``--retention`` seconds ago. Each round prints its orders/s, the seconds of the pass, the outbox
 and inbox rows left, the rows the pass purged, the orders in all and, on PostgreSQL, the size of the
 outbox and inbox tables on disk (deleted rows leave dead tuples, which only (auto)vacuum makes
@@ -133,8 +133,8 @@ def soak(*, rounds: int, orders: int, retention: float) -> list[dict]:
     """The rounds; a row of figures per round, printed as it ends."""
     from events.models import InboxEntry, OutboxEvent
     from orders.models import Order, OrderStatus
+    from recovery.reconciler import reconcile
     from recovery.selectors import Downstream, RedrivePolicy
-    from recovery.services import reconcile
 
     # Events complete as soon as their handlers applied them (no deadline); nothing is stuck here.
     policy = RedrivePolicy(

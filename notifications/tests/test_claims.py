@@ -22,9 +22,7 @@ from events.models import InboxEntry, OutboxEvent
 from notifications import services
 from notifications.models import Notification
 from orders.models import Order
-from recovery import services as recovery_services
-from recovery.selectors import Downstream
-from recovery.tests.support import default_policy
+from recovery.tests.support import reconcile
 
 
 @pytest.fixture
@@ -122,15 +120,6 @@ def test_a_claim_whose_sender_died_is_taken_over_by_the_reconciler_and_sent_once
     timeout = dt.timedelta(seconds=django_settings.NOTIFICATION["claim_timeout"])
     write_claim(dead, claimed_by="worker@gone:1", claimed_at=timezone.now() - timeout * 2)
     write_claim(alive, claimed_by="worker@busy:2", claimed_at=timezone.now())
-
-    def reconcile():
-        return recovery_services.reconcile(
-            policy=default_policy(max_redrives=3),
-            downstream=Downstream(),
-            retention=dt.timedelta(days=7),
-            purge_batch_size=100,
-            purge_max_batches=1,
-        )
 
     assert reconcile().claims_taken_over == 1
     assert reconcile().claims_taken_over == 0

@@ -174,7 +174,7 @@ def test_run_local_power_cut_while_orders_are_posted_then_started_again(run_loca
         return power_back
 
     load = fault_on_run_local(stack, "run-local power cut (SIGKILL of everything), started again", inject)
-    assert_redriven(stranded, load.accepted, stack.events(logger="recovery.services"))
+    assert_redriven(stranded, load.accepted, stack.events(logger="recovery.redrives"))
     assert started(stack) == dict.fromkeys(("web", "relay", "bridge", "reconciler", "worker"), 1)
 
 
@@ -195,7 +195,7 @@ def test_run_local_restarts_a_sigkilled_worker_and_stays_up(run_local):
     # Only the worker was started again: the stack stayed up.
     assert started(stack) == {"web": 1, "relay": 1, "bridge": 1, "reconciler": 1, "worker": 2}
     assert stack.process.poll() is None
-    assert_redriven(stranded, load.accepted, stack.events(logger="recovery.services"))
+    assert_redriven(stranded, load.accepted, stack.events(logger="recovery.redrives"))
 
 
 def test_run_local_restarts_a_sigkilled_kafka_broker_and_every_order_completes(run_local):

@@ -1,4 +1,5 @@
-"""What the reconciler's tests do to the database in place of the relay, the bridge and time."""
+"""What the reconciler's tests do to the database in place of the relay, the bridge and time, and
+the orders they do it to."""
 
 from __future__ import annotations
 
@@ -7,10 +8,22 @@ import datetime as dt
 from django.db.models import F
 from django.utils import timezone
 
+from devtools.harness import create_test_order
+from events.contract import Event
 from events.models import OutboxEvent
+from notifications import services as notification_services
+from orders import services as order_services
 from orders.models import Order, OrderStatus
+from payments import services as payment_services
+from payments.gateway import SimulatedGateway
+from recovery import reconciler
 from recovery.models import Redrive
-from recovery.selectors import RedrivePolicy
+from recovery.selectors import Downstream, RedrivePolicy
+
+# Kafka and the Celery broker told the reconciler nothing: what it did before it asked them.
+NOTHING_KNOWN = Downstream()
+APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="recovery")
+DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="recovery")
 
 
 def default_policy(*, max_redrives: int) -> RedrivePolicy:
@@ -38,3 +51,39 @@ def age(*, seconds: float) -> None:
     clocks = ((Order, "updated_at"), (OutboxEvent, "created_at"), (OutboxEvent, "published_at"), (Redrive, "created_at"))
     for model, field in clocks:
         model.objects.update(**{field: F(field) - delta})
+
+
+POLICY = default_policy(max_redrives=3)
+
+
+def reconcile(
+    policy: RedrivePolicy = POLICY, *, downstream: Downstream = NOTHING_KNOWN, retention_days: float = 7.0
+) -> reconciler.PassResult:
+    """One pass of the reconciler."""
+    return reconciler.reconcile(
+        policy=policy,
+        downstream=downstream, retention=dt.timedelta(days=retention_days), purge_batch_size=100, purge_max_batches=10
+    )
+
+
+def new_order() -> Order:
+    return create_test_order(user_id="rec", email="rec@example.com", correlation_id="corr-rec")
+
+
+def created_event(order: Order) -> dict:
+    return OutboxEvent.objects.filter(key=str(order.id), event_type="ORDER_CREATED").first().payload
+
+
+def copies(event_id) -> int:
+    return OutboxEvent.objects.filter(event_id=event_id).count()
+
+
+def settle(order: Order, gateway: SimulatedGateway = APPROVE) -> Order:
+    """Run every step of the pipeline for the order in process, notifications included."""
+    envelope = created_event(order)
+    order_services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
+    payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=gateway)
+    for event in OutboxEvent.objects.filter(key=str(order.id), event_type__in=notification_services.SUBJECTS):
+        notification_services.send_event_notifications(event=Event(event.payload))
+    order.refresh_from_db()
+    return order

@@ -8,7 +8,6 @@ the delivery loop runs until nothing is lost any more, as the running system doe
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import Counter
 
 import pytest
@@ -26,10 +25,9 @@ from orders.models import OrderStatus
 from payments import services as payment_services
 from payments.simulator import SimulatedGateway
 from payments.models import Payment, PaymentStatus
-from recovery import services
 from recovery.models import Redrive
-from recovery.selectors import Downstream
-from recovery.tests.support import age, default_policy, publish_all
+from recovery.redrives import NothingToRedrive, redrive_now
+from recovery.tests.support import age, default_policy, publish_all, reconcile
 
 POLICY = default_policy(max_redrives=4)
 TERMINAL = {OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED}
@@ -65,10 +63,6 @@ class Bridge:
     def lose(self) -> None:
         """Kafka, the Celery broker or a worker lost every event it held."""
         self._unconsumed()
-
-
-def reconcile() -> services.PassResult:
-    return services.reconcile(policy=POLICY, downstream=Downstream(), retention=dt.timedelta(days=7), purge_batch_size=100, purge_max_batches=2)
 
 
 def state(order) -> tuple:
@@ -117,12 +111,12 @@ def test_every_order_ends_terminal_whatever_is_lost_and_when(actions, approve):
         elif action == "wait_long":
             age(seconds=90)
         elif action == "reconcile":
-            reconcile()
+            reconcile(POLICY)
         else:
             before = state(order)
             try:
-                services.redrive_now(order_id=order.id, requested_by="prop")
-            except services.NothingToRedrive:
+                redrive_now(order_id=order.id, requested_by="prop")
+            except NothingToRedrive:
                 assert state(order) == before, "a refused re-drive changed something"
         check_invariants(order)
 
@@ -132,7 +126,7 @@ def test_every_order_ends_terminal_whatever_is_lost_and_when(actions, approve):
         publish_all()
         bridge.deliver()
         age(seconds=POLICY.backoff_max + 1)
-        reconcile()
+        reconcile(POLICY)
         check_invariants(order)
     order.refresh_from_db()
     assert order.status in TERMINAL

@@ -1,0 +1,203 @@
+"""Re-drives: what was lost downstream is sent again from the database, and what cannot finish is
+parked.
+
+The database knows every event (outbox), every application of an event by a handler (inbox) and
+every order's status and when it last changed. Kafka, the Celery broker and a worker may lose what
+they hold; whatever they lose shows here as an order that stays in a non-terminal status, or an
+event a handler never applied. Re-driving sends the awaited event again through the outbox under
+its own event id: handlers that applied it do nothing (their inbox), so charge-once and
+notify-once hold however often an event is re-driven.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+
+import structlog
+from django.db import connection, transaction
+from django.utils import timezone
+
+from events.contract import Event
+from events.models import OutboxEvent
+from events.services import republish_event
+from notifications import services as notification_services
+from orders import services as order_services
+from orders.models import Order, OrderStatus
+from recovery import selectors
+from recovery.metrics import NOTIFICATIONS_GIVEN_UP, PARKED, REDRIVES
+from recovery.models import Redrive, RedriveReason
+from recovery.selectors import SETTLED_STATUSES, UNFINISHED_STATUSES, Downstream, RedrivePolicy
+
+logger = structlog.get_logger(__name__)
+
+RECONCILER = "reconciler"
+REDRIVEN_ENTRY = "REDRIVEN"
+STUCK_REASONS = {OrderStatus.CREATED: RedriveReason.STUCK_CREATED, OrderStatus.PROCESSING: RedriveReason.STUCK_PROCESSING}
+
+
+class RedriveOutcome(StrEnum):
+    """What one order's turn in a pass came to; the values are the keys of the pass's log line."""
+
+    REDRIVEN = "redriven"
+    PARKED = "parked"
+    NOTIFICATIONS_GIVEN_UP = "notifications_given_up"
+    # Moved on meanwhile, not yet due, held by another reconciler, or its event may still be on its way.
+    SKIPPED = "skipped"
+
+
+class NothingToRedrive(Exception):
+    """An operator's re-drive was refused; the message says why and what to do instead."""
+
+
+def _lock_order(order_id) -> Order | None:
+    """The order, locked for this transaction; None while another reconciler holds it.
+
+    PostgreSQL: FOR UPDATE SKIP LOCKED, so reconcilers running at once share the work. SQLite
+    serialises writers with its IMMEDIATE transactions (run one reconciler there).
+    """
+    orders = Order.objects.filter(pk=order_id)
+    if connection.features.has_select_for_update_skip_locked:
+        return orders.select_for_update(skip_locked=True).first()
+    return orders.first()
+
+
+def _redrive(*, order: Order, events: list[OutboxEvent], reason: str, requested_by: str, note: str, now: dt.datetime) -> None:
+    """Send ``events`` again through the outbox under their own ids, recorded in the order's timeline."""
+    for event in events:
+        republish_event(event=Event(event.payload))
+        Redrive.objects.create(
+            order=order,
+            event_id=event.event_id,
+            event_type=event.event_type,
+            reason=reason,
+            requested_by=requested_by,
+            created_at=now,
+        )
+        order_services.record_order_event(
+            order_id=order.pk,
+            status=order.status,
+            event_type=REDRIVEN_ENTRY,
+            event_id=event.event_id,
+            message=f"Re-drove {event.event_type} ({note}), by {requested_by}",
+        )
+        logger.info(
+            "order_redriven",
+            order_id=str(order.pk),
+            event_id=str(event.event_id),
+            event_type=event.event_type,
+            correlation_id=order.correlation_id,
+            reason=reason,
+            requested_by=requested_by,
+        )
+    transaction.on_commit(lambda: REDRIVES.labels(reason).inc(len(events)))
+
+
+def _due(*, order: Order, policy: RedrivePolicy, now: dt.datetime) -> tuple[bool, int]:
+    redrives, last = selectors.redrive_history(order_id=order.pk)
+    return policy.due(redrives=redrives, last_redrive_at=last, now=now), redrives
+
+
+def redrive_stuck_order(*, order_id, policy: RedrivePolicy, downstream: Downstream, now: dt.datetime) -> RedriveOutcome:
+    """Re-drive an order that stayed in CREATED or PROCESSING past its deadline, at most once per
+    backoff step; after ``policy.max_redrives`` re-drives park it as FAILED with a dlq event.
+
+    Skipped if it moved on meanwhile, is not yet due, is held by another reconciler, or its
+    awaited event may still be on its way (``selectors.is_in_flight``): late work is not lost work.
+    """
+    with transaction.atomic():
+        order = _lock_order(order_id)
+        if order is None or order.status not in UNFINISHED_STATUSES:
+            return RedriveOutcome.SKIPPED
+        if order.updated_at >= policy.stuck_since(status=order.status, now=now):
+            return RedriveOutcome.SKIPPED
+        due, redrives = _due(order=order, policy=policy, now=now)
+        event = selectors.awaited_event(order=order)
+        if not due or event is None or selectors.is_in_flight(
+            event_id=event.event_id, downstream=downstream, policy=policy, now=now
+        ):
+            return RedriveOutcome.SKIPPED
+        stuck_for = round((now - order.updated_at).total_seconds())
+        if redrives >= policy.max_redrives:
+            order_services.park_order(
+                order_id=order.pk,
+                reason="redrive_limit",
+                error=f"stuck in {order.status} for {stuck_for} s after {redrives} re-drives",
+                original_event=event.payload,
+                source=RECONCILER,
+            )
+            transaction.on_commit(PARKED.inc)
+            return RedriveOutcome.PARKED
+        _redrive(
+            order=order,
+            events=[event],
+            reason=STUCK_REASONS[order.status],
+            requested_by=RECONCILER,
+            note=f"{order.status} for {stuck_for} s, re-drive {redrives + 1} of {policy.max_redrives}",
+            now=now,
+        )
+    return RedriveOutcome.REDRIVEN
+
+
+def redrive_unhandled_events(
+    *, order_id, events: list[OutboxEvent], policy: RedrivePolicy, downstream: Downstream, now: dt.datetime
+) -> RedriveOutcome:
+    """Re-drive the events of a paid or declined order that a handler never applied (a lost
+    notification); after ``policy.max_redrives`` re-drives of the order, record their missing
+    notifications FAILED, each with a dlq event."""
+    with transaction.atomic():
+        order = _lock_order(order_id)
+        if order is None or order.status not in SETTLED_STATUSES:
+            return RedriveOutcome.SKIPPED
+        due, redrives = _due(order=order, policy=policy, now=now)
+        if not due:
+            return RedriveOutcome.SKIPPED
+        events = [
+            event
+            for event in selectors.unhandled_events(events=events)
+            if not selectors.is_in_flight(event_id=event.event_id, downstream=downstream, policy=policy, now=now)
+        ]
+        if not events:
+            return RedriveOutcome.SKIPPED
+        if redrives >= policy.max_redrives:
+            for event in events:
+                notification_services.record_delivery_failure(
+                    event=Event(event.payload), error=f"not handled after {redrives} re-drives"
+                )
+            transaction.on_commit(lambda: NOTIFICATIONS_GIVEN_UP.inc(len(events)))
+            return RedriveOutcome.NOTIFICATIONS_GIVEN_UP
+        _redrive(
+            order=order,
+            events=events,
+            reason=RedriveReason.EVENT_NOT_HANDLED,
+            requested_by=RECONCILER,
+            note=f"not handled after {policy.event_deadline:g} s, re-drive {redrives + 1} of {policy.max_redrives}",
+            now=now,
+        )
+    return RedriveOutcome.REDRIVEN
+
+
+def redrive_now(*, order_id, requested_by: str) -> list[OutboxEvent]:
+    """An operator's re-drive: what the order awaits goes out again at once, whatever the
+    deadlines and the reconciler's limit. Raises ``NothingToRedrive`` saying what to do instead."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update().get(pk=order_id)
+        if order.status in UNFINISHED_STATUSES:
+            awaited = selectors.awaited_event(order=order)
+            events = [awaited] if awaited else []
+        elif order.status in SETTLED_STATUSES:
+            events = selectors.unhandled_events(events=selectors.order_events(order_id=order.pk))
+            if not events:
+                raise NothingToRedrive(f"Order {order.pk} is {order.status} and every handler applied its events: nothing to re-drive")
+        else:
+            raise NothingToRedrive(f"Order {order.pk} cannot be re-driven: {order_services.WHAT_TO_DO_INSTEAD[order.status]}")
+        if not events:
+            raise NothingToRedrive(f"Order {order.pk} has no event in the outbox to re-drive: cancel it")
+        waiting = [event.event_type for event in events if selectors.is_waiting_in_outbox(event_id=event.event_id)]
+        if waiting:
+            raise NothingToRedrive(
+                f"Order {order.pk}: its {', '.join(waiting)} still waits in the outbox for the relay: "
+                "check that the relay runs and Kafka is reachable (metric outbox_backlog)"
+            )
+        _redrive(order=order, events=events, reason=RedriveReason.OPERATOR, requested_by=requested_by, note="re-drive now", now=timezone.now())
+    return events

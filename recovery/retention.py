@@ -1,0 +1,36 @@
+"""Retention: history nobody needs any more is deleted once older than the retention period."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+from django.db.models import Exists, OuterRef
+
+from events.models import InboxEntry, OutboxEvent
+from recovery.metrics import ROWS_PURGED
+
+
+def purge_history(*, retention: dt.timedelta, batch_size: int, max_batches: int, now: dt.datetime) -> Counter:
+    """Delete published outbox rows of complete events, and inbox entries of events no incomplete
+    outbox row still has, once older than ``retention``: ``batch_size`` rows per statement, so
+    no lock is held for long. Timeline, payments and notifications are kept."""
+    cutoff = now - retention
+    still_needed = OutboxEvent.objects.filter(event_id=OuterRef("event_id"), completed_at__isnull=True)
+    tables = {
+        "outbox": OutboxEvent.objects.filter(completed_at__lt=cutoff, published_at__isnull=False).order_by("completed_at"),
+        "inbox": InboxEntry.objects.filter(handled_at__lt=cutoff).filter(~Exists(still_needed)).order_by("handled_at"),
+    }
+    purged = Counter()
+    for table, old_rows in tables.items():
+        for _ in range(max_batches):
+            ids = list(old_rows.values_list("id", flat=True)[:batch_size])
+            if not ids:
+                break
+            _total, per_model = old_rows.model.objects.filter(pk__in=ids).delete()
+            purged[table] += per_model.get(old_rows.model._meta.label, 0)
+            if len(ids) < batch_size:
+                break
+    for table, count in purged.items():
+        ROWS_PURGED.labels(table).inc(count)
+    return purged
