@@ -21,6 +21,10 @@ TOPIC_PAYMENTS = "payments"
 TOPIC_NOTIFICATIONS = "notifications"
 TOPIC_DLQ = "dlq"
 
+# Events about an order's status: the pipeline acts on each, and the customer is told of each.
+# NOTIFICATION_SENT is an announcement for other consumers.
+ORDER_STATUS_EVENTS = (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED)
+
 EVENT_TOPICS = {
     ORDER_CREATED: TOPIC_ORDERS,
     ORDER_PROCESSING: TOPIC_ORDERS,

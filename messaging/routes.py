@@ -13,6 +13,7 @@ from events.contract import (
     ORDER_CREATED,
     ORDER_PAID,
     ORDER_PROCESSING,
+    ORDER_STATUS_EVENTS,
     PAYMENT_FAILED,
     Event,
 )
@@ -24,14 +25,10 @@ SEND_NOTIFICATIONS = "notifications.send_notifications_batch"
 NOTIFICATIONS_PER_TASK = 20
 
 
-# The events the pipeline acts on; NOTIFICATION_SENT is an announcement for other consumers.
-ACTED_ON = (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED)
-
-
 def topics_to_read(*, event_topics: list[str], dlq_topic: str) -> list[str]:
     """What the bridge consumes: those of ``event_topics`` that carry an event the pipeline acts
     on, and dlq, whose messages are archived for the admin."""
-    acted_on = {EVENT_TOPICS[event_type] for event_type in ACTED_ON}
+    acted_on = {EVENT_TOPICS[event_type] for event_type in ORDER_STATUS_EVENTS}
     return [topic for topic in event_topics if topic in acted_on] + [dlq_topic]
 
 
@@ -58,7 +55,7 @@ def tasks_for(event: Event) -> list[Signature]:
 
 def notifies(event: Event) -> bool:
     """Whether the customer is told about this event."""
-    return event.type in ACTED_ON
+    return event.type in ORDER_STATUS_EVENTS
 
 
 def notification_tasks(events: list[Event]) -> list[Signature]:

@@ -16,7 +16,16 @@ from django.db.models import F
 from django.utils import timezone
 
 from common.errors import TRANSIENT_ERRORS, TransientError, describe
-from events.contract import NOTIFICATION_SENT, Event, InvalidEvent
+from events.contract import (
+    NOTIFICATION_SENT,
+    ORDER_CREATED,
+    ORDER_PAID,
+    ORDER_PROCESSING,
+    ORDER_STATUS_EVENTS,
+    PAYMENT_FAILED,
+    Event,
+    InvalidEvent,
+)
 from events import selectors as event_selectors
 from events.services import claim_event, count_redelivery, enqueue_dead_letter, enqueue_event, refuse_event
 from notifications.backends import OutgoingMessage, send_email, send_sms
@@ -30,11 +39,12 @@ logger = structlog.get_logger(__name__)
 
 EVENT_SOURCE = "notification-service"
 
+# The customer is told of each order status event (events.contract.ORDER_STATUS_EVENTS).
 SUBJECTS = {
-    "ORDER_CREATED": "We received your order",
-    "ORDER_PROCESSING": "Your order is being processed",
-    "ORDER_PAID": "Payment received: your order is confirmed",
-    "PAYMENT_FAILED": "Payment failed for your order",
+    ORDER_CREATED: "We received your order",
+    ORDER_PROCESSING: "Your order is being processed",
+    ORDER_PAID: "Payment received: your order is confirmed",
+    PAYMENT_FAILED: "Payment failed for your order",
 }
 
 SENDERS: dict[str, Callable[[OutgoingMessage], None]] = {Channel.EMAIL: send_email, Channel.SMS: send_sms}
@@ -70,7 +80,7 @@ def _handler(channel: str) -> str:
 def handlers_for(*, event_type: str) -> list[str]:
     """The inbox handler names that must apply an event of ``event_type``: one per enabled channel
     if the customer is told about it, none otherwise."""
-    return [_handler(channel) for channel in enabled_channels()] if event_type in SUBJECTS else []
+    return [_handler(channel) for channel in enabled_channels()] if event_type in ORDER_STATUS_EVENTS else []
 
 
 @dataclass(frozen=True)

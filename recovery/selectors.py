@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Count, Max, Min, Q
 
-from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED
+from events.contract import ORDER_CREATED, ORDER_PROCESSING, ORDER_STATUS_EVENTS
 from events import selectors as event_selectors
 from events.models import OutboxEvent
 from notifications import services as notification_services
@@ -19,8 +19,6 @@ UNFINISHED_STATUSES = order_services.IN_PROGRESS_STATUSES
 # Terminal statuses whose events must still reach every handler (the customer is told the payment's
 # outcome). A parked or cancelled order's events need nothing more: an operator owns a parked order.
 SETTLED_STATUSES = order_services.RECORD_PAYMENT.targets
-# Events about an order's status: complete only once the order is terminal.
-ORDER_STATUS_EVENTS = frozenset({ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED})
 
 
 @dataclass(frozen=True)

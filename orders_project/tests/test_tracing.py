@@ -20,7 +20,7 @@ from common.tracing import setup_tracing
 from devtools.broker import free_port
 from devtools.harness import ProcessGroup, create_test_order, wait_until
 from events.models import OutboxEvent
-from messaging.routes import ACTED_ON
+from events.contract import ORDER_STATUS_EVENTS
 from orders_project.tests.test_pipeline import post_order, wait_for_completion
 
 TASKS = ("orders.process_order", "payments.charge_payment", "notifications.send_notifications_batch")
@@ -151,7 +151,7 @@ def test_one_order_is_one_trace_through_web_relay_bridge_and_worker(traced_syste
     assert {_trace_parent(row)[0] for row in rows} == {trace_id}
 
     # NOTIFICATION_SENT is published for other consumers: the bridge reads the rest.
-    read_by_bridge = [row for row in rows if row.event_type in ACTED_ON]
+    read_by_bridge = [row for row in rows if row.event_type in ORDER_STATUS_EVENTS]
 
     def publish_span_of(row: OutboxEvent, spans: list[ReceivedSpan]) -> ReceivedSpan | None:
         return next((s for s in spans if s.attributes.get("messaging.message.id") == str(row.event_id)), None)

@@ -15,7 +15,7 @@ from notifications import services as notification_services
 from orders import services as order_services
 from orders.models import Order, OrderStatus
 from payments import services as payment_services
-from payments.gateway import SimulatedGateway
+from payments.simulator import SimulatedGateway
 from recovery import reconciler
 from recovery.models import Redrive
 from recovery.selectors import Downstream, RedrivePolicy
