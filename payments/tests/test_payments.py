@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events.models import OutboxEvent
 from orders import services as order_services
 from payments import services

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events import services as event_services
 from events.contract import Event
 from events.models import InboxEntry, OutboxEvent
