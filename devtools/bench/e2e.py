@@ -25,11 +25,11 @@ POSTERS = 4  # client threads of the saturation run
 
 
 class System:
-    """The processes of a system under test through devtools.harness.ProcessGroup (the pipeline's
+    """The processes of a system under test through devtools.harness.process_group.ProcessGroup (the pipeline's
     web, relay, bridge and workers, or the peer's web and workers); every one is killed in stop()."""
 
     def __init__(self, *, env: dict[str, str], log_dir: Path, http_port: int, workers: int = 1):
-        from devtools.harness import ProcessGroup
+        from devtools.harness.process_group import ProcessGroup
 
         self.group = ProcessGroup(env=env, log_dir=log_dir)
         # Worker processes, each a `celery worker` of its own (one per core is the default).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 import urllib.parse
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.broker import CLIENT_ENV
+from devtools.harness.sample_orders import SEED_ORDER
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 OUTPUT_DIR = BASE_DIR / "var" / "benchmarks"
@@ -42,16 +42,8 @@ ORDER_TABLES = [
 ]
 
 
-@functools.cache
 def seed_order() -> dict[str, Any]:
-    """The order every phase creates: the seed's example request body (``devtools.harness.SEED_ORDER``).
-
-    Imported on first use, not with this module: devtools.harness imports orders_project, whose
-    Celery app reads Django's settings at import, and the settings must see the run's environment
-    (``app_environment``, the ORM-only database in the load processes, the soak's database).
-    """
-    from devtools.harness import SEED_ORDER
-
+    """The order every phase creates: the seed's example request body."""
     return SEED_ORDER
 
 

@@ -11,7 +11,8 @@ import sys
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from devtools.bench.env import BASE_DIR, DATABASE_URL, OUTPUT_DIR, REDIS_URL
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     noop_processes: list[subprocess.Popen] = []
     try:
-        _run(args, phases, durations, results, run_dir, progress, noop_processes, stamp)
+        _run(Run(args=args, phases=phases, d=durations, results=results, run_dir=run_dir, progress=progress,
+                 noop_processes=noop_processes, stamp=stamp))
     except (KeyboardInterrupt, SystemExit) as exc:
         results["errors"].append(f"interrupted ({type(exc).__name__} {exc})")
         progress("interrupted: stopping every process")
@@ -201,31 +203,75 @@ def _phase(name: str, results: dict, progress: Progress, function, *args, **kwar
         return None
 
 
-def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes, stamp: str) -> None:
+@dataclass
+class Run:
+    """One benchmark run: what was asked, where its results and logs go, and what its phases share."""
+
+    args: argparse.Namespace
+    phases: set[str]
+    d: Durations
+    results: dict[str, Any]
+    run_dir: Path
+    progress: Progress
+    noop_processes: list[subprocess.Popen]
+    stamp: str
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    broker: Any = None
+    app_env: dict[str, str] = field(default_factory=dict)
+    http_port: int = 0
+
+    @property
+    def baselines(self) -> dict[str, Any]:
+        return self.results["baselines"]
+
+
+def _run(run: Run) -> None:
+    """Every phase asked for, in order, on one set-up."""
+    _set_up(run)
+    if "orm" in run.phases:
+        _orm_phase(run)
+    if "census" in run.phases:
+        _census_phase(run)
+    if "kafka" in run.phases:
+        _kafka_phase(run)
+    if "celery" in run.phases:
+        _celery_phase(run)
+    if {"api", "e2e"} & run.phases:
+        _pipeline_phases(run)
+    if "peer" in run.phases:
+        _peer_phase(run)
+    if run.args.profile:
+        _profile_phase(run)
+
+
+def _set_up(run: Run) -> None:
+    """The databases (migrated, emptied), the Celery broker (flushed), a Kafka broker, the system's
+    environment in this process, and Django set up on it."""
     from devtools.bench import env as bench_env
     from devtools.broker import EmbeddedKafkaBroker, free_port
 
-    run_id = uuid.uuid4().hex[:8]
-    progress(f"setup: database {DATABASE_URL}, Celery broker {REDIS_URL} (FLUSHDB), logs in {run_dir}")
+    run.progress(f"setup: database {DATABASE_URL}, Celery broker {REDIS_URL} (FLUSHDB), logs in {run.run_dir}")
     if bench_env.ensure_database():
-        progress("created database orders_bench")
+        run.progress("created database orders_bench")
     bench_env.flush_redis()
-    broker = EmbeddedKafkaBroker(log_path=run_dir / "kafka-broker.log")
+    broker = run.broker = EmbeddedKafkaBroker(log_path=run.run_dir / "kafka-broker.log")
     _RUNNING["broker"] = broker
     broker.start(timeout=60)
-    http_port = free_port()
-    app_env = bench_env.app_environment(kafka_brokers=broker.bootstrap_servers, run_id=run_id, http_port=http_port)
-    os.environ.update(app_env)
-    os.environ["BENCH_LOG_FILE"] = str(run_dir / "bench-process.log")
+    run.http_port = free_port()
+    run.app_env = bench_env.app_environment(
+        kafka_brokers=broker.bootstrap_servers, run_id=run.run_id, http_port=run.http_port
+    )
+    os.environ.update(run.app_env)
+    os.environ["BENCH_LOG_FILE"] = str(run.run_dir / "bench-process.log")
     bench_env.ensure_database(bench_env.ORM_DATABASE_URL)
     for url, log_name in ((DATABASE_URL, "migrate.log"), (bench_env.ORM_DATABASE_URL, "migrate-orm.log")):
         migrate = subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": url},
             capture_output=True, text=True, timeout=300,
         )
-        (run_dir / log_name).write_text(migrate.stdout + migrate.stderr)
+        (run.run_dir / log_name).write_text(migrate.stdout + migrate.stderr)
         if migrate.returncode:
-            raise RuntimeError(f"migrate failed; see {run_dir / log_name}")
+            raise RuntimeError(f"migrate failed; see {run.run_dir / log_name}")
     bench_env.truncate_order_tables(bench_env.ORM_DATABASE_URL)
     bench_env.setup_django()
     from django.conf import settings
@@ -234,7 +280,7 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         pg_version = cursor.fetchone()[0]
-    results["meta"].update(
+    run.results["meta"].update(
         postgres=f"PostgreSQL {pg_version}",
         orm_database_url=bench_env.ORM_DATABASE_URL,
         http_workers=settings.CONFIG["http"]["workers"],
@@ -246,131 +292,169 @@ def _run(args, phases, d: Durations, results, run_dir, progress, noop_processes,
         kafka=broker.bootstrap_servers,
     )
     bench_env.truncate_order_tables()
-    baselines: dict[str, Any] = results.setdefault("baselines", {})
+    run.results["baselines"] = {}
 
-    from devtools.bench import orm
 
-    if "orm" in phases:
-        baselines["orm_1"] = _phase(f"ORM-only baseline, 1 process, {d.orm:.0f} s", results, progress,
-                                    _orm_baseline, noop_processes, duration=d.orm, processes=1) or {}
-        baselines["orm_2"] = _phase(f"ORM-only baseline, 2 processes, {d.orm:.0f} s", results, progress,
-                                    _orm_baseline, noop_processes, duration=d.orm, processes=2) or {}
-        rates = [b.get("rate") for b in (baselines["orm_1"], baselines["orm_2"]) if b.get("rate")]
-        baselines["orm_baseline_rate"] = max(rates) if rates else None
-        progress(f"  ORM-only: 1 process {baselines['orm_1'].get('rate', 0):.1f}/s, "
+def _orm_phase(run: Run) -> None:
+    """The ORM-only order transaction in 1 and in 2 processes."""
+    d, baselines = run.d, run.baselines
+    baselines["orm_1"] = _phase(f"ORM-only baseline, 1 process, {d.orm:.0f} s", run.results, run.progress,
+                                _orm_baseline, run.noop_processes, duration=d.orm, processes=1) or {}
+    baselines["orm_2"] = _phase(f"ORM-only baseline, 2 processes, {d.orm:.0f} s", run.results, run.progress,
+                                _orm_baseline, run.noop_processes, duration=d.orm, processes=2) or {}
+    rates = [b.get("rate") for b in (baselines["orm_1"], baselines["orm_2"]) if b.get("rate")]
+    baselines["orm_baseline_rate"] = max(rates) if rates else None
+    run.progress(f"  ORM-only: 1 process {baselines['orm_1'].get('rate', 0):.1f}/s, "
                  f"2 processes {baselines['orm_2'].get('rate', 0):.1f}/s")
 
-    if "census" in phases:
-        steps = _phase("query census (SQL statements and transactions per step)", results, progress,
-                       orm.query_census, count=d.census_orders, log_path=run_dir / "census-emails.log")
-        if steps:
-            results["census"] = {"steps": steps, "per_order": orm.census_per_order(steps)}
-        bench_env.truncate_order_tables()
 
-    if "kafka" in phases:
-        from devtools.bench import kafka_raw
+def _census_phase(run: Run) -> None:
+    """SQL statements and transactions per step of an order's life."""
+    from devtools.bench import env as bench_env
+    from devtools.bench import orm
 
-        topic = f"bench-raw-{run_id}"
+    steps = _phase("query census (SQL statements and transactions per step)", run.results, run.progress,
+                   orm.query_census, count=run.d.census_orders, log_path=run.run_dir / "census-emails.log")
+    if steps:
+        run.results["census"] = {"steps": steps, "per_order": orm.census_per_order(steps)}
+    bench_env.truncate_order_tables()
 
-        def kafka_phase():
-            kafka_raw.create_topic(broker.bootstrap_servers, topic)
-            produced = kafka_raw.produce(bootstrap=broker.bootstrap_servers, topic=topic, duration=d.kafka_produce)
-            progress(f"  produced {produced['rate']:.0f} msg/s; consuming")
-            consumed = kafka_raw.consume(bootstrap=broker.bootstrap_servers, topic=topic)
-            return {"topic": topic, "produce": produced, "consume": consumed}
 
-        baselines["kafka"] = _phase(f"Kafka raw produce {d.kafka_produce:.0f} s and consume", results, progress,
-                                    _with_cpu, noop_processes, kafka_phase) or {}
+def _kafka_phase(run: Run) -> None:
+    """Raw produce and consume on a topic of the run's own."""
+    from devtools.bench import kafka_raw
 
-    if "celery" in phases:
-        from devtools.bench import celery_raw
+    bootstrap, d = run.broker.bootstrap_servers, run.d
+    topic = f"bench-raw-{run.run_id}"
 
-        baselines["celery_noop"] = _phase(
-            f"Celery no-op baseline, {d.noop_tasks} tasks", results, progress, _with_cpu, noop_processes,
-            celery_raw.run_noop_baseline,
-            tasks=d.noop_tasks, concurrency=settings.CELERY_WORKER_CONCURRENCY, log_dir=run_dir, run_id=run_id,
-            register=noop_processes.append,
-        ) or {}
+    def kafka_phase():
+        kafka_raw.create_topic(bootstrap, topic)
+        produced = kafka_raw.produce(bootstrap=bootstrap, topic=topic, duration=d.kafka_produce)
+        run.progress(f"  produced {produced['rate']:.0f} msg/s; consuming")
+        consumed = kafka_raw.consume(bootstrap=bootstrap, topic=topic)
+        return {"topic": topic, "produce": produced, "consume": consumed}
 
-    if {"api", "e2e"} & phases:
-        from devtools.bench import e2e
+    run.baselines["kafka"] = _phase(f"Kafka raw produce {d.kafka_produce:.0f} s and consume", run.results, run.progress,
+                                    _with_cpu, run.noop_processes, kafka_phase) or {}
 
-        system = e2e.System(env={**os.environ, **app_env}, log_dir=run_dir, http_port=http_port, workers=args.workers)
-        _RUNNING["system"] = system
-        progress(f"starting web, bridge and {args.workers} worker(s) (relay after the API phase)")
-        system.start("web", "bridge", *system.workers)
-        system.wait_web(timeout=60)
-        system.wait_workers(timeout=90)
-        system.wait_bridge(timeout=120)
-        progress("  web healthy, worker ready, bridge has its partitions")
-        # Two warm ORM-only processes for the paired API rounds and the brackets around the
-        # end-to-end maximum; idle, they use no CPU.
-        orm_load = _RUNNING["orm_load"] = orm.OrmLoad(2)
-        broker_pid = broker.process.pid if broker.process else None
-        if "api" in phases:
-            levels = _phase(f"API POST /orders at concurrency {', '.join(map(str, d.api_levels))}, {d.api:.0f} s each",
-                            results, progress, e2e.api_levels, system, levels=list(d.api_levels), duration=d.api,
-                            broker_pid=broker_pid) or []
-            best = max((level["throughput"] for level in levels), default=None)
-            results["api"] = {"levels": levels, "best_throughput": best}
-            for level in levels:
-                progress(f"  c={level['concurrency']}: {level['throughput']:.1f} orders/s, p99 {level['latency_ms']['p99'] or 0:.1f} ms,"
-                         f" non-201 {level['non_201']}")
-            if levels:
-                best_level = max(levels, key=lambda level: level["throughput"])
-                paired = _phase(f"API (c={best_level['concurrency']}) and ORM-only (2 processes) in {d.paired_rounds} paired"
-                                f" rounds of {d.paired_slice:.0f} s each", results, progress, e2e.paired_api_vs_orm, system,
-                                orm_load, concurrency=best_level["concurrency"], rounds=d.paired_rounds, duration=d.paired_slice)
-                if paired:
-                    results["api"]["paired"] = paired
-                    progress(f"  paired: API {paired['api_rate']:.1f}/s, ORM-only {paired['orm_rate']:.1f}/s,"
-                             f" ratio {paired['ratio']:.3f} (rounds {paired['ratio_per_round']})")
-        bench_env.truncate_order_tables()
-        if "e2e" in phases:
-            system.start("relay")
-            system.wait_relay(timeout=60)
-            results["e2e"] = e2e_results = {}
-            # The ORM-only baseline just before and just after the maximum, in the same minutes.
-            bracket = [orm_load.run(d.paired_slice)["rate"]]
-            if _saturate("E2E", system, d, e2e_results, results, progress, broker_pid=broker_pid):
-                bracket.append(orm_load.run(d.paired_slice)["rate"])
-                e2e_results["orm_bracket"] = {"rates": [round(rate, 1) for rate in bracket],
-                                              "rate": sum(bracket) / len(bracket), "slice_s": d.paired_slice}
-                progress(f"  ORM-only (2 processes) just before and after: {bracket[0]:.1f} and {bracket[1]:.1f} orders/s")
-                _sustain("E2E", system, d, e2e_results, results, progress, broker_pid=broker_pid)
-        _RUNNING.pop("system")
-        progress("stopping web, relay, bridge, worker")
-        system.stop()
 
-    if "peer" in phases:
-        from devtools.bench import e2e, peer
+def _celery_phase(run: Run) -> None:
+    """No-op tasks through the Celery broker, with the system's worker concurrency."""
+    from django.conf import settings
 
-        bench_env.truncate_order_tables()
-        # Same commands, configuration and number of processes as the pipeline's web and workers;
-        # its own logs, so that its task runs are not mixed with the pipeline's.
-        (run_dir / "peer").mkdir()
-        system = _RUNNING["peer"] = e2e.System(env=peer.environment({**os.environ, **app_env}, run_id=run_id),
-                                               log_dir=run_dir / "peer", http_port=http_port, workers=args.workers)
-        progress(f"starting the peer: web and {args.workers} worker(s)")
-        system.start("web", *system.workers)
-        system.wait_web(timeout=60)
-        system.wait_workers(timeout=90)
-        results["peer"] = peer_results = {}
-        # No broker pid: the Kafka broker, idle, is not the peer's (its CPU counts as "other").
-        if _saturate("peer", system, d, peer_results, results, progress, broker_pid=None):
-            _sustain("peer", system, d, peer_results, results, progress, broker_pid=None)
-        _RUNNING.pop("peer")
-        progress("stopping the peer")
-        system.stop()
+    from devtools.bench import celery_raw
 
-    if args.profile:
-        from devtools.bench import profiling
+    run.baselines["celery_noop"] = _phase(
+        f"Celery no-op baseline, {run.d.noop_tasks} tasks", run.results, run.progress, _with_cpu, run.noop_processes,
+        celery_raw.run_noop_baseline,
+        tasks=run.d.noop_tasks, concurrency=settings.CELERY_WORKER_CONCURRENCY, log_dir=run.run_dir, run_id=run.run_id,
+        register=run.noop_processes.append,
+    ) or {}
 
-        bench_env.truncate_order_tables()
-        results["profiles"] = _phase("profiles (pyinstrument)", results, progress, profiling.run_profiles,
-                                     duration=d.profile, out_dir=OUTPUT_DIR, stamp=stamp,
-                                     log_path=run_dir / "profile-emails.log") or {}
-        bench_env.truncate_order_tables()
+
+def _pipeline_phases(run: Run) -> None:
+    """The API, then the pipeline end to end, on one system (web, bridge, workers; the relay after
+    the API phase), with two warm ORM-only processes for the paired rounds and brackets."""
+    from devtools.bench import e2e, orm
+    from devtools.bench import env as bench_env
+
+    system = e2e.System(env={**os.environ, **run.app_env}, log_dir=run.run_dir, http_port=run.http_port,
+                        workers=run.args.workers)
+    _RUNNING["system"] = system
+    run.progress(f"starting web, bridge and {run.args.workers} worker(s) (relay after the API phase)")
+    system.start("web", "bridge", *system.workers)
+    system.wait_web(timeout=60)
+    system.wait_workers(timeout=90)
+    system.wait_bridge(timeout=120)
+    run.progress("  web healthy, worker ready, bridge has its partitions")
+    # Two warm ORM-only processes for the paired API rounds and the brackets around the
+    # end-to-end maximum; idle, they use no CPU.
+    orm_load = _RUNNING["orm_load"] = orm.OrmLoad(2)
+    broker_pid = run.broker.process.pid if run.broker.process else None
+    if "api" in run.phases:
+        _api_phase(run, system, orm_load, broker_pid=broker_pid)
+    bench_env.truncate_order_tables()
+    if "e2e" in run.phases:
+        _e2e_phase(run, system, orm_load, broker_pid=broker_pid)
+    _RUNNING.pop("system")
+    run.progress("stopping web, relay, bridge, worker")
+    system.stop()
+
+
+def _api_phase(run: Run, system, orm_load, *, broker_pid: int | None) -> None:
+    """POST /orders at each concurrency, then the best one and the ORM-only loops in paired rounds."""
+    from devtools.bench import e2e
+
+    d, progress = run.d, run.progress
+    levels = _phase(f"API POST /orders at concurrency {', '.join(map(str, d.api_levels))}, {d.api:.0f} s each",
+                    run.results, progress, e2e.api_levels, system, levels=list(d.api_levels), duration=d.api,
+                    broker_pid=broker_pid) or []
+    best = max((level["throughput"] for level in levels), default=None)
+    run.results["api"] = {"levels": levels, "best_throughput": best}
+    for level in levels:
+        progress(f"  c={level['concurrency']}: {level['throughput']:.1f} orders/s, p99 {level['latency_ms']['p99'] or 0:.1f} ms,"
+                 f" non-201 {level['non_201']}")
+    if levels:
+        best_level = max(levels, key=lambda level: level["throughput"])
+        paired = _phase(f"API (c={best_level['concurrency']}) and ORM-only (2 processes) in {d.paired_rounds} paired"
+                        f" rounds of {d.paired_slice:.0f} s each", run.results, progress, e2e.paired_api_vs_orm, system,
+                        orm_load, concurrency=best_level["concurrency"], rounds=d.paired_rounds, duration=d.paired_slice)
+        if paired:
+            run.results["api"]["paired"] = paired
+            progress(f"  paired: API {paired['api_rate']:.1f}/s, ORM-only {paired['orm_rate']:.1f}/s,"
+                     f" ratio {paired['ratio']:.3f} (rounds {paired['ratio_per_round']})")
+
+
+def _e2e_phase(run: Run, system, orm_load, *, broker_pid: int | None) -> None:
+    """The relay started; the pipeline's maximum, bracketed by ORM-only rates, then half of it sustained."""
+    d, progress = run.d, run.progress
+    system.start("relay")
+    system.wait_relay(timeout=60)
+    run.results["e2e"] = e2e_results = {}
+    # The ORM-only baseline just before and just after the maximum, in the same minutes.
+    bracket = [orm_load.run(d.paired_slice)["rate"]]
+    if _saturate("E2E", system, d, e2e_results, run.results, progress, broker_pid=broker_pid):
+        bracket.append(orm_load.run(d.paired_slice)["rate"])
+        e2e_results["orm_bracket"] = {"rates": [round(rate, 1) for rate in bracket],
+                                      "rate": sum(bracket) / len(bracket), "slice_s": d.paired_slice}
+        progress(f"  ORM-only (2 processes) just before and after: {bracket[0]:.1f} and {bracket[1]:.1f} orders/s")
+        _sustain("E2E", system, d, e2e_results, run.results, progress, broker_pid=broker_pid)
+
+
+def _peer_phase(run: Run) -> None:
+    """The naive peer (web and workers, no outbox, Kafka or inbox): its maximum, then half of it."""
+    from devtools.bench import e2e, peer
+    from devtools.bench import env as bench_env
+
+    bench_env.truncate_order_tables()
+    # Same commands, configuration and number of processes as the pipeline's web and workers;
+    # its own logs, so that its task runs are not mixed with the pipeline's.
+    (run.run_dir / "peer").mkdir()
+    system = _RUNNING["peer"] = e2e.System(env=peer.environment({**os.environ, **run.app_env}, run_id=run.run_id),
+                                           log_dir=run.run_dir / "peer", http_port=run.http_port, workers=run.args.workers)
+    run.progress(f"starting the peer: web and {run.args.workers} worker(s)")
+    system.start("web", *system.workers)
+    system.wait_web(timeout=60)
+    system.wait_workers(timeout=90)
+    run.results["peer"] = peer_results = {}
+    # No broker pid: the Kafka broker, idle, is not the peer's (its CPU counts as "other").
+    if _saturate("peer", system, run.d, peer_results, run.results, run.progress, broker_pid=None):
+        _sustain("peer", system, run.d, peer_results, run.results, run.progress, broker_pid=None)
+    _RUNNING.pop("peer")
+    run.progress("stopping the peer")
+    system.stop()
+
+
+def _profile_phase(run: Run) -> None:
+    """pyinstrument profiles of the in-process paths."""
+    from devtools.bench import env as bench_env
+    from devtools.bench import profiling
+
+    bench_env.truncate_order_tables()
+    run.results["profiles"] = _phase("profiles (pyinstrument)", run.results, run.progress, profiling.run_profiles,
+                                     duration=run.d.profile, out_dir=OUTPUT_DIR, stamp=run.stamp,
+                                     log_path=run.run_dir / "profile-emails.log") or {}
+    bench_env.truncate_order_tables()
 
 
 def _saturate(label: str, system, d: Durations, into: dict, results, progress, *, broker_pid: int | None) -> dict | None:

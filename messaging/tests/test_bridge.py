@@ -19,7 +19,10 @@ from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from devtools.broker import free_port
-from devtools.harness import celery_broker_url, create_test_order, read_topics, wait_until
+from devtools.harness.process_group import celery_broker_url
+from devtools.harness.sample_orders import create_test_order
+from devtools.harness.topics import read_topics
+from devtools.harness.waiting import wait_until
 from events.contract import ORDER_CREATED, ORDER_PROCESSING, TOPIC_DLQ, build_envelope, message_headers
 from events.models import OutboxEvent
 from events.services import enqueue_event

@@ -19,12 +19,13 @@ from confluent_kafka import KafkaException
 from structlog.testing import capture_logs
 
 from devtools.broker import EmbeddedKafkaBroker, free_port
-from devtools.harness import ProcessGroup, wait_until
+from devtools.harness.audit import wait_for_completion
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.sample_orders import post_order
 from devtools.kafka_security import SecuredListener, make_certificates, server_tls_context
 from messaging.kafka import SECURITY_SETTINGS, KafkaAccessError, check_broker, client_config
 from orders_project import health
 from orders_project.config import BASE_DIR, load_config
-from orders_project.tests.test_pipeline import post_order, wait_for_completion
 
 USER = "order-service"
 # Random, so that finding it anywhere in a log or a response means it leaked.

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, TopicPartition
 from django.conf import settings
 
 from devtools.broker import free_port
-from devtools.harness import create_test_orders
+from devtools.harness.sample_orders import create_test_orders
 from events.contract import TOPIC_ORDERS
 from events.models import OutboxEvent
 from messaging.progress import READ_ONLY_DECLARE, BridgeProgress, queued_tasks

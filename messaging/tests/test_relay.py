@@ -8,7 +8,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from devtools.broker import free_port
-from devtools.harness import create_test_orders, read_topics
+from devtools.harness.sample_orders import create_test_orders
+from devtools.harness.topics import read_topics
 from events.contract import TOPIC_ORDERS, TOPIC_PARTITIONS
 from events.models import OutboxEvent
 from messaging.producer import build_producer

@@ -9,7 +9,10 @@ import pytest
 from django.db import connection
 
 from devtools.broker import EmbeddedKafkaBroker
-from devtools.harness import ProcessGroup, create_test_orders, read_topics, wait_until
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.sample_orders import create_test_orders
+from devtools.harness.topics import read_topics
+from devtools.harness.waiting import wait_until
 from events.contract import TOPIC_ORDERS
 from events.models import OutboxEvent
 

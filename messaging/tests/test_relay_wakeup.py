@@ -11,7 +11,9 @@ import psycopg
 import pytest
 from django.db import connection, transaction
 
-from devtools.harness import ProcessGroup, create_test_orders, wait_until
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.sample_orders import create_test_orders
+from devtools.harness.waiting import wait_until
 from events.models import OUTBOX_CHANNEL, OutboxEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -15,7 +15,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from devtools.harness import ProcessGroup, create_test_order, wait_until
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.sample_orders import create_test_order
+from devtools.harness.waiting import wait_until
 from devtools.smtp import SlowSmtpServer
 from events.contract import Event
 from events.models import InboxEntry, OutboxEvent

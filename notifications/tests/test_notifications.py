@@ -8,7 +8,7 @@ import pytest
 from django.core import mail
 
 from devtools.broker import free_port
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events.contract import Event, InvalidEvent
 from events.models import InboxEntry, OutboxEvent
 from notifications import services

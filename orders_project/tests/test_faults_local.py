@@ -5,7 +5,7 @@ Here a crash loses work for good: kombu's SQL transport never hands back a task 
 worker had taken, and the in-memory broker keeps nothing when it dies. The reconciler, with its
 default deadlines (config.yaml, ``reconciler``), re-drives what was lost from the database. Each
 test posts orders at about 5 a second from a client that re-sends with its Idempotency-Key on
-errors, injects one fault, and then audits every order that got a 201 (devtools.harness.audit):
+errors, injects one fault, and then audits every order that got a 201 (devtools.harness.audit.audit):
 within two minutes of the end of the fault it is PAID or PAYMENT_FAILED (as the seeded gateway
 decides) with its 3 notifications, nothing is lost, no order is charged twice, no email is sent
 twice for one event, no status repeats in its timeline. Results go to the fault table (conftest).
@@ -22,20 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAULT_REPORT
 from devtools.broker import free_port
-from devtools.harness import (
-    LocalStack,
-    OrderLoad,
-    ProcessGroup,
-    audit_when_complete,
-    database_url,
-    fault_order_body,
-    fault_row,
-    inbox_redeliveries,
-    redriven_orders,
-    wait_until,
-)
+from devtools.harness.audit import audit_when_complete
+from devtools.harness.faults import FAULT_REPORT, fault_order_body, fault_row, inbox_redeliveries, redriven_orders
+from devtools.harness.load import OrderLoad
+from devtools.harness.process_group import ProcessGroup, database_url
+from devtools.harness.run_local import LocalStack
+from devtools.harness.waiting import wait_until
 from payments.simulator import SimulatedGateway
 from payments.models import Payment
 

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from devtools.harness import SEED_ORDER, ProcessGroup, wait_until
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.sample_orders import SEED_ORDER
+from devtools.harness.waiting import wait_until
 from orders.models import Order
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]

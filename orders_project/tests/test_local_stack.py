@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from devtools.harness import wait_until
+from devtools.harness.waiting import wait_until
 from devtools.local_stack import Backoff, Child, _logger
 from orders_project.config import load_config
 

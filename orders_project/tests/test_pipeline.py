@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import urllib.request
 import uuid
 from collections import Counter, defaultdict
 
@@ -15,11 +14,17 @@ import pytest
 from confluent_kafka import Producer
 
 from devtools.broker import EmbeddedKafkaBroker, free_port
-from devtools.harness import BRIDGE_PARTITIONS, ProcessGroup, create_test_orders, read_topics, wait_until
+from devtools.harness.audit import wait_for_completion
+from devtools.harness.metrics import sample_total
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.sample_orders import create_test_orders, post_order
+from devtools.harness.topics import BRIDGE_PARTITIONS, read_topics
+from devtools.harness.waiting import wait_until
 from events.contract import TOPIC_DLQ, TOPIC_NOTIFICATIONS, TOPIC_ORDERS, TOPIC_PAYMENTS
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from notifications.models import Notification
 from orders.models import Order, OrderStatus
+from orders.services import TERMINAL_STATUSES
 from orders_project.config import BASE_DIR
 from payments.simulator import SimulatedGateway
 from payments.models import Payment, SimulatedCharge
@@ -28,7 +33,6 @@ from recovery.models import Redrive
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 PAYMENT_SEED = "e2e-fixed-seed"
-TERMINAL = {OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED}
 ORDER_EVENTS = {"ORDER_CREATED", "ORDER_PROCESSING", "ORDER_PAID", "PAYMENT_FAILED"}
 
 
@@ -43,35 +47,6 @@ def system(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory):
         group.broker = kafka_broker
         yield group
         group.stop_all()
-
-
-def post_order(base_url: str, *, user_id: str, correlation_id: str | None = None) -> str:
-    body = {
-        "user_id": user_id,
-        "email": f"{user_id}@example.com",
-        "items": [
-            {"product_id": "prod_001", "product_name": "Premium Widget", "quantity": 2, "price": 29.99},
-            {"product_id": "prod_002", "product_name": "Standard Widget", "quantity": 1, "price": 15.99},
-        ],
-    }
-    headers = {"Content-Type": "application/json"}
-    if correlation_id:
-        headers["X-Correlation-ID"] = correlation_id
-    request = urllib.request.Request(f"{base_url}/orders", data=json.dumps(body).encode(), headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 201
-        return json.load(response)["order_id"]
-
-
-def wait_for_completion(order_ids: list[str], *, notifications_per_order: int = 3, timeout: float = 60) -> None:
-    """Every order terminal, its notifications recorded and every outbox row published."""
-
-    def done() -> bool:
-        finished = Order.objects.filter(pk__in=order_ids, status__in=TERMINAL).count() == len(order_ids)
-        notified = Notification.objects.filter(order_id__in=order_ids).count() == notifications_per_order * len(order_ids)
-        return finished and notified and not OutboxEvent.objects.filter(published_at__isnull=True).exists()
-
-    wait_until(done, timeout=timeout, interval=0.2, message="orders did not complete")
 
 
 def expected_status(order_id: str) -> str:
@@ -185,7 +160,7 @@ def test_malformed_messages_go_to_dlq_with_reason_and_bridge_keeps_going(system)
         assert headers["dlq_error"]
         assert headers["dlq_source"] == "kafka-bridge"
         assert headers["dlq_original_topic"] == TOPIC_ORDERS
-    assert Order.objects.get(pk=order_id).status in TERMINAL
+    assert Order.objects.get(pk=order_id).status in TERMINAL_STATUSES
 
 
 def test_forged_events_go_to_dlq_with_their_reason_and_nothing_is_sent_even_once_an_operator_republishes_them(
@@ -436,15 +411,6 @@ def test_processes_stop_cleanly_on_sigterm(system, name, stopped_event):
     system.start(name)
 
 
-def _total(samples: dict, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(
-        value
-        for (sample_name, sample_labels), value in samples.items()
-        if sample_name == name and set(labels.items()) <= set(sample_labels)
-    )
-
-
 def _settled_lag(system) -> dict | None:
     lag = {key: value for key, value in system.metrics("bridge").items() if key[0] == "bridge_consumer_lag"}
     return lag if len(lag) == BRIDGE_PARTITIONS and not any(lag.values()) else None
@@ -469,7 +435,7 @@ def test_metrics_of_every_process_follow_the_orders(system):
     statuses = Counter(Order.objects.filter(pk__in=order_ids).values_list("status", flat=True))
     # Counters are read after the work they count: the bridge's dispatches and the worker's emails.
     def counted(samples: dict, process: str, name: str, **labels: str) -> float:
-        return _total(samples[process], name, **labels) - _total(before[process], name, **labels)
+        return sample_total(samples[process], name, **labels) - sample_total(before[process], name, **labels)
 
     def all_counted():
         samples = scrape()
@@ -479,20 +445,20 @@ def test_metrics_of_every_process_follow_the_orders(system):
             and counted(samples, "worker", "pipeline_tasks_total", task="notifications.send_notifications_batch") >= 1
             # web reads the database's gauges at most every couple of seconds.
             and all(counted(samples, "web", "orders", status=status) == statuses[status] for status in statuses)
-            and _total(samples["web"], "outbox_backlog") == 0
+            and sample_total(samples["web"], "outbox_backlog") == 0
         ) and samples
 
     after = wait_until(all_counted, timeout=30)
 
     def grew(process: str, name: str, **labels: str) -> float:
-        return _total(after[process], name, **labels) - _total(before[process], name, **labels)
+        return sample_total(after[process], name, **labels) - sample_total(before[process], name, **labels)
 
     assert grew("web", "http_requests_total", view="order-list", method="POST", status="201") == 5
     assert grew("web", "http_request_duration_seconds_count", view="order-list", method="POST") == 5
     for status in (OrderStatus.PAID, OrderStatus.PAYMENT_FAILED):
         assert grew("web", "orders", status=status) == statuses[status]
-    assert _total(after["web"], "outbox_backlog") == 0
-    assert _total(after["web"], "outbox_oldest_unpublished_age_seconds") == 0
+    assert sample_total(after["web"], "outbox_backlog") == 0
+    assert sample_total(after["web"], "outbox_oldest_unpublished_age_seconds") == 0
     # ORDER_CREATED, ORDER_PROCESSING, the outcome and three NOTIFICATION_SENT per order.
     assert grew("relay", "outbox_events_published_total") == 30
     assert grew("bridge", "bridge_messages_total", outcome="dispatched") == 15

@@ -22,7 +22,8 @@ from django.core.management import call_command
 from rest_framework.authtoken.models import Token
 
 from devtools.broker import free_port
-from devtools.harness import ProcessGroup, wait_until
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.waiting import wait_until
 from orders.models import Order
 from orders_project.config import BASE_DIR
 

@@ -11,7 +11,9 @@ import urllib.request
 
 import pytest
 
-from devtools.harness import SEED_ORDER, LocalStack, alive, descendants, wait_until
+from devtools.harness.run_local import LocalStack, alive, descendants
+from devtools.harness.sample_orders import SEED_ORDER
+from devtools.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

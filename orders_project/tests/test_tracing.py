@@ -18,10 +18,12 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from common.tracing import setup_tracing
 from devtools.broker import free_port
-from devtools.harness import ProcessGroup, create_test_order, wait_until
+from devtools.harness.audit import wait_for_completion
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.sample_orders import create_test_order, post_order
+from devtools.harness.waiting import wait_until
 from events.models import OutboxEvent
 from events.contract import ORDER_STATUS_EVENTS
-from orders_project.tests.test_pipeline import post_order, wait_for_completion
 
 TASKS = ("orders.process_order", "payments.charge_payment", "notifications.send_notifications_batch")
 

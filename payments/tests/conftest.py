@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events.models import OutboxEvent
 from orders import services as order_services
 

@@ -12,7 +12,7 @@ from django.core.mail.backends.locmem import EmailBackend
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events.models import InboxEntry, OutboxEvent
 from notifications import services as notification_services
 from notifications.models import Notification

@@ -8,7 +8,7 @@ import datetime as dt
 from django.db.models import F
 from django.utils import timezone
 
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events.contract import Event
 from events.models import OutboxEvent
 from notifications import services as notification_services

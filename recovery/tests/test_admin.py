@@ -8,7 +8,7 @@ import re
 import pytest
 from django.utils import timezone
 
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events.models import OutboxEvent
 from orders import services as order_services
 from orders.models import Order

@@ -9,29 +9,17 @@ the promtool tests fail, saying so, instead of being skipped.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-from devtools.harness import ProcessGroup, parse_metrics, wait_until
+from devtools.harness.metrics import parse_metrics
+from devtools.harness.process_group import ProcessGroup
+from devtools.harness.promql import ALERTS_FILE, alert_rules, label_matches, promtool, selectors
+from devtools.harness.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yml"
 SEVERITIES = {"warning", "critical"}
-
-
-def alert_rules() -> list[dict]:
-    document = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
-    return [rule for group in document["groups"] for rule in group["rules"]]
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    assert path, "promtool is not installed: apt-get install prometheus (Debian) provides it"
-    return path
 
 
 # --- the file itself ----------------------------------------------------------------------------
@@ -139,37 +127,6 @@ def test_each_expression_fires_when_it_should_and_only_then(tmp_path):
 
 # --- the metrics exist: the real reconciler's endpoint and web's /metrics -------------------------
 
-GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-IDENTIFIER = re.compile(r"(?<![\w:.])[a-zA-Z_:][\w:]*(?![\w:])")
-MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
-KEYWORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group",
-    "and", "or", "unless", "bool", "offset",
-}
-
-
-def selectors(expr: str) -> tuple[list[tuple[str, list[tuple[str, str, str]]]], set[str]]:
-    """The metric selectors of a PromQL expression, each (name, [(label, operator, value)]), and
-    the labels it groups by. Enough PromQL for these rules: no strings outside label matchers."""
-    grouping = {label.strip() for labels in GROUPING.findall(expr) for label in labels.split(",") if label.strip()}
-    expr = GROUPING.sub(" ", expr)
-    # Label matchers out of the way first, each replaced by its index: {0}, {1}, ...
-    matchers: list[list[tuple[str, str, str]]] = []
-
-    def set_aside(braces: re.Match) -> str:
-        matchers.append(MATCHER.findall(braces.group()))
-        return f"{{{len(matchers) - 1}}}"
-
-    expr = re.sub(r"\{[^}]*\}", set_aside, expr)
-    found = []
-    for match in IDENTIFIER.finditer(expr):
-        rest = expr[match.end():].lstrip()
-        if match.group() in KEYWORDS or rest.startswith("("):  # aggregations and functions
-            continue
-        index = re.match(r"\{(\d+)\}", rest)
-        found.append((match.group(), matchers[int(index.group(1))] if index else []))
-    return found, grouping
-
 
 def test_selectors_are_read_from_the_expressions():
     assert selectors('sum by (reason) (rate(reconciler_redrives_total{reason!="operator"}[10m])) * 60 > 5') == (
@@ -180,15 +137,6 @@ def test_selectors_are_read_from_the_expressions():
         [("reconciler_last_pass_timestamp_seconds", [])],
         set(),
     )
-
-
-def _matches(value: str, operator: str, wanted: str) -> bool:
-    return {
-        "=": value == wanted,
-        "!=": value != wanted,
-        "=~": re.fullmatch(wanted, value) is not None,
-        "!~": re.fullmatch(wanted, value) is None,
-    }[operator]
 
 
 @pytest.mark.e2e
@@ -229,7 +177,7 @@ def test_every_metric_and_label_of_the_alerts_is_served(tmp_path, kafka_broker, 
                 assert all(label in labels for labels in series), f"{rule['alert']}: {name} has no label {label}"
             for label, operator, wanted in matchers:
                 assert all(label in labels for labels in series), f"{rule['alert']}: {name} has no label {label}"
-                assert any(_matches(labels[label], operator, wanted) for labels in series), (
+                assert any(label_matches(labels[label], operator, wanted) for labels in series), (
                     f"{rule['alert']}: no series of {name} has {label}{operator}{wanted!r}"
                 )
             checked.add(name)

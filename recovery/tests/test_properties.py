@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from devtools.harness import create_test_order
+from devtools.harness.sample_orders import create_test_order
 from events.contract import Event
 from events.models import OutboxEvent
 from notifications import services as notification_services

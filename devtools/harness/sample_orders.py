@@ -1,0 +1,56 @@
+"""Orders the tests make: the seed's example request body, orders written through the service as
+the API writes them, and orders posted to a running web.
+
+The service is imported when an order is written, not with this module: the benchmark reads
+``SEED_ORDER`` before it sets Django up."""
+
+from __future__ import annotations
+
+import copy
+import json
+import urllib.request
+from decimal import Decimal
+
+# The request body of the seed's curl example (README walkthrough): 2 items, total 75.97.
+SEED_ORDER = {
+    "user_id": "customer_123",
+    "email": "customer@example.com",
+    "items": [
+        {"product_id": "prod_001", "product_name": "Premium Widget", "quantity": 2, "price": 29.99},
+        {"product_id": "prod_002", "product_name": "Standard Widget", "quantity": 1, "price": 15.99},
+    ],
+}
+
+
+def create_test_order(
+    *, user_id: str, email: str, quantity: int = 1, price: str = "1.00", correlation_id: str, product_name: str = "W"
+):
+    """An order of one line, written through the service as the API writes it."""
+    from orders.services import create_order
+
+    item = {"product_id": "p", "product_name": product_name, "quantity": quantity, "price": Decimal(price)}
+    return create_order(user_id=user_id, email=email, items=[item], correlation_id=correlation_id).order
+
+
+def create_test_orders(count: int, *, prefix: str, price: str = "1.00") -> list[str]:
+    """``count`` such orders; their ids."""
+    return [
+        str(
+            create_test_order(
+                user_id=f"{prefix}_{index}", email=f"{prefix}@example.com", price=price, correlation_id=f"{prefix}-{index}"
+            ).id
+        )
+        for index in range(count)
+    ]
+
+
+def post_order(base_url: str, *, user_id: str, correlation_id: str | None = None) -> str:
+    """POST the seed's order, for ``user_id``, to web at ``base_url``; the new order's id."""
+    body = {**copy.deepcopy(SEED_ORDER), "user_id": user_id, "email": f"{user_id}@example.com"}
+    headers = {"Content-Type": "application/json"}
+    if correlation_id:
+        headers["X-Correlation-ID"] = correlation_id
+    request = urllib.request.Request(f"{base_url}/orders", data=json.dumps(body).encode(), headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        return json.load(response)["order_id"]
