@@ -156,3 +156,22 @@ def test_table_row_per_leaf_with_its_variable_default_and_comment(tmp_path):
         "| `KAFKA_NESTED_ENABLED` | `true` | Deep. |",
         "| `UNDESCRIBED` | `3` |  |",
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("redis://redis:6379/0", {"visibility_timeout": 60, "unacked_restore_interval": 5, "unacked_restore_throttle": 1}),
+        ("rediss://redis:6380/0", {"visibility_timeout": 60, "unacked_restore_interval": 5, "unacked_restore_throttle": 1}),
+        # kombu's SQL transport hands its options to create_engine(), which refuses Redis' ones.
+        ("sqla+sqlite:///var/celery-broker.sqlite3", {}),
+    ],
+)
+def test_redis_transport_options_go_to_redis_only(url, options):
+    assert config.celery_transport_options(url, visibility_timeout=60) == options
+
+
+def test_relative_sql_broker_path_starts_at_the_project():
+    assert config.celery_broker_url("sqla+sqlite:///var/b.sqlite3") == f"sqla+sqlite:///{config.BASE_DIR / 'var' / 'b.sqlite3'}"
+    assert config.celery_broker_url("sqla+sqlite:////srv/b.sqlite3") == "sqla+sqlite:////srv/b.sqlite3"
+    assert config.celery_broker_url("redis://redis:6379/0") == "redis://redis:6379/0"
