@@ -70,6 +70,14 @@ def project_path(path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else BASE_DIR / path
 
 
+def sqlite_database_file(database: dict[str, Any]) -> Path | None:
+    """The file of a database (a parsed DATABASE_URL) on SQLite, anchored at the project; None for
+    a server's database or SQLite in memory."""
+    if database["ENGINE"] != "django.db.backends.sqlite3" or database["NAME"] == ":memory:":
+        return None
+    return project_path(database["NAME"])
+
+
 def celery_broker_url(url: str) -> str:
     """The server-less SQLite broker's relative path anchored at the project, like the database's."""
     if url.startswith(SQL_BROKER_PREFIX):
@@ -93,10 +101,8 @@ def celery_transport_options(url: str, *, visibility_timeout: int) -> dict[str, 
 def sqlite_files(config: dict[str, Any]) -> list[Path]:
     """The SQLite files the configuration names: the database (its test copy sits beside it) and
     the SQL Celery broker."""
-    files = []
-    database = env.db_url_config(config["database"]["url"])
-    if database["ENGINE"] == "django.db.backends.sqlite3" and database["NAME"] != ":memory:":
-        files.append(project_path(database["NAME"]))
+    database = sqlite_database_file(env.db_url_config(config["database"]["url"]))
+    files = [database] if database else []
     broker_url = celery_broker_url(config["celery"]["broker_url"])
     if broker_url.startswith(SQL_BROKER_PREFIX):
         files.append(Path(broker_url[len(SQL_BROKER_PREFIX):]))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from orders_project import security
 from orders_project.config import (
     STATIC_ROOT,
@@ -11,7 +9,7 @@ from orders_project.config import (
     celery_transport_options,
     env,
     load_config,
-    project_path,
+    sqlite_database_file,
 )
 from orders_project.logging import SERVICE_NAME, configure_structlog, logging_config
 
@@ -101,9 +99,9 @@ TEMPLATES = [
 
 def _database(url: str) -> dict:
     database = env.db_url_config(url)
-    if database["ENGINE"] == "django.db.backends.sqlite3" and database["NAME"] != ":memory:":
-        # Its directory is made by the processes that run the local default (config.create_local_directories).
-        database["NAME"] = str(project_path(database["NAME"]))
+    # Its directory is made by the processes that run the local default (config.create_local_directories).
+    if sqlite_file := sqlite_database_file(database):
+        database["NAME"] = str(sqlite_file)
         database["OPTIONS"] = {
             # Writers queue for the lock instead of failing with "database is locked", and
             # readers never block the writer (web, relay, bridge and worker share the file).
@@ -112,7 +110,7 @@ def _database(url: str) -> dict:
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
         # Tests use a file too: the relay, bridge and worker they start are separate processes.
-        database["TEST"] = {"NAME": str(Path(database["NAME"]).with_suffix(".test.sqlite3"))}
+        database["TEST"] = {"NAME": str(sqlite_file.with_suffix(".test.sqlite3"))}
     else:
         # A pool per process: Celery closes a task's connection after each task, and a pooled
         # close hands it back instead of ending it (a new PostgreSQL connection is costly).
