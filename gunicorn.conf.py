@@ -55,8 +55,6 @@ class AccessLogFreeLogger(Logger):
 
 logger_class = AccessLogFreeLogger
 configure_structlog()
-logconfig_dict = logging_config(
-    level=_config["django"]["log_level"], service_name=_config["service_name"], environment=_config["environment"]
-)
+logconfig_dict = logging_config(level=_config["django"]["log_level"], environment=_config["environment"])
 # gunicorn's own lines (start, worker boot, shutdown) as JSON too, not through its plain-text handler.
 logconfig_dict["loggers"]["gunicorn.error"] = {"handlers": ["console"], "level": "INFO", "propagate": False}

@@ -33,7 +33,8 @@ import structlog
 
 from devtools.broker import CLIENT_ENV, EmbeddedKafkaBroker
 from devtools.processes import process_commands
-from orders_project.config import BASE_DIR, load_config
+from orders_project.config import BASE_DIR, create_local_directories, load_config
+from orders_project.logging import SERVICE_NAME
 
 DEV_ADMIN_USER = "admin"
 DEV_ADMIN_PASSWORD = "admin"
@@ -55,7 +56,7 @@ def _logger(config: dict) -> structlog.typing.FilteringBoundLogger:
         return event_dict
 
     def service_fields(_logger, _method, event_dict):
-        event_dict.update(service=config["service_name"], environment=config["environment"])
+        event_dict.update(service=SERVICE_NAME, environment=config["environment"])
         return event_dict
 
     return structlog.wrap_logger(
@@ -243,6 +244,7 @@ class Stack:
         self.stop_signal: str | None = None
         broker_port = int(config["kafka"]["brokers"][0].rsplit(":", 1)[1])
         broker_log.parent.mkdir(parents=True, exist_ok=True)
+        create_local_directories(config)
         self.broker = EmbeddedKafkaBroker(port=broker_port, log_path=broker_log)
         self.broker_started_at = 0.0
         self.broker_backoff = Backoff()

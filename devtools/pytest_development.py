@@ -5,4 +5,11 @@ The processes the tests start inherit it; the tests of production's settings set
 
 import os
 
+from orders_project.config import create_local_directories, load_config
+
 os.environ["ENVIRONMENT"] = "development"
+
+
+def pytest_configure(config):
+    # The test database goes beside the configured SQLite file, whose directory SQLite will not make.
+    create_local_directories(load_config())

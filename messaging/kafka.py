@@ -15,6 +15,9 @@ from django.conf import settings
 client_logger = logging.getLogger("kafka.client")
 error_logger = structlog.get_logger("kafka.client")
 
+# How every client of the service names itself to the brokers (their logs, quotas, ACL audit).
+CLIENT_ID = "order-service"
+
 # The settings named after librdkafka's properties (kafka.ssl_ca_location -> ssl.ca.location),
 # passed to every client when set.
 SECURITY_SETTINGS = (
@@ -84,7 +87,7 @@ def security_config() -> dict[str, str]:
 def client_config(**overrides: Any) -> dict[str, Any]:
     return {
         "bootstrap.servers": ",".join(settings.KAFKA["brokers"]),
-        "client.id": settings.KAFKA["client_id"],
+        "client.id": CLIENT_ID,
         "logger": client_logger,
         "error_cb": ClientErrors(),
         **security_config(),

@@ -23,6 +23,9 @@ app = Celery("orders_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+# Seconds between a worker's looks for new tasks on the SQL broker of the local default (Redis
+# pushes them at once).
+SQL_BROKER_POLL_INTERVAL = 0.05
 LOG_CONTEXT_KEYS = ("correlation_id", "order_id", "event_id")
 task_log = structlog.get_logger("orders_project.tasks")
 
@@ -84,5 +87,5 @@ def prepare_worker(**_kwargs) -> None:
     setup_tracing("worker")
     # kombu's SQL transport hands every transport option to SQLAlchemy's create_engine(), so its
     # poll interval (1 s by default: a second of latency per task) can only be set on the class.
-    sql_transport.Transport.polling_interval = app.conf.sql_broker_poll_interval
+    sql_transport.Transport.polling_interval = SQL_BROKER_POLL_INTERVAL
     serve_process_metrics(port=settings.METRICS["worker_port"], process="worker")

@@ -88,14 +88,17 @@ def check_database() -> None:
         cursor.execute("SELECT 1")
 
 
+# Seconds a readiness check waits for Kafka's metadata or the Celery broker: a probe answers within its own.
+BROKER_CHECK_TIMEOUT = 2.0
+
+
 def check_kafka() -> None:
-    check_broker(timeout=settings.KAFKA["health_timeout"])
+    check_broker(timeout=BROKER_CHECK_TIMEOUT)
 
 
 def check_celery_broker() -> None:
-    timeout = settings.CELERY_HEALTH_TIMEOUT
-    with Connection(settings.CELERY_BROKER_URL, connect_timeout=timeout) as broker:
-        broker.ensure_connection(max_retries=1, timeout=timeout)
+    with Connection(settings.CELERY_BROKER_URL, connect_timeout=BROKER_CHECK_TIMEOUT) as broker:
+        broker.ensure_connection(max_retries=1, timeout=BROKER_CHECK_TIMEOUT)
 
 
 READINESS_CHECKS: dict[str, Callable[[], None]] = {

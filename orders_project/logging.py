@@ -24,6 +24,9 @@ def add_trace_ids(_logger, _method, event_dict):
     return event_dict
 
 
+# The "service" of every log line, the namespace of the traces and the domain of the emails' Message-IDs.
+SERVICE_NAME = "order-processing-system"
+
 _SHARED_PROCESSORS = [
     structlog.contextvars.merge_contextvars,
     add_trace_ids,
@@ -56,9 +59,9 @@ def configure_structlog() -> None:
     )
 
 
-def logging_config(*, level: str, service_name: str, environment: str) -> dict:
+def logging_config(*, level: str, environment: str) -> dict:
     """A ``LOGGING`` dict that renders every record, structlog's or stdlib's, as one JSON line."""
-    service_fields = {"service": service_name, "environment": environment}
+    service_fields = {"service": SERVICE_NAME, "environment": environment}
 
     def add_service_fields(_logger, _method, event_dict):
         for key, value in service_fields.items():

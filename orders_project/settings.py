@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from orders_project import security
-from orders_project.config import BASE_DIR, env, load_config
-from orders_project.logging import configure_structlog, logging_config
+from orders_project.config import (
+    STATIC_ROOT,
+    celery_broker_url,
+    celery_transport_options,
+    env,
+    load_config,
+    sqlite_database_file,
+)
+from orders_project.logging import SERVICE_NAME, configure_structlog, logging_config
 
 CONFIG = load_config()
 
-SERVICE_NAME = CONFIG["service_name"]
 ENVIRONMENT = CONFIG["environment"]
 # Only ENVIRONMENT=development, exactly, is development; any other value, a missing one included,
 # is production, which refuses to start without a real key, its hosts and a delivering email
@@ -95,10 +99,9 @@ TEMPLATES = [
 
 def _database(url: str) -> dict:
     database = env.db_url_config(url)
-    if database["ENGINE"] == "django.db.backends.sqlite3" and database["NAME"] != ":memory:":
-        path = Path(database["NAME"])
-        database["NAME"] = str(path if path.is_absolute() else BASE_DIR / path)
-        Path(database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Its directory is made by the processes that run the local default (config.create_local_directories).
+    if sqlite_file := sqlite_database_file(database):
+        database["NAME"] = str(sqlite_file)
         database["OPTIONS"] = {
             # Writers queue for the lock instead of failing with "database is locked", and
             # readers never block the writer (web, relay, bridge and worker share the file).
@@ -107,7 +110,7 @@ def _database(url: str) -> dict:
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
         # Tests use a file too: the relay, bridge and worker they start are separate processes.
-        database["TEST"] = {"NAME": str(Path(database["NAME"]).with_suffix(".test.sqlite3"))}
+        database["TEST"] = {"NAME": str(sqlite_file.with_suffix(".test.sqlite3"))}
     else:
         # A pool per process: Celery closes a task's connection after each task, and a pooled
         # close hands it back instead of ending it (a new PostgreSQL connection is costly).
@@ -141,8 +144,6 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
-STATIC_ROOT.mkdir(exist_ok=True)  # collectstatic fills it in images; WhiteNoise warns if it is missing
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -191,16 +192,6 @@ SPECTACULAR_SETTINGS = {
 }
 
 
-def _celery_broker_url(url: str) -> str:
-    """Anchor the server-less SQLite broker's relative path at the project, like the database."""
-    prefix = "sqla+sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
-        path = BASE_DIR / url[len(prefix):]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"{prefix}{path}"
-    return url
-
-
 KAFKA = CONFIG["kafka"]
 OUTBOX = CONFIG["outbox"]
 BRIDGE = CONFIG["bridge"]
@@ -219,8 +210,10 @@ CACHES = {"default": env.cache_url_config(CONFIG["cache"]["url"])}
 
 # Celery (orders_project/celery.py reads every CELERY_* setting).
 _celery = CONFIG["celery"]
-CELERY_BROKER_URL = _celery_broker_url(_celery["broker_url"])
-CELERY_HEALTH_TIMEOUT = _celery["health_timeout"]
+CELERY_BROKER_URL = celery_broker_url(_celery["broker_url"])
+CELERY_BROKER_TRANSPORT_OPTIONS = celery_transport_options(
+    CELERY_BROKER_URL, visibility_timeout=_celery["visibility_timeout"]
+)
 CELERY_TASK_DEFAULT_QUEUE = _celery["queue"]
 CELERY_WORKER_CONCURRENCY = _celery["concurrency"]
 CELERY_WORKER_PREFETCH_MULTIPLIER = _celery["prefetch_multiplier"]
@@ -236,16 +229,6 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
-CELERY_SQL_BROKER_POLL_INTERVAL = _celery["sql_poll_interval"]
-if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # A task taken by a worker that died goes back to the queue after this; a retry waits in the
-    # worker (ETA) unacknowledged, so it must outlast the longest backoff.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": _celery["visibility_timeout"],
-        # Look for such tasks every 5 s (kombu's default sweep comes every 100 s).
-        "unacked_restore_interval": 5,
-        "unacked_restore_throttle": 1,
-    }
 
 # Emails and SMS to the log in development only; SMTP (email.*) in production.
 EMAIL_BACKEND = security.email_backend(CONFIG, development=DEVELOPMENT)
@@ -260,9 +243,7 @@ EMAIL_USE_SSL = security.email_use_ssl(CONFIG)
 EMAIL_TIMEOUT = CONFIG["email"]["timeout"]
 
 configure_structlog()
-LOGGING = logging_config(
-    level=CONFIG["django"]["log_level"], service_name=SERVICE_NAME, environment=ENVIRONMENT
-)
+LOGGING = logging_config(level=CONFIG["django"]["log_level"], environment=ENVIRONMENT)
 
 # OpenTelemetry (common/tracing.py): off while tracing.otlp_endpoint is empty.
 TRACING = CONFIG["tracing"]

@@ -57,8 +57,9 @@ class LocalStack:
             "METRICS_RECONCILER_PORT": str(free_port()),
             # gunicorn clears this directory when it starts: never another web process's.
             "METRICS_MULTIPROC_DIR": str(work_dir / "prometheus-web"),
-            "DATABASE_URL": f"sqlite:///{work_dir / 'db.sqlite3'}",
-            "CELERY_BROKER_URL": f"sqla+sqlite:///{work_dir / 'celery-broker.sqlite3'}",
+            # In a directory run-local makes, as it makes var/ for its defaults.
+            "DATABASE_URL": f"sqlite:///{work_dir / 'var' / 'db.sqlite3'}",
+            "CELERY_BROKER_URL": f"sqla+sqlite:///{work_dir / 'var' / 'celery-broker.sqlite3'}",
             **overrides,
         }
         if "CELERY_QUEUE" not in overrides:

@@ -29,10 +29,11 @@ def test_ready_when_database_kafka_and_celery_broker_answer(client, kafka_settin
     assert response.json() == {"status": "ready", "checks": {"database": "ok", "kafka": "ok", "celery_broker": "ok"}}
 
 
-def test_degraded_but_serving_when_kafka_is_unreachable(client, settings):
+def test_degraded_but_serving_when_kafka_is_unreachable(client, settings, monkeypatch):
     # Orders still go into the outbox; the relay publishes them when Kafka is back.
     unreachable = f"127.0.0.1:{free_port()}"
-    settings.KAFKA = {**settings.KAFKA, "brokers": [unreachable], "health_timeout": 0.5}
+    settings.KAFKA = {**settings.KAFKA, "brokers": [unreachable]}
+    monkeypatch.setattr(health, "BROKER_CHECK_TIMEOUT", 0.5)
 
     with capture_logs() as logs:
         response = client.get("/health/ready/")
@@ -47,9 +48,9 @@ def test_degraded_but_serving_when_kafka_is_unreachable(client, settings):
     assert failure["check"] == "kafka" and failure["error"]
 
 
-def test_degraded_when_celery_broker_is_unreachable(client, kafka_settings, settings):
+def test_degraded_when_celery_broker_is_unreachable(client, kafka_settings, settings, monkeypatch):
     settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{free_port()}/0"
-    settings.CELERY_HEALTH_TIMEOUT = 0.5
+    monkeypatch.setattr(health, "BROKER_CHECK_TIMEOUT", 0.5)
 
     response = client.get("/health/ready")
 

@@ -12,6 +12,7 @@ import time
 from devtools.harness.waiting import wait_until
 from devtools.local_stack import Backoff, Child, _logger
 from orders_project.config import load_config
+from orders_project.logging import SERVICE_NAME
 
 
 class RecordingLog:
@@ -71,6 +72,6 @@ def test_run_local_prints_json_lines_like_the_processes(capsys):
         "level": "error",
         "logger": "run-local",
         "ts": event["ts"],
-        "service": config["service_name"],
+        "service": SERVICE_NAME,
         "environment": config["environment"],
     }

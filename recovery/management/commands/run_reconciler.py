@@ -11,6 +11,17 @@ from recovery.reconciler import run_reconciler
 from recovery.selectors import Downstream, RedrivePolicy
 
 
+# Seconds a pass waits for the bridge's committed offsets or the Celery queue's length before it
+# goes on without them (then nothing counts as in flight).
+BROKER_READ_TIMEOUT = 2.0
+# Rows examined per query while looking for unfinished events.
+SCAN_BATCH_SIZE = 500
+# Rows deleted per statement, and statements per pass, when purging history past its retention:
+# short transactions, and a backlog cleared over several passes.
+PURGE_BATCH_SIZE = 1000
+PURGE_MAX_BATCHES = 10
+
+
 class Command(BaseCommand):
     help = "The reconciler: re-drive stuck orders and unhandled events from the database until SIGTERM or Ctrl-C."
 
@@ -20,7 +31,7 @@ class Command(BaseCommand):
         bridge = BridgeProgress(
             group_id=kafka["group_id"],
             topics=topics_to_read(event_topics=kafka["topics"], dlq_topic=kafka["dlq_topic"]),
-            timeout=kafka["health_timeout"],
+            timeout=BROKER_READ_TIMEOUT,
         )
 
         def read_downstream() -> Downstream:
@@ -29,7 +40,7 @@ class Command(BaseCommand):
                 queued_tasks=queued_tasks(
                     broker_url=settings.CELERY_BROKER_URL,
                     queue=settings.CELERY_TASK_DEFAULT_QUEUE,
-                    timeout=settings.CELERY_HEALTH_TIMEOUT,
+                    timeout=BROKER_READ_TIMEOUT,
                 ),
             )
 
@@ -42,13 +53,13 @@ class Command(BaseCommand):
                 backoff=config["redrive_backoff"],
                 backoff_max=config["redrive_backoff_max"],
                 max_wait_in_flight=config["max_wait_in_flight"],
-                batch_size=config["batch_size"],
+                batch_size=SCAN_BATCH_SIZE,
             ),
             read_downstream=read_downstream,
             interval=config["interval"],
             retention=dt.timedelta(days=config["retention_days"]),
-            purge_batch_size=config["purge_batch_size"],
-            purge_max_batches=config["purge_max_batches"],
+            purge_batch_size=PURGE_BATCH_SIZE,
+            purge_max_batches=PURGE_MAX_BATCHES,
             metrics_port=settings.METRICS["reconciler_port"],
         )
         bridge.close()
