@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import reprlib
 import uuid
 from dataclasses import dataclass
@@ -179,41 +180,43 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# Lone surrogates reach a decoded string only through \\u escapes (strict UTF-8 has none).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def decode_json(raw: bytes) -> Any:
     """Strict JSON of UTF-8 bytes: no NaN or Infinity, no duplicate keys, no number out of range,
     no lone surrogate, at most MAX_DEPTH deep; anything else raises ``InvalidEvent``
     (``not_json``, ``too_deep``)."""
     try:
-        document = json.loads(
-            raw.decode("utf-8"),
-            parse_constant=_no_constant,
-            parse_float=_finite_float,
-            object_pairs_hook=_unique_keys,
-        )
+        text = raw.decode("utf-8")
+        document = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise InvalidEvent("too_deep", f"nested deeper than the interpreter can parse (limit {MAX_DEPTH})") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits, the hooks'
         raise InvalidEvent("not_json", str(exc)) from None
-    _check_tree(document)
+    _check_tree(document, strings=_SURROGATE_ESCAPE.search(text) is not None)
     return document
 
 
-def _check_tree(document: Any) -> None:
-    """Depth and strings of a decoded document, walked without recursion."""
-    pending = [(document, 1)]
+def _check_tree(document: Any, *, strings: bool) -> None:
+    """The depth of a decoded document, and with ``strings`` each string (keys too), walked
+    without recursion."""
+    pending = [(document, 1)] if isinstance(document, (dict, list)) else []
+    if strings and isinstance(document, str):
+        _require_text(document)
     while pending:
         node, depth = pending.pop()
-        if isinstance(node, str):
-            _require_text(node)
-        elif isinstance(node, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise InvalidEvent("too_deep", f"nested more than {MAX_DEPTH} deep")
-            if isinstance(node, dict):
-                for name in node:
-                    _require_text(name)
-                pending.extend((value, depth + 1) for value in node.values())
-            else:
-                pending.extend((value, depth + 1) for value in node)
+        if depth > MAX_DEPTH:
+            raise InvalidEvent("too_deep", f"nested more than {MAX_DEPTH} deep")
+        if strings and isinstance(node, dict):
+            for name in node:
+                _require_text(name)
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                pending.append((child, depth + 1))
+            elif strings and isinstance(child, str):
+                _require_text(child)
 
 
 def _require_text(text: str) -> None:
@@ -286,7 +289,9 @@ def parse_event(raw: bytes | None, *, max_bytes: int) -> Event:
     _require_fields(metadata, _METADATA, "metadata.")
     attempt = metadata.get("attempt", 1)
     if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= MAX_ATTEMPT:
-        raise InvalidEvent("invalid_envelope", f"metadata.attempt must be an integer from 1 to {MAX_ATTEMPT}, got {_describe(attempt)}")
+        raise InvalidEvent(
+            "invalid_envelope", f"metadata.attempt must be an integer from 1 to {MAX_ATTEMPT}, got {_describe(attempt)}"
+        )
     if not isinstance(envelope.get("details", {}), dict):
         raise InvalidEvent("invalid_envelope", "details must be an object")
     return Event(envelope)
@@ -314,7 +319,9 @@ class DeadLetterMessage:
             "headers": {safe_text(name): text_of(raw)[0] if raw is not None else "" for name, raw in self.headers or []},
             "value_b64": _b64(self.value),
             "key_b64": _b64(self.key) if self.key is not None else None,
-            "headers_b64": None if self.headers is None else [[safe_text(name), _b64(raw) if raw is not None else None] for name, raw in self.headers],
+            "headers_b64": None
+            if self.headers is None
+            else [[safe_text(name), None if raw is None else _b64(raw)] for name, raw in self.headers],
             "headers_error": safe_text(self.headers_error),
         }
 

@@ -106,8 +106,9 @@ class DeadLetterCopy:
     """A refused message as it goes to dlq: its key and value unchanged, the original headers a
     reader can take as they were, ours (``dead_letter_headers``) after them; original headers
     without a value, with a value that is not UTF-8 text, with a name that is not plain text or
-    is one of ours travel in ``dlq_original_headers_b64`` ([name, base64 value or null], JSON).
-    ``record``: our headers alone, sent instead when the copy is too large for the dlq topic."""
+    starts like ours (``dlq_``) travel in ``dlq_original_headers_b64`` ([name, base64 value or
+    null], JSON). ``record``: our headers alone, sent instead when the copy is too large for the
+    dlq topic (``dlq_omitted`` says what was left out)."""
 
     key: bytes | None
     value: bytes
@@ -128,21 +129,22 @@ class DeadLetterCopy:
         originals = received.headers
         kept, moved = [], []
         for name, raw in originals or []:
-            if raw is not None and name not in ours and safe_text(name) == name and not text_of(raw)[1]:
+            if raw is not None and not name.startswith("dlq_") and safe_text(name) == name and not text_of(raw)[1]:
                 kept.append((name, raw))
             else:
                 moved.append([safe_text(name), None if raw is None else base64.b64encode(raw).decode()])
-        if moved:
-            ours["dlq_original_headers_b64"] = json.dumps(moved)
         if originals is None:
             ours["dlq_original_headers_unreadable"] = safe_text(received.unreadable)
         key, value = message.key(), message.value() or b""
         omitted = f"key of {len(key or b'')} bytes, value of {len(value)} bytes, {len(originals or [])} headers: too large for dlq"
+        record = {**ours, "dlq_omitted": omitted}
+        if moved:
+            ours["dlq_original_headers_b64"] = json.dumps(moved)
         return cls(
             key=key,
             value=value,
             headers=kept + [(name, text.encode()) for name, text in ours.items()],
-            record=[(name, text.encode()) for name, text in {**ours, "dlq_omitted": omitted}.items()],
+            record=[(name, text.encode()) for name, text in record.items()],
         )
 
 

@@ -21,6 +21,7 @@ from events.contract import TOPIC_DLQ, DeadLetterMessage
 from events.models import DeadLetter
 from events.services import archive_dead_letter
 from events.tests.test_contract_properties import REASONS, any_bytes, deep
+from messaging import bridge as bridge_module
 from messaging.bridge import KafkaBridge
 from messaging.routes import ARCHIVE_DEAD_LETTER, PROCESS_ORDER
 from messaging.tests.test_bridge import (  # noqa: F401 - fixtures
@@ -82,6 +83,11 @@ def reader(make_bridge, topic) -> Reader:
     return Reader(make_bridge(topics=[topic, TOPIC_DLQ]))
 
 
+def as_raw(message: dict) -> tuple:
+    """A message for ``relayed`` as ``produce_raw`` takes it."""
+    return message["key"], message["value"], [(name.encode(), value) for name, value in message["headers"]]
+
+
 def origin(message: Message) -> tuple[str, int] | None:
     """The topic and offset a dlq copy came from."""
     headers = dict(message.headers() or [])
@@ -95,11 +101,7 @@ def handle_and_check(reader: Reader, kafka_broker, topic: str, own_celery, batch
     check the rule; returns the dlq copies."""
     good = order_created(0)
     good_message = relayed(good)
-    produce_raw(
-        kafka_broker.bootstrap_servers,
-        topic,
-        [*batch, (good_message["key"], good_message["value"], [(name.encode(), value) for name, value in good_message["headers"]])],
-    )
+    produce_raw(kafka_broker.bootstrap_servers, topic, [*batch, as_raw(good_message)])
     messages = reader.read(until=lambda got: any(m.topic() == topic and m.value() == good_message["value"] for m in got))
     read = [m for m in messages if m.topic() == topic]
     assert len(read) == len(batch) + 1
@@ -134,7 +136,9 @@ def archive_copies(reader: Reader, own_celery, copies: list[Message]) -> list[De
         assert task.headers["task"] == ARCHIVE_DEAD_LETTER
         [argument] = task_args(task)
         message = DeadLetterMessage.from_task_argument(argument)
-        archived.append(archive_dead_letter(key=message.key, headers=message.headers, value=message.value, headers_error=message.headers_error))
+        archived.append(
+            archive_dead_letter(key=message.key, headers=message.headers, value=message.value, headers_error=message.headers_error)
+        )
     assert len(archived) == len(copies)
     return archived
 
@@ -169,7 +173,10 @@ def test_the_issue_s_poison_goes_to_dlq_with_readable_headers(kafka_broker, topi
     assert json.loads(headers[1]["dlq_original_headers_b64"]) == [["a", None]]
     assert json.loads(headers[2]["dlq_original_headers_b64"]) == [["binary", base64.b64encode(b"\xff\xfe").decode()]]
     assert "SystemError" in headers[3]["dlq_original_headers_unreadable"]
-    assert json.loads(headers[4]["dlq_original_headers_b64"]) == [["dlq_reason", base64.b64encode(b"forged").decode()], ["traceparent", None]]
+    assert json.loads(headers[4]["dlq_original_headers_b64"]) == [
+        ["dlq_reason", base64.b64encode(b"forged").decode()],
+        ["traceparent", None],
+    ]
     assert by_offset[first + 4].key() == b"\xff" and by_offset[first + 2].value() == deep(2500), "key and value unchanged"
 
     archived = {row.value[:20]: row for row in archive_copies(reader, own_celery, copies)}
@@ -193,3 +200,39 @@ def test_a_copy_too_large_for_dlq_goes_there_as_a_record_of_it(kafka_broker, top
     headers = {name: value.decode() for name, value in copy.headers()}
     assert (headers["dlq_reason"], copy.key(), copy.value() or b"") == ("too_large", None, b"")
     assert headers["dlq_omitted"] == "key of 3 bytes, value of 1000100 bytes, 0 headers: too large for dlq"
+
+
+def test_a_bug_of_the_bridge_on_one_message_sends_that_message_to_dlq_and_spares_the_rest(
+    kafka_broker, topic, reader, own_celery, monkeypatch
+):
+    """Our own check failing on one event (a bug, simulated), and the batch's outbox lookup
+    failing otherwise than with the database away: the event the bug hits goes to dlq as
+    ``internal_error``, the others are looked up one by one and go on."""
+    victim, spared = order_created(0), order_created(1)
+    real_check, real_lookup = bridge_module.check_recorded, bridge_module.recorded_payloads
+
+    def buggy_check(event, *, recorded):
+        if event.event_id == str(victim.event_id):
+            raise ZeroDivisionError("a bug")
+        return real_check(event, recorded=recorded)
+
+    def lookup_failing_for_batches(*, event_ids):
+        if len(event_ids) > 1:
+            raise TypeError("a bug of the batch query")
+        return real_lookup(event_ids=event_ids)
+
+    monkeypatch.setattr(bridge_module, "check_recorded", buggy_check)
+    monkeypatch.setattr(bridge_module, "recorded_payloads", lookup_failing_for_batches)
+    produced = [relayed(victim), relayed(spared)]
+    produce_raw(kafka_broker.bootstrap_servers, topic, [as_raw(m) for m in produced])
+    read = [m for m in reader.read(until=lambda got: sum(m.topic() == topic for m in got) == 2) if m.topic() == topic]
+
+    reader.bridge.handle_batch(read)
+
+    assert committed(reader.bridge)[(topic, 0)] == read[-1].offset() + 1
+    assert [task_args(t) for t in task_messages(own_celery) if t.headers["task"] == PROCESS_ORDER] == [[spared.payload]]
+    refused = (topic, read[0].offset())
+    [copy] = [m for m in reader.read(until=lambda got: any(origin(m) == refused for m in got)) if origin(m) == refused]
+    headers = {name: value.decode() for name, value in copy.headers()}
+    assert (headers["dlq_reason"], headers["dlq_error"]) == ("internal_error", "ZeroDivisionError: a bug")
+    assert copy.value() == produced[0]["value"]
