@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
+import re
+import reprlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -114,56 +117,267 @@ def dead_letter_headers(*, reason: str, error: str, source: str, **origin: Any) 
 
     The message value is the original bytes, untouched, so it can be fixed and re-published.
     """
-    headers = {"dlq_reason": reason, "dlq_error": error[:2000], "dlq_source": source}
+    headers = {"dlq_reason": reason, "dlq_error": error[:MAX_ERROR_CHARS], "dlq_source": source}
     headers.update({f"dlq_original_{name}": str(value) for name, value in origin.items() if value is not None})
-    return headers
+    return {name: safe_text(value) for name, value in headers.items()}
+
+
+def safe_text(text: str) -> str:
+    """``text`` as any reader can take it (a Kafka header, a log line, a PostgreSQL column): lone
+    surrogates escaped (``\\udc80``), NUL as ``\\x00``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def text_of(raw: bytes) -> tuple[str, bool]:
+    """Bytes as text for people to read, and whether they had to be escaped: UTF-8 text without
+    NUL as it is; anything else in Python's bytes notation (``\\xff``, ``\\x00``, a backslash
+    doubled), unambiguous and itself plain text."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\x00" not in text:
+        return text, False
+    # A backslash byte never occurs inside a multi-byte UTF-8 sequence: doubling it first keeps
+    # the escapes backslashreplace adds apart from the original's own backslashes.
+    escaped = raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+    return escaped, True
 
 
 class InvalidEvent(Exception):
-    """A message the bridge cannot handle; ``reason`` is a short code for the dlq headers."""
+    """A message the bridge cannot handle; ``reason`` is a short code for the dlq headers,
+    ``error`` says why in safe text (see ``safe_text``) of at most MAX_ERROR_CHARS."""
 
     def __init__(self, reason: str, error: str):
+        error = safe_text(error)[:MAX_ERROR_CHARS]
         super().__init__(f"{reason}: {error}")
         self.reason = reason
         self.error = error
 
 
-_ORDER_FIELDS = ("id", "user_id", "email", "items", "total_amount", "status")
+MAX_ERROR_CHARS = 2000
+# Nesting of JSON arrays and objects an event may have. Contract events nest 4 deep (envelope,
+# order, items, item); a deeper document is refused before anything walks it recursively
+# (json.loads itself, dict comparison, the Celery serializer).
+MAX_DEPTH = 32
+# The highest attempt number: what the payments table's attempt column holds.
+MAX_ATTEMPT = 2**31 - 1
 
 
-def _require_uuid(value: Any, name: str) -> None:
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        duplicate = next(name for name, _value in pairs if name in seen or seen.add(name))
+        raise ValueError(f"duplicate key {duplicate!r}"[:300])
+    return obj
+
+
+# Lone surrogates reach a decoded string only through \\u escapes (strict UTF-8 has none).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict JSON of UTF-8 bytes: no NaN or Infinity, no duplicate keys, no number out of range,
+    no lone surrogate, at most MAX_DEPTH deep; anything else raises ``InvalidEvent``
+    (``not_json``, ``too_deep``)."""
     try:
-        uuid.UUID(str(value))
+        text = raw.decode("utf-8")
+        document = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise InvalidEvent("too_deep", f"nested deeper than the interpreter can parse (limit {MAX_DEPTH})") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of too many digits, the hooks'
+        raise InvalidEvent("not_json", str(exc)) from None
+    _check_tree(document, strings=_SURROGATE_ESCAPE.search(text) is not None)
+    return document
+
+
+def _check_tree(document: Any, *, strings: bool) -> None:
+    """The depth of a decoded document, and with ``strings`` each string (keys too), walked
+    without recursion."""
+    pending = [(document, 1)] if isinstance(document, (dict, list)) else []
+    if strings and isinstance(document, str):
+        _require_text(document)
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidEvent("too_deep", f"nested more than {MAX_DEPTH} deep")
+        if strings and isinstance(node, dict):
+            for name in node:
+                _require_text(name)
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                pending.append((child, depth + 1))
+            elif strings and isinstance(child, str):
+                _require_text(child)
+
+
+def _require_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent("not_json", f"string with a lone surrogate: {text[:80]!r}") from None
+
+
+_ENVELOPE = {"event_id": str, "type": str, "order": dict, "timestamp": str, "metadata": dict}
+_ORDER = {"id": str, "user_id": str, "email": str, "items": list, "total_amount": str, "status": str}
+_ITEM = {"product_id": str, "product_name": str, "quantity": int, "price": str}
+_METADATA = {"correlation_id": str, "source": str}
+
+
+def _require_fields(obj: dict[str, Any], fields: dict[str, type], where: str) -> None:
+    for name, kind in fields.items():
+        value = obj.get(name)
+        # bool is an int to Python, not to the contract.
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise InvalidEvent("invalid_envelope", f"{where}{name} must be a {kind.__name__}, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"[:120] if isinstance(value, (str, int, float)) else type(value).__name__
+
+
+def _require_uuid(value: str, name: str) -> None:
+    """A UUID in the form this service writes (lowercase, hyphenated): the outbox lookup and the
+    comparison with the recorded payload see exactly the id the message carries."""
+    try:
+        canonical = str(uuid.UUID(value))
     except ValueError:
-        raise InvalidEvent("invalid_envelope", f"{name} is not a UUID: {value!r}"[:300]) from None
+        canonical = None
+    if canonical != value:
+        raise InvalidEvent("invalid_envelope", f"{name} is not a canonical UUID: {value!r}"[:300])
 
 
 def parse_event(raw: bytes | None, *, max_bytes: int) -> Event:
-    """Decode and check a message value against the envelope; raises ``InvalidEvent``."""
+    """Decode and check a message value against the envelope; raises ``InvalidEvent``.
+
+    Total: any bytes give either an ``Event`` whose every field later code reads has its type
+    (ids canonical UUID strings, ``type`` a contract type, ``order.items`` a list of item
+    objects, ``metadata.attempt`` a positive int when present), or ``InvalidEvent`` with a reason.
+    """
     if not raw:
         raise InvalidEvent("empty", "message has no value")
     if len(raw) > max_bytes:
         raise InvalidEvent("too_large", f"{len(raw)} bytes, limit {max_bytes}")
-    try:
-        envelope = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent("not_json", str(exc)) from None
+    envelope = decode_json(raw)
     if not isinstance(envelope, dict):
-        raise InvalidEvent("invalid_envelope", f"expected a JSON object, got {type(envelope).__name__}")
+        raise InvalidEvent("invalid_envelope", f"expected a JSON object, got {_describe(envelope)}")
     event_type = envelope.get("type")
-    if event_type not in EVENT_TOPICS:
-        raise InvalidEvent("unknown_type", f"event type {event_type!r}"[:300])
-    _require_uuid(envelope.get("event_id"), "event_id")
-    order = envelope.get("order")
-    if not isinstance(order, dict) or any(name not in order for name in _ORDER_FIELDS):
-        raise InvalidEvent("invalid_envelope", f"order must be an object with {', '.join(_ORDER_FIELDS)}")
+    if not isinstance(event_type, str) or event_type not in EVENT_TOPICS:
+        raise InvalidEvent("unknown_type", f"event type {_describe(event_type)}")
+    _require_fields(envelope, _ENVELOPE, "")
+    _require_uuid(envelope["event_id"], "event_id")
+    order = envelope["order"]
+    _require_fields(order, _ORDER, "order.")
     _require_uuid(order["id"], "order.id")
-    if not isinstance(order["items"], list):
-        raise InvalidEvent("invalid_envelope", "order.items must be a list")
-    metadata = envelope.get("metadata")
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("correlation_id"), str):
-        raise InvalidEvent("invalid_envelope", "metadata.correlation_id is required")
+    for index, item in enumerate(order["items"]):
+        if not isinstance(item, dict):
+            raise InvalidEvent("invalid_envelope", f"order.items[{index}] must be an object, got {_describe(item)}")
+        _require_fields(item, _ITEM, f"order.items[{index}].")
+    if not isinstance(order.get("timestamps", {}), dict):
+        raise InvalidEvent("invalid_envelope", "order.timestamps must be an object")
+    metadata = envelope["metadata"]
+    _require_fields(metadata, _METADATA, "metadata.")
+    attempt = metadata.get("attempt", 1)
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= MAX_ATTEMPT:
+        raise InvalidEvent(
+            "invalid_envelope", f"metadata.attempt must be an integer from 1 to {MAX_ATTEMPT}, got {_describe(attempt)}"
+        )
+    if not isinstance(envelope.get("details", {}), dict):
+        raise InvalidEvent("invalid_envelope", "details must be an object")
     return Event(envelope)
+
+
+Headers = list[tuple[str, bytes | None]]
+
+
+@dataclass(frozen=True)
+class DeadLetterMessage:
+    """A dlq message on its way to the archive (the ``events.archive_dead_letter`` task): its
+    bytes exactly. ``headers`` None: the Kafka client could not read them (``headers_error``)."""
+
+    key: bytes | None
+    headers: Headers | None
+    value: bytes
+    headers_error: str = ""
+
+    def as_task_argument(self) -> dict[str, Any]:
+        """The task's JSON argument. Bytes travel base64: ``key_b64`` (null: no key),
+        ``headers_b64`` ([name, base64 value or null] in order; null: unreadable), ``value_b64``.
+        ``key`` and ``headers`` are their text too, what a worker of the previous release reads."""
+        return {
+            "key": text_of(self.key)[0] if self.key else None,
+            "headers": {safe_text(name): text_of(raw)[0] if raw is not None else "" for name, raw in self.headers or []},
+            "value_b64": _b64(self.value),
+            "key_b64": _b64(self.key) if self.key is not None else None,
+            "headers_b64": None
+            if self.headers is None
+            else [[safe_text(name), None if raw is None else _b64(raw)] for name, raw in self.headers],
+            "headers_error": safe_text(self.headers_error),
+        }
+
+    @classmethod
+    def from_task_argument(cls, argument: Any) -> DeadLetterMessage:
+        """Back from the task's argument, whichever release wrote it; what does not decode is
+        taken as the text it is, so that any argument gives a message to archive."""
+        if not isinstance(argument, dict):
+            return cls(key=None, headers=None, value=_bytes(argument) or b"", headers_error="not a dead-letter task argument")
+        key = _unb64(argument["key_b64"]) if "key_b64" in argument else _bytes(argument.get("key"))
+        if "headers_b64" in argument:
+            listed = argument["headers_b64"]
+            pairs = listed if isinstance(listed, list) else []
+            headers = None if listed is None else [(_text(pair[0]), _unb64(pair[1])) for pair in pairs if _pair(pair)]
+        else:
+            given = argument.get("headers")
+            headers = [(_text(name), _bytes(value)) for name, value in given.items()] if isinstance(given, dict) else []
+        return cls(
+            key=key,
+            headers=headers,
+            value=_unb64(argument.get("value_b64")) or b"",
+            headers_error=_text(argument.get("headers_error") or ""),
+        )
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: Any) -> bytes | None:
+    """Base64 text back to bytes; anything else, or text that is not base64, as its own bytes."""
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (TypeError, ValueError):
+        return _bytes(text)
+
+
+def _bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return _text(value).encode("utf-8", "surrogatepass")
+
+
+def _text(value: Any) -> str:
+    """A string as it is; anything else as a bounded repr (reprlib stops at a few levels)."""
+    return value if isinstance(value, str) else reprlib.repr(value)
+
+
+def _pair(pair: Any) -> bool:
+    return isinstance(pair, (list, tuple)) and len(pair) == 2
 
 
 def check_recorded(event: Event, *, recorded: list[dict[str, Any]]) -> None:

@@ -94,10 +94,18 @@ class DeadLetter(models.Model):
     event_id = models.CharField(max_length=64, blank=True, db_index=True)
     event_type = models.CharField(max_length=64, blank=True)
     key = models.CharField(max_length=128, blank=True, db_index=True)
+    # Each header's value as text (JSON null: a header without a value; the last of a repeated name).
     headers = models.JSONField(default=dict)
     # The original bytes, base64, exactly as they were; ``value`` is their text for reading.
     original_value_b64 = models.TextField()
     value = models.TextField(blank=True)
+    # The key's and the headers' bytes too: [name, base64 value or null] per header, in order,
+    # null when the Kafka client could not read them (``error`` says so).
+    original_key_b64 = models.TextField(blank=True)
+    original_headers_b64 = models.JSONField(default=list, blank=True, null=True)
+    # Which of "key", "value" and "header <name>" were not UTF-8 text (or held NUL): their text
+    # above is escaped in Python's bytes notation (\xff, \x00, a backslash doubled).
+    escaped = models.JSONField(default=list, blank=True)
     # Only an event the outbox recorded is re-published (``republish_dead_letter``): a fixed value
     # can restore a damaged copy of one, never change what it says.
     fixed_value = models.TextField(

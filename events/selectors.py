@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from events.models import InboxEntry, OutboxEvent
 
 
 def recorded_payloads(*, event_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """The payloads the outbox holds for each of ``event_ids`` (a re-published event has several)."""
+    """The payloads the outbox holds for each of ``event_ids`` (a re-published event has several),
+    keyed as given. An id that is not a UUID string has none: only UUIDs reach the query, whose
+    field would refuse anything else with an error of its own."""
+    asked: dict[uuid.UUID, list[str]] = {}
+    for event_id in event_ids:
+        try:
+            asked.setdefault(uuid.UUID(event_id), []).append(event_id)
+        except (TypeError, ValueError, AttributeError):
+            continue
     recorded: dict[str, list[dict[str, Any]]] = {}
-    for event_id, payload in OutboxEvent.objects.filter(event_id__in=event_ids).values_list("event_id", "payload"):
-        recorded.setdefault(str(event_id), []).append(payload)
+    for event_id, payload in OutboxEvent.objects.filter(event_id__in=list(asked)).values_list("event_id", "payload"):
+        for given in asked.get(event_id, ()):
+            recorded.setdefault(given, []).append(payload)
     return recorded
 
 

@@ -20,10 +20,14 @@ from events.contract import (
     EVENT_TOPICS,
     TOPIC_DLQ,
     Event,
+    Headers,
     InvalidEvent,
     build_envelope,
     dead_letter_headers,
+    decode_json,
     message_headers,
+    safe_text,
+    text_of,
 )
 from events.metrics import DEAD_LETTERS
 from events.models import DeadLetter, InboxEntry, OutboxEvent
@@ -152,31 +156,86 @@ def republish_event(*, event: Event) -> OutboxEvent:
     )
 
 
-def archive_dead_letter(*, key: str | None, headers: dict[str, str], value: bytes) -> DeadLetter:
-    """Keep a dlq message for operators; the same message archived again is the same row."""
-    fingerprint = hashlib.sha256(json.dumps(headers, sort_keys=True).encode() + b"\0" + value).hexdigest()
+def archive_dead_letter(
+    *,
+    key: bytes | str | None,
+    headers: Headers | dict[str, str | bytes | None] | None,
+    value: bytes | str | None,
+    headers_error: str = "",
+) -> DeadLetter:
+    """Keep a dlq message for operators; the same message archived again is the same row.
+
+    Any key, headers and value are kept: their exact bytes base64, their text for reading (escaped
+    where the bytes are not UTF-8 text, and ``escaped`` says where). ``headers`` None: the Kafka
+    client could not read them, ``headers_error`` says why."""
+    key_bytes = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
+    value_bytes = (value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value) or b""
+    pairs = _header_pairs(headers)
+    escaped: list[str] = []
+    texts: dict[str, str | None] = {}
+    for name, raw in pairs or []:
+        name = safe_text(name)
+        texts[name] = None if raw is None else text_of(raw)[0]
+        if raw is not None and text_of(raw)[1]:
+            escaped.append(f"header {name}")
+    key_text, key_escaped = text_of(key_bytes) if key_bytes is not None else ("", False)
+    value_text, value_escaped = text_of(value_bytes)
+    if key_escaped:
+        escaped.append("key")
+    if value_escaped:
+        escaped.append("value")
+    # The same digest as before keys and headers were kept as bytes, so a message archived then is the same row.
+    fingerprint = hashlib.sha256(json.dumps(texts, sort_keys=True).encode() + b"\0" + value_bytes).hexdigest()
     try:
-        readable = json.loads(value)
-    except ValueError:
+        readable = decode_json(value_bytes)
+    except InvalidEvent:
         readable = None
     event = readable if isinstance(readable, dict) else {}
     order = event.get("order") if isinstance(event.get("order"), dict) else {}
+
+    def header(name: str) -> str:
+        return texts.get(name) or ""
+
+    error = header("dlq_error") if pairs is not None else f"the message's headers could not be read: {safe_text(headers_error)}"
     dead_letter, created = DeadLetter.objects.get_or_create(
         fingerprint=fingerprint,
         defaults={
-            "reason": headers.get("dlq_reason", "unknown")[:64],
-            "error": headers.get("dlq_error", ""),
-            "source": headers.get("dlq_source", "")[:64],
-            "original_topic": headers.get("dlq_original_topic", "")[:128],
-            "event_id": str(headers.get("dlq_original_event_id") or event.get("event_id") or "")[:64],
-            "event_type": str(headers.get("dlq_original_type") or event.get("type") or "")[:64],
-            "key": (key or str(order.get("id") or ""))[:128],
-            "headers": headers,
-            "original_value_b64": base64.b64encode(value).decode(),
-            "value": value.decode("utf-8", errors="replace"),
+            "reason": (header("dlq_reason") or "unknown")[:64],
+            "error": error,
+            "source": header("dlq_source")[:64],
+            "original_topic": header("dlq_original_topic")[:128],
+            "event_id": safe_text(header("dlq_original_event_id") or _as_text(event.get("event_id")))[:64],
+            "event_type": safe_text(header("dlq_original_type") or _as_text(event.get("type")))[:64],
+            "key": safe_text(key_text or _as_text(order.get("id")))[:128],
+            "headers": texts,
+            "original_value_b64": base64.b64encode(value_bytes).decode(),
+            "value": value_text,
+            "original_key_b64": base64.b64encode(key_bytes).decode() if key_bytes else "",
+            "original_headers_b64": None
+            if pairs is None
+            else [[safe_text(name), None if raw is None else base64.b64encode(raw).decode()] for name, raw in pairs],
+            "escaped": escaped,
         },
     )
     if created:
         transaction.on_commit(lambda: DEAD_LETTERS.labels(dead_letter.reason).inc())
         logger.info("dead_letter_archived", reason=dead_letter.reason, dead_letter_id=dead_letter.pk, key=dead_letter.key)
     return dead_letter
+
+
+def _header_pairs(headers: Headers | dict[str, str | bytes | None] | None) -> Headers | None:
+    """Headers as (name, bytes or None) pairs, in order, whether given so or as a dict of text."""
+    if headers is None:
+        return None
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [
+        (str(name), raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw) for name, raw in items
+    ]
+
+
+def _as_text(value: Any) -> str:
+    """A value of a dead-lettered event's JSON, for a column: strings as they are, anything else
+    as JSON (already bounded in depth by ``decode_json``)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)[:200]

@@ -5,10 +5,20 @@ from whoever else can write to the topic, an event altered on its way) goes to t
 with its reason. Offsets are committed only after every message up to them was dealt with: its
 tasks accepted by the Celery broker, or the message itself confirmed on the dlq topic. A crash
 in between means redelivery, which the tasks absorb (inbox, state machine).
+
+No single message can stop the bridge (``KafkaBridge._route`` and ``_dispatch_tasks``): whatever
+fails while one message is read, parsed, checked or routed sends that message to dlq with its
+reason (``unreadable`` when the Kafka client cannot decode it, ``internal_error`` for a failure
+of the bridge's own code, logged with its traceback), and the bridge goes on. Only what is no
+message's own stops or pauses it: Kafka, the database (the batch's outbox lookup), the Celery
+broker. Its dlq copies are themselves readable: headers a reader could not take (no value, not
+UTF-8) travel base64 in one header of their own.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -16,14 +26,25 @@ from dataclasses import dataclass, field
 
 import structlog
 from celery import Signature
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-from django.db import DatabaseError, connection
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from django.db import DatabaseError, DataError, connection
+from kombu.exceptions import EncodeError
 
 from common.lifecycle import backoff_delays
 from common.metrics import serve_process_metrics
-from events.contract import TOPIC_DLQ, Event, InvalidEvent, check_recorded, dead_letter_headers, parse_event
+from events.contract import (
+    TOPIC_DLQ,
+    DeadLetterMessage,
+    Event,
+    InvalidEvent,
+    check_recorded,
+    dead_letter_headers,
+    parse_event,
+    safe_text,
+    text_of,
+)
 from events.selectors import recorded_payloads
-from messaging.kafka import client_config
+from messaging.kafka import Received, client_config
 from messaging.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSAGES
 from messaging.producer import build_producer, delivery_error, needs_new_producer
 from messaging.routes import dead_letter_task, notification_tasks, notifies, tasks_for
@@ -73,7 +94,58 @@ class BatchProgress:
     done: dict[tuple[str, int], int] = field(default_factory=dict)
     to_notify: list[Event] = field(default_factory=list)
     # Their messages, whose traces the notification tasks continue.
-    notified: list[Message] = field(default_factory=list)
+    notified: list[Received] = field(default_factory=list)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class DeadLetterCopy:
+    """A refused message as it goes to dlq: its key and value unchanged, the original headers a
+    reader can take as they were, ours (``dead_letter_headers``) after them; original headers
+    without a value, with a value that is not UTF-8 text, with a name that is not plain text or
+    starts like ours (``dlq_``) travel in ``dlq_original_headers_b64`` ([name, base64 value or
+    null], JSON). ``record``: our headers alone, sent instead when the copy is too large for the
+    dlq topic (``dlq_omitted`` says what was left out)."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    record: list[tuple[str, bytes]]
+
+    @classmethod
+    def of(cls, received: Received, refusal: InvalidEvent) -> DeadLetterCopy:
+        message = received.message
+        ours = dead_letter_headers(
+            reason=refusal.reason,
+            error=refusal.error,
+            source=DLQ_SOURCE,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+        )
+        originals = received.headers
+        kept, moved = [], []
+        for name, raw in originals or []:
+            if raw is not None and not name.startswith("dlq_") and safe_text(name) == name and not text_of(raw)[1]:
+                kept.append((name, raw))
+            else:
+                moved.append([safe_text(name), None if raw is None else base64.b64encode(raw).decode()])
+        if originals is None:
+            ours["dlq_original_headers_unreadable"] = safe_text(received.unreadable)
+        key, value = message.key(), message.value() or b""
+        omitted = f"key of {len(key or b'')} bytes, value of {len(value)} bytes, {len(originals or [])} headers: too large for dlq"
+        record = {**ours, "dlq_omitted": omitted}
+        if moved:
+            ours["dlq_original_headers_b64"] = json.dumps(moved)
+        return cls(
+            key=key,
+            value=value,
+            headers=kept + [(name, text.encode()) for name, text in ours.items()],
+            record=[(name, text.encode()) for name, text in record.items()],
+        )
 
 
 class DeadLetters:
@@ -82,24 +154,13 @@ class DeadLetters:
     def __init__(self, producer: Producer):
         self.producer = producer
         self.errors: list[KafkaError] = []
+        # Copies the dlq topic refused as too large: their record goes instead.
+        self._too_large: list[DeadLetterCopy] = []
 
-    def send(self, message: Message, refusal: InvalidEvent) -> None:
-        """Copy ``message`` to dlq with why it was refused and where it came from."""
-        headers = dict(message.headers() or [])
-        headers.update(
-            (name, value.encode())
-            for name, value in dead_letter_headers(
-                reason=refusal.reason,
-                error=refusal.error,
-                source=DLQ_SOURCE,
-                topic=message.topic(),
-                partition=message.partition(),
-                offset=message.offset(),
-            ).items()
-        )
-        self.producer.produce(
-            TOPIC_DLQ, key=message.key(), value=message.value() or b"", headers=list(headers.items()), on_delivery=self._report
-        )
+    def send(self, received: Received, refusal: InvalidEvent) -> None:
+        """Copy the message to dlq with why it was refused and where it came from."""
+        self._produce(DeadLetterCopy.of(received, refusal), record=False)
+        message = received.message
         logger.warning(
             "event_dead_lettered",
             reason=refusal.reason,
@@ -110,14 +171,38 @@ class DeadLetters:
         )
         BRIDGE_MESSAGES.labels(message.topic(), "dead_lettered").inc()
 
-    def _report(self, error: KafkaError | None, delivered: Message) -> None:
-        error = delivery_error(error, delivered)
-        if error is not None:
-            self.errors.append(error)
+    def _produce(self, copy: DeadLetterCopy, *, record: bool) -> None:
+        def report(error: KafkaError | None, delivered: Message) -> None:
+            error = delivery_error(error, delivered)
+            if error is not None and not record and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                self._too_large.append(copy)
+            elif error is not None:
+                self.errors.append(error)
+
+        try:
+            if record:
+                self.producer.produce(TOPIC_DLQ, value=b"", headers=copy.record, on_delivery=report)
+            else:
+                self.producer.produce(TOPIC_DLQ, key=copy.key, value=copy.value, headers=copy.headers, on_delivery=report)
+        except KafkaException as exc:  # refused before it was sent: too large for the producer, or the producer is unusable
+            error = exc.args[0]
+            if not record and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                self._produce(copy, record=True)
+            else:
+                self.errors.append(error)
+        except BufferError as exc:  # the producer's queue is full: the batch comes again
+            self.errors.append(KafkaError(KafkaError._QUEUE_FULL, str(exc)))
 
     def confirmed(self, *, timeout: float) -> bool:
         """Whether every copy reached the dlq topic: waits up to ``timeout`` s for the deliveries."""
-        return self.producer.flush(timeout) == 0 and not self.errors
+        deadline = time.monotonic() + timeout
+        while True:
+            unconfirmed = self.producer.flush(max(0.0, deadline - time.monotonic()))
+            too_large, self._too_large = self._too_large, []
+            if unconfirmed or not too_large:
+                return unconfirmed == 0 and not self.errors and not too_large
+            for copy in too_large:
+                self._produce(copy, record=True)
 
 
 class KafkaBridge:
@@ -192,8 +277,14 @@ class KafkaBridge:
             return
         dead_letters = DeadLetters(self.dlq_producer)
         progress = self._dispatch_tasks(routed, dead_letters)
-        with processing_batch(progress.notified, name="dispatch notifications"):
-            dispatched = not progress.to_notify or self._dispatch(notification_tasks(progress.to_notify))
+        try:
+            with processing_batch(progress.notified, name="dispatch notifications"):
+                dispatched = not progress.to_notify or self._dispatch(notification_tasks(progress.to_notify))
+        except EncodeError as exc:
+            # Recorded events (parse_event made them plain JSON) always serialize; should they not,
+            # the reconciler re-drives the events whose notifications were never applied.
+            logger.error("notifications_not_dispatched", error=describe(exc), exc_info=exc)
+            dispatched = True
         if not dispatched:
             return  # stopping while the Celery broker is away: nothing committed, the batch comes again
         if not dead_letters.confirmed(timeout=self.config.delivery_timeout_ms / 1000 + 5):
@@ -205,33 +296,80 @@ class KafkaBridge:
             return
         self._commit(progress.done)
 
-    def _route(self, messages: list[Message]) -> list[tuple[Message, Routing]]:
+    def _route(self, messages: list[Message]) -> list[tuple[Received, Routing]]:
         """Each message with its routing, its event checked against what the outbox recorded (one
-        query for the batch; raises ``DatabaseError``). Consumer errors are logged and left out."""
-        readings = [self._read(message) for message in messages]
-        recorded = recorded_payloads(event_ids={r.event_id for r in readings if isinstance(r, Event)})
+        query for the batch; raises ``DatabaseError``). Consumer errors are logged and left out.
+
+        Whatever else fails is one message's failure: that message is routed to dlq (or, read
+        from dlq, archived with what can be read of it), never raised."""
+        received = [Received.of(message) for message in messages]
+        readings = [self._read(item) for item in received]
+        recorded, unchecked = self._recorded({r.event_id for r in readings if isinstance(r, Event)})
         routed = []
-        for message, reading in zip(messages, readings):
+        for item, reading in zip(received, readings):
+            message = item.message
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     logger.warning("kafka_consume_error", error=str(message.error()))
                 continue
-            routed.append((message, self._routing(message, reading, recorded)))
+            if isinstance(reading, Event) and reading.event_id in unchecked:
+                reading = InvalidEvent("internal_error", f"the outbox lookup failed: {unchecked[reading.event_id]}")
+            try:
+                routing = self._routing(item, reading, recorded)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours on one message must not halt the shop
+                routing = self._failed(message, exc, stage="route")
+            routed.append((item, routing))
         return routed
 
-    def _read(self, message: Message) -> Event | InvalidEvent | None:
+    def _read(self, received: Received) -> Event | InvalidEvent | None:
         """The message's event, or why it cannot be one; None for a dlq message or a consumer error."""
+        message = received.message
         if message.error() or message.topic() == TOPIC_DLQ:
             return None
         try:
+            if received.headers is None:
+                # The relay's messages always have readable headers: this one is not its copy.
+                return InvalidEvent("unreadable", f"the Kafka client cannot read its headers: {received.unreadable}")
             return parse_event(message.value(), max_bytes=self.config.max_event_bytes)
         except InvalidEvent as exc:
             return exc
+        except Exception as exc:  # noqa: BLE001 - parse_event is total; should it fail, the message goes to dlq
+            self._log_failure(message, exc, stage="parse")
+            return InvalidEvent("internal_error", describe(exc))
 
-    def _routing(self, message: Message, reading: Event | InvalidEvent | None, recorded: dict[str, list[dict]]) -> Routing:
-        """What ``message`` comes to, from what ``_read`` made of it and the outbox's payloads."""
+    def _recorded(self, event_ids: set[str]) -> tuple[dict[str, list[dict]], dict[str, str]]:
+        """The outbox's payloads of ``event_ids`` (``recorded_payloads``), and the ids whose lookup
+        failed with why. Raises ``DatabaseError`` when the database is away; should the batch's
+        query fail otherwise, each id is asked on its own, so that the failure is one event's."""
+        try:
+            return recorded_payloads(event_ids=event_ids), {}
+        except DatabaseError as exc:
+            if not isinstance(exc, DataError):
+                raise
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - a bug of ours, or a value the database refused
+            failure = exc
+        logger.error("outbox_lookup_failed", error=describe(failure), exc_info=failure)
+        recorded, unchecked = {}, {}
+        for event_id in event_ids:
+            try:
+                recorded.update(recorded_payloads(event_ids={event_id}))
+            except DatabaseError as exc:
+                if not isinstance(exc, DataError):
+                    raise
+                unchecked[event_id] = describe(exc)
+            except Exception as exc:  # noqa: BLE001 - as above
+                unchecked[event_id] = describe(exc)
+        return recorded, unchecked
+
+    def _routing(self, received: Received, reading: Event | InvalidEvent | None, recorded: dict[str, list[dict]]) -> Routing:
+        """What the message comes to, from what ``_read`` made of it and the outbox's payloads."""
         if reading is None:  # a dlq message: archived for the admin
-            return Routing(tasks=(dead_letter_task(key=message.key(), headers=message.headers() or [], value=message.value()),))
+            message = received.message
+            archived = DeadLetterMessage(
+                key=message.key(), headers=received.headers, value=message.value() or b"", headers_error=received.unreadable
+            )
+            return Routing(tasks=(dead_letter_task(archived),))
         if isinstance(reading, InvalidEvent):
             return Routing(refusal=reading)
         try:
@@ -240,24 +378,55 @@ class KafkaBridge:
             return Routing(refusal=refusal)
         return Routing(tasks=tuple(tasks_for(reading)), event=reading, notify=notifies(reading))
 
-    def _dispatch_tasks(self, routed: list[tuple[Message, Routing]], dead_letters: DeadLetters) -> BatchProgress:
+    def _failed(self, message: Message, exc: Exception, *, stage: str) -> Routing:
+        """The routing of a message the bridge failed on: dlq, with the failure as its reason; a
+        dlq message (never sent to dlq again) is archived with its value alone."""
+        self._log_failure(message, exc, stage=stage)
+        if message.topic() != TOPIC_DLQ:
+            return Routing(refusal=InvalidEvent("internal_error", describe(exc)))
+        archived = DeadLetterMessage(
+            key=None, headers=None, value=message.value() or b"", headers_error=f"the bridge failed on this message: {describe(exc)}"
+        )
+        return Routing(tasks=(dead_letter_task(archived),))
+
+    def _log_failure(self, message: Message, exc: Exception, *, stage: str) -> None:
+        logger.error(
+            "bridge_message_failed",
+            stage=stage,
+            error=describe(exc),
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            exc_info=exc,
+        )
+
+    def _dispatch_tasks(self, routed: list[tuple[Received, Routing]], dead_letters: DeadLetters) -> BatchProgress:
         """Deal with each message in order: its dlq copy sent, or its tasks taken by the Celery
         broker (with its event's ids bound, which the task messages carry)."""
         progress = BatchProgress()
-        for message, routing in routed:
+        for received, routing in routed:
+            message = received.message
             structlog.contextvars.clear_contextvars()
             if routing.refusal is not None:
-                dead_letters.send(message, routing.refusal)
+                dead_letters.send(received, routing.refusal)
             else:
                 if routing.event is not None:
                     structlog.contextvars.bind_contextvars(**routing.event.log_context(), event_type=routing.event.type)
-                with processing(message):
-                    dispatched = self._dispatch(routing.tasks)
+                try:
+                    with processing(received):
+                        dispatched = self._dispatch(routing.tasks)
+                except EncodeError as exc:  # its tasks cannot be serialized: this message's failure, not the broker's
+                    structlog.contextvars.clear_contextvars()
+                    self._log_failure(message, exc, stage="dispatch")
+                    if message.topic() != TOPIC_DLQ:
+                        dead_letters.send(received, InvalidEvent("internal_error", describe(exc)))
+                    progress.done[(message.topic(), message.partition())] = message.offset()
+                    continue
                 if not dispatched:
                     break  # stopping while the Celery broker is away: leave the rest for redelivery
                 if routing.notify:
                     progress.to_notify.append(routing.event)
-                    progress.notified.append(message)
+                    progress.notified.append(received)
                 BRIDGE_MESSAGES.labels(message.topic(), "dispatched" if routing.tasks or routing.notify else "no_task").inc()
                 logger.info(
                     "event_dispatched",
@@ -279,6 +448,8 @@ class KafkaBridge:
             try:
                 for task in tasks:
                     task.apply_async()
+            except EncodeError:
+                raise  # the tasks themselves, which no retry changes
             except Exception as exc:  # kombu raises its own and the transport's errors: all mean "not accepted"
                 BRIDGE_DISPATCH_FAILURES.inc()
                 logger.warning("celery_dispatch_failed", error=f"{type(exc).__name__}: {exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -122,3 +123,21 @@ def check_broker(*, timeout: float) -> int:
     _admin, metadata = cluster_metadata(timeout=timeout)
     return len(metadata.brokers)
 
+
+@dataclass(frozen=True)
+class Received:
+    """A consumed message with its headers, read once: None and why when the client cannot
+    decode them. confluent-kafka raises SystemError for a header name that is not UTF-8, and a
+    second read returns tuples holding NULL that crash the interpreter when touched, so nothing
+    reads a consumed message's headers but ``Received.of``."""
+
+    message: Message
+    headers: list[tuple[str, bytes | None]] | None
+    unreadable: str = ""
+
+    @classmethod
+    def of(cls, message: Message) -> Received:
+        try:
+            return cls(message, list(message.headers() or []))
+        except Exception as exc:  # noqa: BLE001 - whatever the client raises, the headers are unreadable
+            return cls(message, None, f"{type(exc).__name__}: {exc}")

@@ -3,8 +3,6 @@ a task module or the Celery app (``celery.signature`` binds to the app of the ru
 
 from __future__ import annotations
 
-import base64
-
 from celery import Signature, chain, signature
 
 from events.contract import (
@@ -15,6 +13,7 @@ from events.contract import (
     ORDER_PROCESSING,
     ORDER_STATUS_EVENTS,
     PAYMENT_FAILED,
+    DeadLetterMessage,
     Event,
 )
 
@@ -68,11 +67,6 @@ def notification_tasks(events: list[Event]) -> list[Signature]:
     ]
 
 
-def dead_letter_task(*, key: bytes | None, headers: list[tuple[str, bytes]], value: bytes | None) -> Signature:
+def dead_letter_task(message: DeadLetterMessage) -> Signature:
     """The task that archives a dlq message (its bytes travel base64 in the task's JSON)."""
-    message = {
-        "key": key.decode(errors="replace") if key else None,
-        "headers": {name: raw.decode(errors="replace") for name, raw in headers},
-        "value_b64": base64.b64encode(value or b"").decode(),
-    }
-    return _task(ARCHIVE_DEAD_LETTER, message)
+    return _task(ARCHIVE_DEAD_LETTER, message.as_task_argument())

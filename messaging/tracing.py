@@ -21,11 +21,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 
-from confluent_kafka import Message
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from events.services import W3C_TRACE_CONTEXT
+from messaging.kafka import Received
 
 TRACE_HEADERS = W3C_TRACE_CONTEXT.fields
 
@@ -68,10 +68,14 @@ def end_publish(span: Span, *, error: str | None) -> None:
     span.end()
 
 
-def _creation_context(message: Message):
-    """The context that created ``message`` (its publish span's); None if it carries none that
-    is valid."""
-    carrier = {name: value.decode(errors="replace") for name, value in message.headers() or () if name in TRACE_HEADERS}
+def _creation_context(received: Received):
+    """The context that created the message (its publish span's); None if it carries none that
+    is valid, or none that can be read (headers the client cannot decode, a header without a value)."""
+    carrier = {
+        name: value.decode(errors="replace")
+        for name, value in received.headers or ()
+        if name in TRACE_HEADERS and value is not None
+    }
     if not carrier:
         return None
     context = W3C_TRACE_CONTEXT.extract(carrier)
@@ -79,9 +83,10 @@ def _creation_context(message: Message):
 
 
 @contextlib.contextmanager
-def processing(message: Message) -> Iterator[None]:
+def processing(received: Received) -> Iterator[None]:
     """The bridge's work on one message (its tasks published) inside the message's trace."""
-    context = _creation_context(message)
+    context = _creation_context(received)
+    message = received.message
     if context is None:
         yield
         return
@@ -92,7 +97,7 @@ def processing(message: Message) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def processing_batch(messages: Sequence[Message], *, name: str) -> Iterator[None]:
+def processing_batch(messages: Sequence[Received], *, name: str) -> Iterator[None]:
     """Work done once for several messages (a batch's notification tasks): linked to each
     message's trace, and part of the first one's, so a lone order's trace holds all its tasks."""
     contexts = [context for context in map(_creation_context, messages) if context is not None]

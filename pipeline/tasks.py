@@ -7,13 +7,11 @@ an operator's retry, comes in through ``charge_payment``; the customer's notific
 batches.
 """
 
-import base64
-
 import structlog
 from celery import shared_task
 
 from events import services as event_services
-from events.contract import Event
+from events.contract import DeadLetterMessage, Event
 from events.services import refuse_event
 from notifications import services as notification_services
 from orders import services as order_services
@@ -72,16 +70,18 @@ def send_notifications_batch(self, payloads: list[dict]) -> None:
 # The name is the one tasks already queued carry.
 @shared_task(bind=True, name="events.archive_dead_letter")
 def archive_dead_letter(self, message: dict) -> None:
-    """A dlq message: keep it in the database, where operators see it and can re-publish it."""
+    """A dlq message: keep it in the database, where operators see it and can re-publish it.
+    ``message``: ``DeadLetterMessage.as_task_argument`` (or the previous release's form)."""
+    dead_letter = DeadLetterMessage.from_task_argument(message)
 
     def give_up(exc: Exception) -> None:
         # The message stays in the dlq topic; only its copy for the admin is missing.
-        logger.error("dead_letter_not_archived", error=describe(exc), key=message["key"])
+        logger.error("dead_letter_not_archived", error=describe(exc), key=repr(dead_letter.key))
 
     run_with_retries(
         self,
         step=lambda: event_services.archive_dead_letter(
-            key=message["key"], headers=message["headers"], value=base64.b64decode(message["value_b64"])
+            key=dead_letter.key, headers=dead_letter.headers, value=dead_letter.value, headers_error=dead_letter.headers_error
         ),
         give_up=give_up,
     )

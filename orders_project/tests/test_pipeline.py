@@ -3,6 +3,7 @@ Kafka-protocol broker, the bridge and a real Celery worker to their terminal sta
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -20,6 +21,7 @@ from devtools.harness.process_group import ProcessGroup
 from devtools.harness.sample_orders import create_test_orders, post_order
 from devtools.harness.topics import BRIDGE_PARTITIONS, read_topics
 from devtools.harness.waiting import wait_until
+from devtools.raw_producer import produce_raw
 from events.contract import TOPIC_DLQ, TOPIC_NOTIFICATIONS, TOPIC_ORDERS, TOPIC_PAYMENTS
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from notifications.models import Notification
@@ -160,6 +162,48 @@ def test_malformed_messages_go_to_dlq_with_reason_and_bridge_keeps_going(system)
         assert headers["dlq_error"]
         assert headers["dlq_source"] == "kafka-bridge"
         assert headers["dlq_original_topic"] == TOPIC_ORDERS
+    assert Order.objects.get(pk=order_id).status in TERMINAL_STATUSES
+
+
+def test_the_poison_of_issue_20_goes_to_dlq_and_the_same_bridge_process_goes_on(system):
+    """Messages that used to kill the bridge at every restart: an unhashable type, 5 KB of nested
+    lists, a header without a value, a header name that is not UTF-8."""
+    bridge = system.processes["bridge"]
+    marker = uuid.uuid4().hex
+    poison = {
+        b'{"type": []}': "unknown_type",
+        b'{"type": {}}': "unknown_type",
+        b"[" * 2500 + b"]" * 2500: "too_deep",
+        f"null header {marker}".encode(): "not_json",
+        f'{{"unreadable": "{marker}"}}'.encode(): "unreadable",
+    }
+    values = list(poison)
+    producer = Producer({"bootstrap.servers": system.broker.bootstrap_servers})
+    for value in values[:3]:
+        producer.produce(TOPIC_ORDERS, key=marker.encode(), value=value)
+    producer.produce(TOPIC_ORDERS, key=marker.encode(), value=values[3], headers=[("trace", None), ("binary", b"\xff")])
+    assert producer.flush(10) == 0
+    produce_raw(system.broker.bootstrap_servers, TOPIC_ORDERS, [(marker.encode(), values[4], [(b"\xffname", b"x")])])
+
+    order_id = post_order(system.base_url, user_id="after_poison")
+    wait_for_completion([order_id])
+
+    assert bridge.poll() is None and system.processes["bridge"] is bridge, "the bridge never stopped"
+    assert [e["event"] for e in system.log_events("bridge")].count("bridge_started") == 1
+    # Each on dlq, read back by the bridge and archived with its reason and readable content.
+    rows = wait_until(
+        lambda: (found := list(DeadLetter.objects.filter(key=marker))) and len(found) == len(poison) and found,
+        timeout=30,
+        message="the poison did not all reach the dead-letter archive",
+    )
+    for row in rows:
+        value = base64.b64decode(row.original_value_b64)
+        assert (row.reason, row.source, row.original_topic) == (poison[value], "kafka-bridge", TOPIC_ORDERS)
+        assert row.value == value.decode() and row.error
+    null_header = next(row for row in rows if row.reason == "not_json")
+    assert json.loads(null_header.headers["dlq_original_headers_b64"]) == [["trace", None], ["binary", "/w=="]]
+    unreadable = next(row for row in rows if row.reason == "unreadable")
+    assert "SystemError" in unreadable.headers["dlq_original_headers_unreadable"]
     assert Order.objects.get(pk=order_id).status in TERMINAL_STATUSES
 
 
