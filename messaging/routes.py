@@ -13,6 +13,7 @@ from events.contract import (
     ORDER_PROCESSING,
     ORDER_STATUS_EVENTS,
     PAYMENT_FAILED,
+    TOPIC_DLQ,
     DeadLetterMessage,
     Event,
 )
@@ -24,11 +25,9 @@ SEND_NOTIFICATIONS = "notifications.send_notifications_batch"
 NOTIFICATIONS_PER_TASK = 20
 
 
-def topics_to_read(*, event_topics: list[str], dlq_topic: str) -> list[str]:
-    """What the bridge consumes: those of ``event_topics`` that carry an event the pipeline acts
-    on, and dlq, whose messages are archived for the admin."""
-    acted_on = {EVENT_TOPICS[event_type] for event_type in ORDER_STATUS_EVENTS}
-    return [topic for topic in event_topics if topic in acted_on] + [dlq_topic]
+# What the bridge consumes: the contract's topics that carry an event the pipeline acts on, and
+# dlq, whose messages are archived for the admin.
+TOPICS_READ = (*dict.fromkeys(EVENT_TOPICS[event_type] for event_type in ORDER_STATUS_EVENTS), TOPIC_DLQ)
 
 
 def _task(name: str, *args) -> Signature:

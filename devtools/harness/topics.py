@@ -9,14 +9,11 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from events.contract import TOPIC_DLQ, TOPIC_NOTIFICATIONS, TOPIC_ORDERS, TOPIC_PARTITIONS, TOPIC_PAYMENTS
-from messaging.routes import topics_to_read
+from events.contract import TOPIC_PARTITIONS
+from messaging.routes import TOPICS_READ
 
-# The partitions of the topics a bridge with the default configuration reads.
-BRIDGE_PARTITIONS = sum(
-    TOPIC_PARTITIONS[topic]
-    for topic in topics_to_read(event_topics=[TOPIC_ORDERS, TOPIC_PAYMENTS, TOPIC_NOTIFICATIONS], dlq_topic=TOPIC_DLQ)
-)
+# The partitions of the topics a bridge reads.
+BRIDGE_PARTITIONS = sum(TOPIC_PARTITIONS[topic] for topic in TOPICS_READ)
 
 
 def read_topics(*, bootstrap_servers: str, topics: Iterable[str], timeout: float = 30.0) -> list[Any]:

@@ -23,7 +23,6 @@ def test_yaml_defaults_are_the_seeds(environment):
 
     assert loaded["kafka"]["brokers"] == ["localhost:9092"]
     assert loaded["kafka"]["group_id"] == "order-service-group"
-    assert loaded["kafka"]["topics"] == ["orders", "payments", "notifications"]
     assert loaded["http"]["port"] == "8080"
     assert {key: loaded["notification"][key] for key in ("email_enabled", "sms_enabled", "email_from")} == {
         "email_enabled": True,

@@ -5,7 +5,7 @@ from common.lifecycle import stop_on_signals
 from common.tracing import setup_tracing
 from messaging.bridge import BridgeSettings, KafkaBridge
 from messaging.kafka import KafkaAccessError
-from messaging.routes import topics_to_read
+from messaging.routes import TOPICS_READ
 
 
 class Command(BaseCommand):
@@ -15,7 +15,7 @@ class Command(BaseCommand):
         setup_tracing("bridge")
         kafka, bridge = settings.KAFKA, settings.BRIDGE
         config = BridgeSettings(
-            topics=topics_to_read(event_topics=kafka["topics"], dlq_topic=kafka["dlq_topic"]),
+            topics=list(TOPICS_READ),
             group_id=kafka["group_id"],
             batch_size=bridge["batch_size"],
             poll_timeout=bridge["poll_timeout"],

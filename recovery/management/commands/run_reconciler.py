@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 from common.lifecycle import stop_on_signals
 from common.tracing import setup_tracing
 from messaging.progress import BridgeProgress, queued_tasks
-from messaging.routes import topics_to_read
+from messaging.routes import TOPICS_READ
 from recovery.reconciler import run_reconciler
 from recovery.selectors import Downstream, RedrivePolicy
 
@@ -30,7 +30,7 @@ class Command(BaseCommand):
         config, kafka = settings.RECONCILER, settings.KAFKA
         bridge = BridgeProgress(
             group_id=kafka["group_id"],
-            topics=topics_to_read(event_topics=kafka["topics"], dlq_topic=kafka["dlq_topic"]),
+            topics=list(TOPICS_READ),
             timeout=BROKER_READ_TIMEOUT,
         )
 
