@@ -64,14 +64,8 @@ def compose_web_readiness_probe() -> list[str]:
     return [sys.executable, *command[1:]]
 
 
-def _up(url: str) -> bool:
-    try:
-        return request(url)[0] == 200
-    except urllib.error.URLError:
-        return False
-
-
-def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broker, tmp_path, seed_order):
+def production_web(kafka_broker, tmp_path) -> tuple[int, ProcessGroup]:
+    """A web process with what production requires (the simulator allowed), on a free port."""
     port = free_port()
     web = ProcessGroup.for_tests(
         kafka_brokers=kafka_broker.bootstrap_servers,
@@ -85,6 +79,18 @@ def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broke
         HTTP_PORT=str(port),
         HTTP_WORKERS="1",
     )
+    return port, web
+
+
+def _up(url: str) -> bool:
+    try:
+        return request(url)[0] == 200
+    except urllib.error.URLError:
+        return False
+
+
+def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broker, tmp_path, seed_order):
+    port, web = production_web(kafka_broker, tmp_path)
     for name in ("alice", "bob"):
         call_command("create_api_token", name, stdout=open(os.devnull, "w"))
     alice, bob = (Token.objects.get(user__username=name).key for name in ("alice", "bob"))
@@ -126,18 +132,7 @@ def test_production_web_refuses_unauthenticated_and_foreign_requests(kafka_broke
 
 
 def test_production_admin_login_works_behind_the_tls_proxy(kafka_broker, tmp_path):
-    port = free_port()
-    web = ProcessGroup.for_tests(
-        kafka_brokers=kafka_broker.bootstrap_servers,
-        work_dir=tmp_path,
-        ENVIRONMENT="production",
-        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-        HTTP_ALLOWED_HOSTS="127.0.0.1",
-        EMAIL_HOST="smtp.example.com",
-        PAYMENTS_ALLOW_SIMULATOR="true",
-        HTTP_PORT=str(port),
-        HTTP_WORKERS="1",
-    )
+    port, web = production_web(kafka_broker, tmp_path)
     password = secrets.token_urlsafe(16)
     User.objects.create_superuser("operator", "operator@example.com", password)
     web.start("web")
