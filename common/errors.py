@@ -15,5 +15,5 @@ class TransientError(Exception):
 TRANSIENT_ERRORS = (TransientError, DatabaseOperationalError, DatabaseInterfaceError)
 
 
-def describe(exc: Exception) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"

@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from django.db import DatabaseError, DataError, connection
 from kombu.exceptions import EncodeError
 
+from common.errors import describe
 from common.lifecycle import backoff_delays
 from common.metrics import serve_process_metrics
 from events.contract import (
@@ -95,10 +96,6 @@ class BatchProgress:
     to_notify: list[Event] = field(default_factory=list)
     # Their messages, whose traces the notification tasks continue.
     notified: list[Received] = field(default_factory=list)
-
-
-def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -452,7 +449,7 @@ class KafkaBridge:
                 raise  # the tasks themselves, which no retry changes
             except Exception as exc:  # kombu raises its own and the transport's errors: all mean "not accepted"
                 BRIDGE_DISPATCH_FAILURES.inc()
-                logger.warning("celery_dispatch_failed", error=f"{type(exc).__name__}: {exc}")
+                logger.warning("celery_dispatch_failed", error=describe(exc))
                 continue
             return True
         return False

@@ -12,6 +12,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 from django.conf import settings
 
+from common.errors import describe
+
 # librdkafka's own log lines go through the standard library, so they come out as JSON too.
 client_logger = logging.getLogger("kafka.client")
 error_logger = structlog.get_logger("kafka.client")
@@ -140,4 +142,4 @@ class Received:
         try:
             return cls(message, list(message.headers() or []))
         except Exception as exc:  # noqa: BLE001 - whatever the client raises, the headers are unreadable
-            return cls(message, None, f"{type(exc).__name__}: {exc}")
+            return cls(message, None, describe(exc))

@@ -14,6 +14,7 @@ import structlog
 from confluent_kafka import Consumer, TopicPartition
 from kombu.exceptions import ChannelError
 
+from common.errors import describe
 from messaging.kafka import client_config
 
 logger = structlog.get_logger(__name__)
@@ -40,7 +41,7 @@ class BridgeProgress:
             ]
             committed = self.consumer.committed(partitions, timeout=self.timeout)
         except Exception as exc:  # noqa: BLE001 - advisory: "unknown" is a safe answer, a crash is not
-            logger.warning("bridge_progress_unknown", error=f"{type(exc).__name__}: {exc}")
+            logger.warning("bridge_progress_unknown", error=describe(exc))
             return {}
         return {(tp.topic, tp.partition): tp.offset for tp in committed if tp.error is None and tp.offset >= 0}
 
@@ -69,5 +70,5 @@ def queued_tasks(*, broker_url: str, queue: str, timeout: float) -> int | None:
             return 0
         logger.warning("celery_queue_unknown", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - advisory: a broker away, or a transport's race, means unknown
-        logger.warning("celery_queue_unknown", error=f"{type(exc).__name__}: {exc}")
+        logger.warning("celery_queue_unknown", error=describe(exc))
     return None

@@ -27,6 +27,7 @@ from rest_framework.decorators import api_view, authentication_classes, permissi
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
+from common.errors import describe
 from events.metrics import OutboxBacklogCollector
 from messaging.kafka import check_broker
 from orders.metrics import OrdersByStatusCollector
@@ -116,7 +117,7 @@ def _check(name: str, check: Callable[[], None]) -> str:
         check()
     except Exception as exc:  # a readiness probe reports every failure, whatever its kind
         # The cause (host names, users, the broker's words) goes to the log only.
-        logger.warning("readiness_check_failed", check=name, error=f"{type(exc).__name__}: {exc}")
+        logger.warning("readiness_check_failed", check=name, error=describe(exc))
         return "unavailable"
     return "ok"
 
