@@ -15,6 +15,10 @@ ORDER_CREATED = "ORDER_CREATED"
 ORDER_PROCESSING = "ORDER_PROCESSING"
 ORDER_PAID = "ORDER_PAID"
 PAYMENT_FAILED = "PAYMENT_FAILED"
+ORDER_CANCELLED = "ORDER_CANCELLED"
+REFUND_REQUESTED = "REFUND_REQUESTED"
+ORDER_REFUNDED = "ORDER_REFUNDED"
+REFUND_FAILED = "REFUND_FAILED"
 NOTIFICATION_SENT = "NOTIFICATION_SENT"
 # Not an order event: the type of outbox rows bound for the dead-letter topic.
 DEAD_LETTER = "DEAD_LETTER"
@@ -24,15 +28,23 @@ TOPIC_PAYMENTS = "payments"
 TOPIC_NOTIFICATIONS = "notifications"
 TOPIC_DLQ = "dlq"
 
-# Events about an order's status: the pipeline acts on each, and the customer is told of each.
-# NOTIFICATION_SENT is an announcement for other consumers.
-ORDER_STATUS_EVENTS = (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED)
+# Events the customer is told of, each once per enabled channel.
+CUSTOMER_EVENTS = (ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED, ORDER_CANCELLED, ORDER_REFUNDED)
+# Events about one refund: ``details.refund`` names it (``Event.refund_id``).
+REFUND_EVENTS = (REFUND_REQUESTED, ORDER_REFUNDED, REFUND_FAILED)
+# Events about an order that the pipeline acts on or the customer is told of. NOTIFICATION_SENT
+# is an announcement for other consumers.
+ORDER_EVENTS = (*CUSTOMER_EVENTS, REFUND_REQUESTED, REFUND_FAILED)
 
 EVENT_TOPICS = {
     ORDER_CREATED: TOPIC_ORDERS,
     ORDER_PROCESSING: TOPIC_ORDERS,
     ORDER_PAID: TOPIC_PAYMENTS,
     PAYMENT_FAILED: TOPIC_PAYMENTS,
+    ORDER_CANCELLED: TOPIC_ORDERS,
+    REFUND_REQUESTED: TOPIC_PAYMENTS,
+    ORDER_REFUNDED: TOPIC_PAYMENTS,
+    REFUND_FAILED: TOPIC_PAYMENTS,
     NOTIFICATION_SENT: TOPIC_NOTIFICATIONS,
 }
 
@@ -96,6 +108,11 @@ class Event:
     @property
     def correlation_id(self) -> str:
         return self.payload["metadata"]["correlation_id"]
+
+    @property
+    def refund(self) -> dict[str, Any]:
+        """The refund a refund event is about (``REFUND_EVENTS``): its ``id``, ``amount``, ``reason``."""
+        return self.payload["details"]["refund"]
 
     @property
     def attempt(self) -> int:
@@ -234,6 +251,7 @@ _ENVELOPE = {"event_id": str, "type": str, "order": dict, "timestamp": str, "met
 _ORDER = {"id": str, "user_id": str, "email": str, "items": list, "total_amount": str, "status": str}
 _ITEM = {"product_id": str, "product_name": str, "quantity": int, "price": str}
 _METADATA = {"correlation_id": str, "source": str}
+_REFUND = {"id": str, "amount": str, "reason": str}
 
 
 def _require_fields(obj: dict[str, Any], fields: dict[str, type], where: str) -> None:
@@ -296,8 +314,15 @@ def parse_event(raw: bytes | None, *, max_bytes: int) -> Event:
         raise InvalidEvent(
             "invalid_envelope", f"metadata.attempt must be an integer from 1 to {MAX_ATTEMPT}, got {_describe(attempt)}"
         )
-    if not isinstance(envelope.get("details", {}), dict):
+    details = envelope.get("details", {})
+    if not isinstance(details, dict):
         raise InvalidEvent("invalid_envelope", "details must be an object")
+    if event_type in REFUND_EVENTS:
+        refund = details.get("refund")
+        if not isinstance(refund, dict):
+            raise InvalidEvent("invalid_envelope", f"details.refund must be an object, got {_describe(refund)}")
+        _require_fields(refund, _REFUND, "details.refund.")
+        _require_uuid(refund["id"], "details.refund.id")
     return Event(envelope)
 
 

@@ -11,7 +11,12 @@ from events.contract import (
     ORDER_CREATED,
     ORDER_PAID,
     ORDER_PROCESSING,
-    ORDER_STATUS_EVENTS,
+    CUSTOMER_EVENTS,
+    ORDER_CANCELLED,
+    ORDER_EVENTS,
+    ORDER_REFUNDED,
+    REFUND_FAILED,
+    REFUND_REQUESTED,
     PAYMENT_FAILED,
     TOPIC_DLQ,
     DeadLetterMessage,
@@ -21,13 +26,14 @@ from events.contract import (
 ARCHIVE_DEAD_LETTER = "events.archive_dead_letter"
 PROCESS_ORDER = "orders.process_order"
 CHARGE_PAYMENT = "payments.charge_payment"
+REFUND_PAYMENT = "payments.refund_payment"
 SEND_NOTIFICATIONS = "notifications.send_notifications_batch"
 NOTIFICATIONS_PER_TASK = 20
 
 
 # What the bridge consumes: the contract's topics that carry an event the pipeline acts on, and
 # dlq, whose messages are archived for the admin.
-TOPICS_READ = (*dict.fromkeys(EVENT_TOPICS[event_type] for event_type in ORDER_STATUS_EVENTS), TOPIC_DLQ)
+TOPICS_READ = (*dict.fromkeys(EVENT_TOPICS[event_type] for event_type in ORDER_EVENTS), TOPIC_DLQ)
 
 
 def _task(name: str, *args) -> Signature:
@@ -46,14 +52,16 @@ def tasks_for(event: Event) -> list[Signature]:
         return [chain(_task(PROCESS_ORDER, event.payload), charge(event))]
     if event.type == ORDER_PROCESSING and event.attempt > 1:
         return [charge(event)]  # an operator's payment retry
-    if event.type in (ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED, NOTIFICATION_SENT):
+    if event.type == REFUND_REQUESTED:
+        return [_task(REFUND_PAYMENT, event.payload)]
+    if event.type in (ORDER_PROCESSING, ORDER_PAID, PAYMENT_FAILED, ORDER_CANCELLED, ORDER_REFUNDED, REFUND_FAILED, NOTIFICATION_SENT):
         return []
     raise ValueError(f"no route for {event.type}")  # parse_event lets only contract types through
 
 
 def notifies(event: Event) -> bool:
     """Whether the customer is told about this event."""
-    return event.type in ORDER_STATUS_EVENTS
+    return event.type in CUSTOMER_EVENTS
 
 
 def notification_tasks(events: list[Event]) -> list[Signature]:

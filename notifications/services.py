@@ -21,7 +21,9 @@ from events.contract import (
     ORDER_CREATED,
     ORDER_PAID,
     ORDER_PROCESSING,
-    ORDER_STATUS_EVENTS,
+    CUSTOMER_EVENTS,
+    ORDER_CANCELLED,
+    ORDER_REFUNDED,
     PAYMENT_FAILED,
     Event,
     InvalidEvent,
@@ -39,12 +41,14 @@ logger = structlog.get_logger(__name__)
 
 EVENT_SOURCE = "notification-service"
 
-# The customer is told of each order status event (events.contract.ORDER_STATUS_EVENTS).
+# The customer is told of each of events.contract.CUSTOMER_EVENTS.
 SUBJECTS = {
     ORDER_CREATED: "We received your order",
     ORDER_PROCESSING: "Your order is being processed",
     ORDER_PAID: "Payment received: your order is confirmed",
     PAYMENT_FAILED: "Payment failed for your order",
+    ORDER_CANCELLED: "Your order is cancelled",
+    ORDER_REFUNDED: "We refunded you",
 }
 
 SENDERS: dict[str, Callable[[OutgoingMessage], None]] = {Channel.EMAIL: send_email, Channel.SMS: send_sms}
@@ -80,7 +84,7 @@ def _handler(channel: str) -> str:
 def handlers_for(*, event_type: str) -> list[str]:
     """The inbox handler names that must apply an event of ``event_type``: one per enabled channel
     if the customer is told about it, none otherwise."""
-    return [_handler(channel) for channel in enabled_channels()] if event_type in ORDER_STATUS_EVENTS else []
+    return [_handler(channel) for channel in enabled_channels()] if event_type in CUSTOMER_EVENTS else []
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class OrderAdmin(admin.ModelAdmin):
     ]
     fields = readonly_fields
     inlines = [OrderItemInline, OrderTimelineInline]
-    actions = ["retry_payment", "cancel_orders"]
+    actions = ["retry_payment"]
     show_full_result_count = False  # COUNT(*) over a large orders table on every page is costly
 
     @admin.display(description="Payments, notifications and events")
@@ -77,18 +77,9 @@ class OrderAdmin(admin.ModelAdmin):
         operation=lambda order, requested_by: services.retry_payment(order_id=order.id, requested_by=requested_by),
         done="Payment retry requested",
     )
-    cancel_orders = operator_action(
-        permission="orders.cancel_order",
-        description="Cancel orders that are not paid",
-        operation=lambda order, requested_by: services.cancel_order(order_id=order.id, requested_by=requested_by),
-        done="Cancelled",
-    )
 
     def has_retry_payment_permission(self, request):
         return request.user.has_perm("orders.retry_payment")
-
-    def has_cancel_order_permission(self, request):
-        return request.user.has_perm("orders.cancel_order")
 
     def has_add_permission(self, request):
         # Orders come in through the API, which validates them and writes the outbox event.

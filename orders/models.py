@@ -12,8 +12,15 @@ class OrderStatus(models.TextChoices):
     PAYMENT_FAILED = "PAYMENT_FAILED"
     # Parked: a step kept failing after its last retry; the event is in the dlq topic.
     FAILED = "FAILED"
-    # Cancelled by an operator before it was paid.
+    # Cancellation asked for while money is still moving: a charge under way, or the refund of
+    # what was captured; CANCELLED once nothing is kept.
+    CANCELLING = "CANCELLING"
+    # Cancelled: never charged, or every captured cent refunded.
     CANCELLED = "CANCELLED"
+    # Paid, and part of the charge refunded.
+    PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
+    # Paid, and all of the charge refunded.
+    REFUNDED = "REFUNDED"
 
 
 class Order(models.Model):
@@ -43,7 +50,7 @@ class Order(models.Model):
         ]
         # The operators' actions on orders (README, "Admin actions"); viewing needs only view_order.
         permissions = [
-            ("cancel_order", "Can cancel an order that is not paid"),
+            ("cancel_order", "Can cancel an order (a paid one is refunded)"),
             ("retry_payment", "Can retry a failed payment (a new charge)"),
         ]
 

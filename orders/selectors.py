@@ -34,8 +34,8 @@ def get_order(*, order_id: uuid.UUID, owner=None) -> Order:
 
 
 def get_order_detail(*, order_id: uuid.UUID, owner=None) -> Order:
-    """As ``get_order``, with its payment attempts and notifications."""
-    orders = Order.objects.prefetch_related("items", "payments", "notifications")
+    """As ``get_order``, with its payment attempts, refunds and notifications."""
+    orders = Order.objects.prefetch_related("items", "payments", "refunds", "notifications")
     if owner is not None:
         orders = orders.filter(owner=owner)
     return orders.get(pk=order_id)

@@ -8,7 +8,17 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from events.contract import NOTIFICATION_SENT, ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED
+from events.contract import (
+    NOTIFICATION_SENT,
+    ORDER_CANCELLED,
+    ORDER_CREATED,
+    ORDER_PAID,
+    ORDER_PROCESSING,
+    ORDER_REFUNDED,
+    PAYMENT_FAILED,
+    REFUND_FAILED,
+    REFUND_REQUESTED,
+)
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
 from orders.services import CREATED_MESSAGE
 
@@ -140,14 +150,30 @@ class NotificationSentSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+class OrderRefundSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    amount = serializers.DecimalField(max_digits=16, decimal_places=2)
+    reason = serializers.CharField()
+    status = serializers.CharField()
+    gateway_reference = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
 class OrderDetailSerializer(OrderSerializer):
-    """One order with what a client asks next: its payment attempts and the notifications sent."""
+    """One order with what a client asks next: its payment attempts, refunds and the notifications sent."""
 
     payments = PaymentAttemptSerializer(many=True, read_only=True)
+    refunds = OrderRefundSerializer(many=True, read_only=True)
+    refunded_amount = serializers.SerializerMethodField(help_text="What refunds have given back so far.")
     notifications = NotificationSentSerializer(many=True, read_only=True)
 
     class Meta(OrderSerializer.Meta):
-        fields = [*OrderSerializer.Meta.fields, "payments", "notifications"]
+        fields = [*OrderSerializer.Meta.fields, "payments", "refunds", "refunded_amount", "notifications"]
+
+    def get_refunded_amount(self, order) -> Decimal:
+        # The payments are prefetched; a refund is only ever of the approved one.
+        return sum((payment.refunded_amount for payment in order.payments.all()), Decimal("0.00"))
 
 
 class OrderStatusSerializer(serializers.ModelSerializer):
@@ -166,6 +192,12 @@ PUBLIC_MESSAGES = {
     ORDER_PAID: "Payment approved",
     PAYMENT_FAILED: "Payment declined",
     OrderStatus.CANCELLED: "Order cancelled",
+    ORDER_CANCELLED: "Order cancelled",
+    "CANCELLATION_REQUESTED": "Cancellation requested",
+    "PAYMENT_AFTER_CANCELLATION": "Charge under way resolved",
+    REFUND_REQUESTED: "Refund requested",
+    ORDER_REFUNDED: "Refunded",
+    REFUND_FAILED: "Refund failed",
     "RESUMED": "Order resumed",
     "REDRIVEN": "Processing retried",
 }

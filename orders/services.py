@@ -11,7 +11,15 @@ from typing import Any
 import structlog
 from django.db import IntegrityError, transaction
 
-from events.contract import ORDER_CREATED, ORDER_PAID, ORDER_PROCESSING, PAYMENT_FAILED, InvalidEvent
+from events.contract import (
+    ORDER_CANCELLED,
+    ORDER_CREATED,
+    ORDER_PAID,
+    ORDER_PROCESSING,
+    ORDER_REFUNDED,
+    PAYMENT_FAILED,
+    InvalidEvent,
+)
 from events.services import claim_event, enqueue_dead_letter, enqueue_event
 from orders.metrics import observe_completion
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
@@ -138,14 +146,39 @@ def _verb(name: str, sources: set[str] | frozenset[str], targets: set[str]) -> T
 START_PROCESSING = _verb("start processing", {OrderStatus.CREATED}, {OrderStatus.PROCESSING})
 RECORD_PAYMENT = _verb("record a payment outcome", {OrderStatus.PROCESSING}, {OrderStatus.PAID, OrderStatus.PAYMENT_FAILED})
 RETRY_PAYMENT = _verb("retry the payment", {OrderStatus.PAYMENT_FAILED}, {OrderStatus.PROCESSING})
-# Where the pipeline is still at work on an order; a step that gives up parks it.
-IN_PROGRESS_STATUSES = frozenset({OrderStatus.CREATED, OrderStatus.PROCESSING})
+# Where the pipeline is still at work on an order; a step that gives up parks it. CANCELLING is
+# here while a charge is unresolved (its event is what the order awaits).
+IN_PROGRESS_STATUSES = frozenset({OrderStatus.CREATED, OrderStatus.PROCESSING, OrderStatus.CANCELLING})
 PARK = _verb("park", IN_PROGRESS_STATUSES, {OrderStatus.FAILED})
 # A parked order goes back to where it was parked from when its event is re-published from dlq.
-RESUME = _verb("resume", {OrderStatus.FAILED}, {OrderStatus.CREATED, OrderStatus.PROCESSING})
-# PROCESSING cannot be cancelled: a charge may be under way (it ends in seconds, then it can).
-CANCEL = _verb("cancel", {OrderStatus.CREATED, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED}, {OrderStatus.CANCELLED})
-VERBS = (START_PROCESSING, RECORD_PAYMENT, RETRY_PAYMENT, PARK, RESUME, CANCEL)
+RESUME = _verb("resume", {OrderStatus.FAILED}, IN_PROGRESS_STATUSES)
+# Paid orders whose charge has something left to refund.
+REFUNDABLE_STATUSES = frozenset({OrderStatus.PAID, OrderStatus.PARTIALLY_REFUNDED})
+# Nothing captured and no charge under way: cancelled at once.
+CANCEL = _verb(
+    "cancel",
+    {OrderStatus.CREATED, OrderStatus.PROCESSING, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED},
+    {OrderStatus.CANCELLED},
+)
+# A charge under way or money captured: cancelling until the charge is resolved and refunded.
+REQUEST_CANCELLATION = _verb(
+    "request a cancellation",
+    {OrderStatus.PROCESSING, OrderStatus.FAILED, *REFUNDABLE_STATUSES},
+    {OrderStatus.CANCELLING},
+)
+FINISH_CANCELLATION = _verb("finish a cancellation", {OrderStatus.CANCELLING}, {OrderStatus.CANCELLED})
+RECORD_REFUND = _verb("record a refund", REFUNDABLE_STATUSES, {OrderStatus.PARTIALLY_REFUNDED, OrderStatus.REFUNDED})
+VERBS = (
+    START_PROCESSING,
+    RECORD_PAYMENT,
+    RETRY_PAYMENT,
+    PARK,
+    RESUME,
+    CANCEL,
+    REQUEST_CANCELLATION,
+    FINISH_CANCELLATION,
+    RECORD_REFUND,
+)
 
 # Derived from the verbs: where each status can go, and where the pipeline is done with an order.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -153,11 +186,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     for status in OrderStatus.values
 }
 TERMINAL_STATUSES = frozenset(OrderStatus.values) - IN_PROGRESS_STATUSES
+# Where an order may be cancelled (by one verb or the other).
+CANCELLABLE_STATUSES = CANCEL.sources | REQUEST_CANCELLATION.sources
 # The contract event each status change announces.
 STATUS_EVENTS = {
     OrderStatus.PROCESSING: ORDER_PROCESSING,
     OrderStatus.PAID: ORDER_PAID,
     OrderStatus.PAYMENT_FAILED: PAYMENT_FAILED,
+    OrderStatus.CANCELLED: ORDER_CANCELLED,
+    OrderStatus.PARTIALLY_REFUNDED: ORDER_REFUNDED,
+    OrderStatus.REFUNDED: ORDER_REFUNDED,
 }
 PROCESSING_HANDLER = "orders.start_processing"
 
@@ -165,11 +203,14 @@ PROCESSING_HANDLER = "orders.start_processing"
 # What an operator can do with an order in each status, told with every refused action.
 WHAT_TO_DO_INSTEAD = {
     OrderStatus.CREATED: "it is waiting to be processed; if it is stuck, re-drive it (Unfinished orders), or cancel it",
-    OrderStatus.PROCESSING: "a charge may be under way: wait for its outcome; if it is stuck, re-drive it (Unfinished orders)",
-    OrderStatus.PAID: "it is paid and final",
+    OrderStatus.PROCESSING: "a charge may be under way: wait for its outcome, or cancel it; if it is stuck, re-drive it (Unfinished orders)",
+    OrderStatus.PAID: "it is paid: refund it, or cancel it (which refunds it)",
     OrderStatus.PAYMENT_FAILED: "retry its payment, or cancel it",
     OrderStatus.FAILED: "it is parked: re-publish its event from Dead letters to resume it, or cancel it",
+    OrderStatus.CANCELLING: "it is being cancelled: its charge is being resolved or refunded",
     OrderStatus.CANCELLED: "it is cancelled and final",
+    OrderStatus.PARTIALLY_REFUNDED: "part of it is refunded: refund more, or cancel it (which refunds the rest)",
+    OrderStatus.REFUNDED: "it is refunded in full and final",
 }
 
 
@@ -186,7 +227,9 @@ def can_transition(*, from_status: str, to_status: str) -> bool:
     return to_status in TRANSITIONS.get(from_status, frozenset())
 
 
-def _locked_order(order_id) -> Order:
+def lock_order(order_id) -> Order:
+    """The order, locked for the caller's transaction: every change to an order, and every money
+    movement decided from its status, happens under this lock. Raises ``Order.DoesNotExist``."""
     # FOR UPDATE on PostgreSQL; SQLite serialises writers with its IMMEDIATE transactions.
     return Order.objects.select_for_update().get(pk=order_id)
 
@@ -201,11 +244,13 @@ def _transition(
     attempt: int = 1,
     label: str | None = None,
     announce: bool = True,
+    details: dict[str, Any] | None = None,
 ):
     """Move a locked ``order`` to ``to_status`` by ``verb``, with its timeline entry and, if any, its outbox event.
 
     ``label`` names the timeline entry of a change that announces no event (default: the status);
-    ``announce=False`` writes no event even for a status that has one (a resumed order).
+    ``announce=False`` writes no event even for a status that has one (a resumed order);
+    ``details``: the event's own fields (a refund's, say).
     """
     if order.status not in verb.sources or to_status not in verb.targets:
         raise InvalidTransition(order, to_status)
@@ -222,6 +267,7 @@ def _transition(
             correlation_id=order.correlation_id,
             source=source,
             attempt=attempt,
+            details=details,
         )
     OrderTimelineEntry.objects.create(
         order=order,
@@ -247,7 +293,7 @@ def start_processing(*, order_id, event_id, source: str) -> bool:
         if not claim_event(handler=PROCESSING_HANDLER, event_id=event_id):
             return False
         try:
-            order = _locked_order(order_id)
+            order = lock_order(order_id)
         except Order.DoesNotExist:
             raise InvalidEvent("unknown_order", f"no order {order_id}") from None
         if order.status not in START_PROCESSING.sources:
@@ -265,7 +311,7 @@ def start_processing(*, order_id, event_id, source: str) -> bool:
 
 def record_payment_outcome(*, order_id, approved: bool, message: str, source: str, attempt: int = 1) -> None:
     """PROCESSING -> PAID or PAYMENT_FAILED, in the caller's (the payment's) transaction."""
-    order = _locked_order(order_id)
+    order = lock_order(order_id)
     _transition(
         order=order,
         verb=RECORD_PAYMENT,
@@ -283,7 +329,7 @@ def park_order(*, order_id, reason: str, error: str, original_event: dict[str, A
     False if the order already reached a terminal status (nothing to park).
     """
     with transaction.atomic():
-        order = _locked_order(order_id)
+        order = lock_order(order_id)
         if order.status not in PARK.sources:
             return False
         _transition(
@@ -321,7 +367,7 @@ def retry_payment(*, order_id, requested_by: str):
     whose ``attempt`` counts the rounds; the bridge starts a charge for every round after the
     first, and the charge opens a new payment attempt with a new key."""
     with transaction.atomic():
-        order = _locked_order(order_id)
+        order = lock_order(order_id)
         attempt = payment_round(order=order) + 1
         event = _transition(
             order=order,
@@ -335,18 +381,42 @@ def retry_payment(*, order_id, requested_by: str):
     return event
 
 
-def cancel_order(*, order_id, requested_by: str, reason: str = "") -> None:
-    """Cancel an order that is not paid: from CREATED, PAYMENT_FAILED or FAILED."""
-    with transaction.atomic():
-        _transition(
-            order=_locked_order(order_id),
-            verb=CANCEL,
-            to_status=OrderStatus.CANCELLED,
-            message=f"Cancelled by {requested_by}" + (f": {reason}" if reason else ""),
-            source=OPERATOR_SOURCE,
-            label="CANCELLED",
-        )
-    logger.info("order_cancelled", order_id=str(order_id), requested_by=requested_by)
+def change_status(
+    *,
+    order: Order,
+    verb: Transition,
+    to_status: str,
+    message: str,
+    source: str,
+    details: dict[str, Any] | None = None,
+    label: str | None = None,
+):
+    """A status change another app decides (payments: a cancellation, a refund), in its
+    transaction on an order it locked (``lock_order``); its event, if the status has one, carries
+    ``details``; ``label`` names the entry of a status that has none. Returns the event (or None)."""
+    event = _transition(
+        order=order, verb=verb, to_status=to_status, message=message, source=source, details=details, label=label
+    )
+    if to_status in TERMINAL_STATUSES:
+        observe_completion(order)
+    return event
+
+
+def announce(*, order: Order, event_type: str, message: str, source: str, details: dict[str, Any] | None = None):
+    """An event about a locked ``order`` that leaves its status as it is (a refund requested,
+    failed, or done on an order being cancelled), with its timeline entry; returns the event."""
+    event = enqueue_event(
+        event_type=event_type,
+        order=order_snapshot(order=order),
+        correlation_id=order.correlation_id,
+        source=source,
+        details=details,
+    )
+    record_order_event(
+        order_id=order.pk, status=order.status, event_type=event_type, event_id=event.event_id, message=message
+    )
+    logger.info("order_event_announced", order_id=str(order.pk), event_type=event_type, event_id=str(event.event_id))
+    return event
 
 
 def _status_before_parking(order: Order) -> str:

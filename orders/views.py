@@ -47,7 +47,8 @@ def error(description: str) -> OpenApiResponse:
     return OpenApiResponse(response=ErrorSerializer, description=description)
 
 
-def _idempotency_key(request) -> str | None:
+def idempotency_key(request) -> str | None:
+    """The request's Idempotency-Key, checked (400 if malformed); None if it has none."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
@@ -56,13 +57,18 @@ def _idempotency_key(request) -> str | None:
     return key
 
 
-class OrderViewSet(viewsets.GenericViewSet):
-    serializer_class = OrderSerializer
-    queryset = Order.objects.none()  # for schema generation; reads go through selectors
-    lookup_value_regex = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+def client_scoped_key(request) -> str | None:
+    """The Idempotency-Key as stored: each client's keys are its own ("client-<id>:<key>")."""
+    key = idempotency_key(request)
+    if key and request.user.is_authenticated:
+        return f"client-{request.user.pk}:{key}"
+    return key
 
-    def get_serializer_class(self):
-        return OrderCreateSerializer if self.action == "create" else OrderSerializer
+
+class OrderLookup:
+    """How a view finds the order in its URL: only among the client's own when it sees only its own."""
+
+    lookup_value_regex = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
     def _owner(self):
         """None (all orders) or the client whose orders alone it may see."""
@@ -74,6 +80,14 @@ class OrderViewSet(viewsets.GenericViewSet):
         except Order.DoesNotExist:
             # Someone else's order answers as a missing one: its existence is not disclosed either.
             raise NotFound("Order not found") from None
+
+
+class OrderViewSet(OrderLookup, viewsets.GenericViewSet):
+    serializer_class = OrderSerializer
+    queryset = Order.objects.none()  # for schema generation; reads go through selectors
+
+    def get_serializer_class(self):
+        return OrderCreateSerializer if self.action == "create" else OrderSerializer
 
     @extend_schema(
         summary="Create an order",
@@ -94,7 +108,7 @@ class OrderViewSet(viewsets.GenericViewSet):
             creation = services.create_order(
                 **serializer.validated_data,
                 correlation_id=request.correlation_id,
-                idempotency_key=_idempotency_key(request),
+                idempotency_key=idempotency_key(request),
                 owner=request.user if request.user.is_authenticated else None,
             )
         except services.IdempotencyKeyReused as exc:

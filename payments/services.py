@@ -1,6 +1,13 @@
-"""Writes to payments: charging an order through the gateway, at most once."""
+"""Writes to payments: charging an order through the gateway at most once, cancelling it, refunding
+it at most once per request and never more than was charged."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
 
 import structlog
 from django.conf import settings
@@ -8,28 +15,31 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from events.contract import InvalidEvent
-from events.services import claim_event, was_handled
+from events.contract import ORDER_REFUNDED, REFUND_FAILED, REFUND_REQUESTED, InvalidEvent
+from events.services import claim_event, enqueue_dead_letter, was_handled
 from orders import selectors as order_selectors
 from orders import services as order_services
-from orders.models import Order
+from orders.models import Order, OrderStatus
 from payments.gateway import GatewayTimeout, GatewayUnavailable, PaymentGateway, get_gateway
-from payments.metrics import PAYMENTS
-from payments.models import Payment, PaymentStatus
+from payments.metrics import CANCELLATIONS, PAYMENTS, REFUNDED_AMOUNT, REFUNDS
+from payments.models import Cancellation, Payment, PaymentStatus, Refund, RefundStatus
 
 logger = structlog.get_logger(__name__)
 
 CHARGE_HANDLER = "payments.charge_order"
+# Where a charge's outcome is awaited: the pipeline's, or one under way when the order was cancelled.
+CHARGEABLE_STATUSES = order_services.RECORD_PAYMENT.sources | order_services.FINISH_CANCELLATION.sources
 
 
 def _open_attempt(*, order_id) -> Payment | None:
     """The order's pending payment attempt, created if needed, with this gateway call counted;
-    None if the order is not awaiting payment."""
+    None if the order is not awaiting payment. An order being cancelled only finishes the attempt
+    it had; a new one is opened under the order's lock, so a cancellation sees it or prevents it."""
     try:
         status, total_amount = order_selectors.get_order_status_and_total(order_id=order_id)
     except Order.DoesNotExist:
         raise InvalidEvent("unknown_order", f"no order {order_id}") from None
-    if status not in order_services.RECORD_PAYMENT.sources:
+    if status not in CHARGEABLE_STATUSES:
         logger.info("payment_skipped", order_id=str(order_id), status=status)
         return None
     attempts = list(Payment.objects.filter(order_id=order_id).order_by("attempt"))
@@ -40,6 +50,9 @@ def _open_attempt(*, order_id) -> Payment | None:
     attempt = len(attempts) + 1
     try:
         with transaction.atomic():
+            if order_services.lock_order(order_id).status not in order_services.RECORD_PAYMENT.sources:
+                logger.info("payment_skipped", order_id=str(order_id), status=status)
+                return None
             return Payment.objects.create(
                 order_id=order_id,
                 attempt=attempt,
@@ -85,6 +98,7 @@ def charge_order(
     with transaction.atomic():
         if not claim_event(handler=CHARGE_HANDLER, event_id=event_id):
             return None
+        order = order_services.lock_order(order_id)
         outcome = {
             "status": PaymentStatus.APPROVED if result.approved else PaymentStatus.DECLINED,
             "gateway_reference": result.reference,
@@ -96,17 +110,15 @@ def charge_order(
             return Payment.objects.get(pk=payment.pk)
         for name, value in outcome.items():
             setattr(payment, name, value)
-        order_services.record_payment_outcome(
-            order_id=order_id,
-            approved=result.approved,
-            message=(
-                f"Payment approved ({result.reference})"
-                if result.approved
-                else f"Payment declined: {result.decline_reason}"
-            ),
-            source=source,
-            attempt=payment.attempt,
+        message = (
+            f"Payment approved ({result.reference})" if result.approved else f"Payment declined: {result.decline_reason}"
         )
+        if order.status == OrderStatus.CANCELLING:
+            _settle_charge_of_cancelled_order(order=order, payment=payment, message=message, source=source)
+        else:
+            order_services.record_payment_outcome(
+                order_id=order_id, approved=result.approved, message=message, source=source, attempt=payment.attempt
+            )
     PAYMENTS.labels("approved" if result.approved else "declined").inc()
     logger.info(
         "payment_completed",
@@ -117,3 +129,417 @@ def charge_order(
         reference=result.reference,
     )
     return payment
+
+
+# --- Cancellations and refunds --------------------------------------------------------------------
+# Every refund is recorded (``Refund`` in REQUESTED, with its idempotency key, and the amount
+# reserved on its charge) in the transaction that asks for it, with its REFUND_REQUESTED event;
+# the pipeline then calls the gateway (``refund_payment``) outside any transaction. The charge's
+# ``refund_reserved`` and ``refunded_amount`` are changed with each refund under the order's lock,
+# and database checks hold them within what the charge captured.
+
+REFUND_HANDLER = "payments.refund_payment"
+CANCELLATION_REFUND_REASON = "order cancelled"
+# Who the pipeline says asked for a refund of a charge approved after its order was cancelled.
+CANCELLATION = "cancellation"
+
+
+class RequestKeyReused(Exception):
+    """An Idempotency-Key already used for a different request."""
+
+
+class NotCancellable(Exception):
+    """The order cannot be cancelled (already cancelled, refunded in full); the message says why."""
+
+
+class NotRefundable(Exception):
+    """The refund cannot be made (the order is not paid, or the amount is more than remains)."""
+
+
+@dataclass(frozen=True)
+class CancellationOutcome:
+    cancellation: Cancellation
+    # True when an earlier request with this Idempotency-Key made the cancellation.
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    refund: Refund
+    replayed: bool = False
+
+
+def request_fingerprint(**request) -> str:
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def refund_details(refund: Refund, **more) -> dict:
+    """What a refund event carries about its refund (``events.contract.Event.refund``)."""
+    return {"refund": {"id": str(refund.id), "amount": str(refund.amount), "reason": refund.reason, **more}}
+
+
+def _approved_payment(order_id) -> Payment | None:
+    return Payment.objects.select_for_update().filter(order_id=order_id, status=PaymentStatus.APPROVED).first()
+
+
+def _remaining(payment: Payment) -> Decimal:
+    """What is left of the charge to refund: captured, less every refund not failed."""
+    return payment.amount - payment.refund_reserved
+
+
+def _create_refund(*, order: Order, payment: Payment, amount: Decimal, reason: str, requested_by: str, source: str, **request) -> Refund:
+    """Reserve ``amount`` of the charge and record the refund with its REFUND_REQUESTED event, in
+    the caller's transaction on the locked order."""
+    Payment.objects.filter(pk=payment.pk).update(refund_reserved=F("refund_reserved") + amount)
+    payment.refund_reserved += amount
+    refund_id = uuid.uuid4()
+    refund = Refund.objects.create(
+        id=refund_id,
+        order=order,
+        payment=payment,
+        amount=amount,
+        reason=reason[:255],
+        requested_by=requested_by[:150],
+        idempotency_key=f"refund:{refund_id}:1",
+        **request,
+    )
+    order_services.announce(
+        order=order,
+        event_type=REFUND_REQUESTED,
+        message=f"Refund of {amount} requested by {requested_by}" + (f": {reason}" if reason else ""),
+        source=source,
+        details=refund_details(refund),
+    )
+    return refund
+
+
+def _replayed_request(model, *, request_key: str | None, fingerprint: str):
+    """The row an earlier request with ``request_key`` made, if any; ``RequestKeyReused`` if that
+    request was a different one."""
+    if not request_key:
+        return None
+    existing = model.objects.filter(request_key=request_key).first()
+    if existing is not None and existing.request_fingerprint != fingerprint:
+        raise RequestKeyReused(f"Idempotency-Key already used for a different request (order {existing.order_id})")
+    return existing
+
+
+def cancel_order(
+    *, order_id, requested_by: str, reason: str = "", request_key: str | None = None, source: str
+) -> CancellationOutcome:
+    """Cancel an order, whatever it got to: it is never charged afterwards, and every captured
+    cent goes back.
+
+    - Nothing captured and no charge under way (CREATED, PAYMENT_FAILED, parked or PROCESSING
+      before its charge began): CANCELLED at once.
+    - A charge under way (a pending payment attempt): CANCELLING; the charge's outcome ends the
+      cancellation (``_settle_charge_of_cancelled_order``): declined, CANCELLED; approved, refunded.
+    - Paid (in part refunded): CANCELLING, with a refund of what remains; CANCELLED once refunds
+      leave nothing kept (``_settle_cancellation``).
+
+    Decided under the order's lock, which the charge's attempt is also opened and recorded under,
+    so whichever of the charge and the cancellation commits first, the other sees it. Repeated
+    while CANCELLING, or with the first request's Idempotency-Key, it returns the first
+    cancellation and does nothing more; ``NotCancellable`` otherwise for a cancelled or refunded order.
+    """
+    fingerprint = request_fingerprint(order_id=str(order_id), action="cancel", reason=reason)
+    with transaction.atomic():
+        order = order_services.lock_order(order_id)
+        replay = _replayed_request(Cancellation, request_key=request_key, fingerprint=fingerprint)
+        if replay is not None and replay.order_id != order.pk:
+            raise RequestKeyReused(f"Idempotency-Key already used for a different request (order {replay.order_id})")
+        if replay is not None:
+            return CancellationOutcome(cancellation=replay, replayed=True)
+        existing = Cancellation.objects.filter(order=order).first()
+        if existing is not None and order.status == OrderStatus.CANCELLING:
+            return CancellationOutcome(cancellation=existing)
+        if order.status not in order_services.CANCELLABLE_STATUSES:
+            raise NotCancellable(f"Order {order.pk} cannot be cancelled: {order_services.WHAT_TO_DO_INSTEAD[order.status]}")
+        from_status = order.status
+        said = f"Cancelled by {requested_by}" + (f": {reason}" if reason else "")
+        payment = _approved_payment(order.pk)
+        charge_under_way = Payment.objects.filter(order=order, status=PaymentStatus.PENDING).exists()
+        refund = None
+        if payment is None and not charge_under_way:
+            order_services.change_status(
+                order=order, verb=order_services.CANCEL, to_status=OrderStatus.CANCELLED, message=said, source=source
+            )
+        else:
+            order_services.change_status(
+                order=order,
+                verb=order_services.REQUEST_CANCELLATION,
+                to_status=OrderStatus.CANCELLING,
+                label="CANCELLATION_REQUESTED",
+                message=said + (": refunding what was captured" if payment else ": resolving the charge under way"),
+                source=source,
+            )
+            if payment is not None and _remaining(payment) > 0:
+                refund = _create_refund(
+                    order=order,
+                    payment=payment,
+                    amount=_remaining(payment),
+                    reason=reason or CANCELLATION_REFUND_REASON,
+                    requested_by=requested_by,
+                    source=source,
+                )
+            if payment is not None:
+                _settle_cancellation(order=order, source=source)
+        if existing is not None:
+            # A parked order cancelled again (its charge still unresolved): the first cancellation stands.
+            return CancellationOutcome(cancellation=existing)
+        cancellation = Cancellation.objects.create(
+            order=order,
+            reason=reason[:255],
+            requested_by=requested_by[:150],
+            from_status=from_status,
+            answered_status=order.status,
+            refund=refund,
+            request_key=request_key,
+            request_fingerprint=fingerprint,
+        )
+        transaction.on_commit(lambda: CANCELLATIONS.labels(from_status).inc())
+    logger.info("order_cancelled", order_id=str(order_id), from_status=from_status, status=order.status, requested_by=requested_by)
+    return CancellationOutcome(cancellation=cancellation)
+
+
+def request_refund(
+    *,
+    order_id,
+    requested_by: str,
+    amount: Decimal | None = None,
+    reason: str = "",
+    request_key: str | None = None,
+    source: str,
+) -> RefundRequest:
+    """Refund ``amount`` (default: all that remains) of a paid order's charge: recorded, reserved
+    and announced now, given back by the pipeline. ``NotRefundable`` (nothing written) if the order
+    is not paid or the amount is more than remains of the charge after the refunds before it."""
+    fingerprint = request_fingerprint(order_id=str(order_id), action="refund", amount=amount, reason=reason)
+    with transaction.atomic():
+        order = order_services.lock_order(order_id)
+        replay = _replayed_request(Refund, request_key=request_key, fingerprint=fingerprint)
+        if replay is not None:
+            return RefundRequest(refund=replay, replayed=True)
+        if order.status not in order_services.REFUNDABLE_STATUSES:
+            raise NotRefundable(f"Order {order.pk} is {order.status}, not paid: {order_services.WHAT_TO_DO_INSTEAD[order.status]}")
+        payment = _approved_payment(order.pk)
+        remaining = _remaining(payment)
+        if remaining <= 0:
+            raise NotRefundable(f"Order {order.pk}: all of its charge of {payment.amount} is refunded or being refunded")
+        if amount is not None and amount > remaining:
+            raise NotRefundable(f"Order {order.pk}: a refund of {amount} is more than remains of its charge ({remaining})")
+        refund = _create_refund(
+            order=order,
+            payment=payment,
+            amount=remaining if amount is None else amount,
+            reason=reason,
+            requested_by=requested_by,
+            source=source,
+            request_key=request_key,
+            request_fingerprint=fingerprint,
+        )
+    logger.info("refund_requested", order_id=str(order_id), refund_id=str(refund.id), amount=str(refund.amount))
+    return RefundRequest(refund=refund)
+
+
+def _settle_charge_of_cancelled_order(*, order: Order, payment: Payment, message: str, source: str) -> None:
+    """A charge under way when its order was cancelled has its outcome (recorded on ``payment`` by
+    the caller, under the order's lock): declined, the cancellation is done; approved, all of it
+    is refunded."""
+    order_services.record_order_event(
+        order_id=order.pk, status=order.status, event_type="PAYMENT_AFTER_CANCELLATION", event_id=None, message=message
+    )
+    if payment.status == PaymentStatus.APPROVED:
+        _create_refund(
+            order=order,
+            payment=payment,
+            amount=payment.amount,
+            reason=CANCELLATION_REFUND_REASON,
+            requested_by=CANCELLATION,
+            source=source,
+        )
+    else:
+        _settle_cancellation(order=order, source=source)
+
+
+def _settle_cancellation(*, order: Order, source: str) -> None:
+    """CANCELLING -> CANCELLED once no charge is under way, no refund is in flight and nothing of
+    a charge is kept. A refund that failed keeps the order CANCELLING until an operator retries it."""
+    if order.status != OrderStatus.CANCELLING:
+        return
+    if Payment.objects.filter(order=order, status=PaymentStatus.PENDING).exists():
+        return
+    if Refund.objects.filter(order=order, status=RefundStatus.REQUESTED).exists():
+        return
+    payment = Payment.objects.filter(order=order, status=PaymentStatus.APPROVED).first()
+    kept = payment.amount - payment.refunded_amount if payment else Decimal("0")
+    if kept > 0:
+        return
+    order_services.change_status(
+        order=order,
+        verb=order_services.FINISH_CANCELLATION,
+        to_status=OrderStatus.CANCELLED,
+        message="Cancelled: nothing is kept" if payment else "Cancelled: the charge under way was declined",
+        source=source,
+    )
+
+
+def refund_payment(*, order_id, event_id, refund_id, source: str, gateway: PaymentGateway | None = None) -> Refund | None:
+    """Give back a requested refund through the gateway and record the outcome.
+
+    The refund (and its idempotency key) was committed when it was requested, so a retry after a
+    timeout or a crash refunds under the same key: the gateway answers with the first refund
+    instead of making a second. A refusal by the gateway is final for this attempt (FAILED; an
+    operator may retry it as a new attempt). ``InvalidEvent`` if the database knows no such refund
+    of the order.
+    """
+    if was_handled(handler=REFUND_HANDLER, event_id=event_id):
+        return None
+    refund = Refund.objects.select_related("payment").filter(pk=refund_id, order_id=order_id).first()
+    if refund is None:
+        raise InvalidEvent("unknown_refund", f"no refund {refund_id} of order {order_id}")
+    if refund.status != RefundStatus.REQUESTED:
+        logger.info("refund_skipped", order_id=str(order_id), refund_id=str(refund_id), status=refund.status)
+        return None
+    Refund.objects.filter(pk=refund.pk).update(gateway_calls=F("gateway_calls") + 1)
+    try:
+        result = (gateway or get_gateway()).refund(
+            idempotency_key=refund.idempotency_key,
+            charge_reference=refund.payment.gateway_reference,
+            amount=refund.amount,
+        )
+    except GatewayUnavailable as exc:
+        REFUNDS.labels("timeout" if isinstance(exc, GatewayTimeout) else "unavailable").inc()
+        raise
+    with transaction.atomic():
+        if not claim_event(handler=REFUND_HANDLER, event_id=event_id):
+            return None
+        order = order_services.lock_order(order_id)
+        decided = Refund.objects.filter(pk=refund.pk, status=RefundStatus.REQUESTED, attempt=refund.attempt)
+        outcome = {
+            "status": RefundStatus.SUCCEEDED if result.approved else RefundStatus.FAILED,
+            "gateway_reference": result.reference,
+            "failure_reason": result.decline_reason,
+            "completed_at": timezone.now(),
+        }
+        if not decided.update(**outcome):
+            return Refund.objects.get(pk=refund.pk)
+        for name, value in outcome.items():
+            setattr(refund, name, value)
+        if result.approved:
+            _record_refund_success(order=order, refund=refund, source=source)
+        else:
+            _record_refund_failure(order=order, refund=refund, source=source)
+    REFUNDS.labels("succeeded" if result.approved else "declined").inc()
+    if result.approved:
+        REFUNDED_AMOUNT.inc(float(refund.amount))
+    logger.info(
+        "refund_completed",
+        order_id=str(order_id),
+        refund_id=str(refund.id),
+        status=refund.status,
+        amount=str(refund.amount),
+        reference=result.reference,
+    )
+    return refund
+
+
+def _record_refund_success(*, order: Order, refund: Refund, source: str) -> None:
+    Payment.objects.filter(pk=refund.payment_id).update(refunded_amount=F("refunded_amount") + refund.amount)
+    payment = Payment.objects.get(pk=refund.payment_id)
+    details = refund_details(refund, reference=refund.gateway_reference)
+    message = f"Refunded {refund.amount} ({refund.gateway_reference})"
+    if order.status in order_services.RECORD_REFUND.sources:
+        kept = payment.amount - payment.refunded_amount
+        order_services.change_status(
+            order=order,
+            verb=order_services.RECORD_REFUND,
+            to_status=OrderStatus.PARTIALLY_REFUNDED if kept > 0 else OrderStatus.REFUNDED,
+            message=message,
+            source=source,
+            details=details,
+        )
+    else:
+        order_services.announce(order=order, event_type=ORDER_REFUNDED, message=message, source=source, details=details)
+        _settle_cancellation(order=order, source=source)
+
+
+def _record_refund_failure(*, order: Order, refund: Refund, source: str) -> None:
+    """The refund failed (its status and reason recorded by the caller): its amount is released
+    back to the charge, and REFUND_FAILED is announced."""
+    Payment.objects.filter(pk=refund.payment_id).update(refund_reserved=F("refund_reserved") - refund.amount)
+    order_services.announce(
+        order=order,
+        event_type=REFUND_FAILED,
+        message=f"Refund of {refund.amount} failed: {refund.failure_reason}",
+        source=source,
+        details=refund_details(refund, failure_reason=refund.failure_reason[:500]),
+    )
+    logger.error("refund_failed", order_id=str(order.pk), refund_id=str(refund.id), error=refund.failure_reason)
+
+
+def give_up_refund(*, order_id, refund_id, error: str, original_event: dict, reason: str, source: str) -> bool:
+    """The refund's step gave up after its last retry (or the reconciler after its last re-drive):
+    the refund goes FAILED, its event to the dlq topic, and an operator may retry it. False if the
+    refund was decided meanwhile."""
+    with transaction.atomic():
+        order = order_services.lock_order(order_id)
+        failure = f"{reason}: {error}"[:2000]
+        if not Refund.objects.filter(pk=refund_id, order=order, status=RefundStatus.REQUESTED).update(
+            status=RefundStatus.FAILED, failure_reason=failure, completed_at=timezone.now()
+        ):
+            return False
+        claim_event(handler=REFUND_HANDLER, event_id=original_event["event_id"])
+        refund = Refund.objects.get(pk=refund_id)
+        _record_refund_failure(order=order, refund=refund, source=source)
+        enqueue_dead_letter(
+            original=original_event,
+            key=str(order.pk),
+            reason=reason,
+            error=error,
+            source=source,
+            correlation_id=order.correlation_id,
+        )
+    transaction.on_commit(lambda: REFUNDS.labels("gave_up").inc())
+    return True
+
+
+class NotRetryable(Exception):
+    """An operator's refund retry was refused; the message says why."""
+
+
+def retry_refund(*, refund_id, requested_by: str, source: str) -> Refund:
+    """An operator's retry of a FAILED refund: REQUESTED again, its amount reserved again, a new
+    REFUND_REQUESTED event. A refund the gateway declined is a new attempt (a new key: the gateway
+    remembers its answer per key); one given up on keeps its key, for the gateway may have made it."""
+    with transaction.atomic():
+        refund = Refund.objects.select_related("payment").get(pk=refund_id)
+        order = order_services.lock_order(refund.order_id)
+        refund = Refund.objects.select_related("payment").get(pk=refund_id)
+        if refund.status != RefundStatus.FAILED:
+            raise NotRetryable(f"Refund {refund.pk} is {refund.status}: only a failed refund can be retried")
+        payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+        if refund.amount > _remaining(payment):
+            raise NotRetryable(
+                f"Refund {refund.pk}: {refund.amount} is more than remains of the charge ({_remaining(payment)})"
+            )
+        attempt = refund.attempt + 1 if refund.gateway_reference else refund.attempt
+        Payment.objects.filter(pk=payment.pk).update(refund_reserved=F("refund_reserved") + refund.amount)
+        Refund.objects.filter(pk=refund.pk).update(
+            status=RefundStatus.REQUESTED,
+            attempt=attempt,
+            idempotency_key=f"refund:{refund.pk}:{attempt}",
+            gateway_reference="",
+            failure_reason="",
+            completed_at=None,
+        )
+        refund.refresh_from_db()
+        order_services.announce(
+            order=order,
+            event_type=REFUND_REQUESTED,
+            message=f"Refund of {refund.amount} retried by {requested_by} (attempt {attempt})",
+            source=source,
+            details=refund_details(refund),
+        )
+    logger.info("refund_retried", order_id=str(order.pk), refund_id=str(refund.pk), attempt=attempt, requested_by=requested_by)
+    return refund

@@ -6,8 +6,9 @@ as a provider does, and fails as networks do. Production refuses it unless
 ``PAYMENTS_ALLOW_SIMULATOR=true`` (orders_project/security.py): a shop running it charges nobody.
 
 Its knobs are in config.yaml's ``payments`` section (a real adapter ignores them):
-``success_rate`` of charges approved (85%, as the design says), ``timeout_rate`` of calls that time
-out, ``seed`` (the same seed and key always give the same outcome; empty: a new one per process),
+``success_rate`` of charges approved (85%, as the design says), ``timeout_rate`` of charges that
+time out, ``refund_timeout_rate`` of refunds that time out and ``refund_failure_rate`` of refunds
+refused as unavailable (2% each by default, so that tests and the demo meet them), ``seed`` (the same seed and key always give the same outcome; empty: a new one per process),
 ``latency_ms`` of simulated network time.
 """
 
@@ -24,13 +25,14 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from payments.gateway import ChargeResult, GatewayTimeout, RefundResult
+from payments.gateway import ChargeResult, GatewayTimeout, GatewayUnavailable, RefundResult
 from payments.models import SimulatedCharge, SimulatedRefund
 
 
 class SimulatedGateway:
     """Approves ``success_rate`` of charges; refunds whatever the charge still has captured;
-    ``timeout_rate`` of calls time out.
+    ``timeout_rate`` of charges and ``refund_timeout_rate`` of refunds time out, and
+    ``refund_failure_rate`` of refund calls fail as unavailable before anything is recorded.
 
     Outcomes are drawn from ``seed`` and the idempotency key, so a run with a fixed seed is
     reproducible. A timeout is simulated after the operation is recorded, the hard case: the
@@ -49,10 +51,17 @@ class SimulatedGateway:
         timeout_rate: float | None = None,
         seed: str | None = None,
         latency_ms: int | None = None,
+        refund_timeout_rate: float | None = None,
+        refund_failure_rate: float | None = None,
     ):
-        knobs = settings.PAYMENTS if None in (success_rate, timeout_rate, seed, latency_ms) else {}
+        given = (success_rate, timeout_rate, seed, latency_ms, refund_timeout_rate, refund_failure_rate)
+        knobs = settings.PAYMENTS if None in given else {}
         self.success_rate = knobs["success_rate"] if success_rate is None else success_rate
         self.timeout_rate = knobs["timeout_rate"] if timeout_rate is None else timeout_rate
+        self.refund_timeout_rate = knobs["refund_timeout_rate"] if refund_timeout_rate is None else refund_timeout_rate
+        self.refund_failure_rate = knobs["refund_failure_rate"] if refund_failure_rate is None else refund_failure_rate
+        # Refund calls refused per key: each draws anew (a refused call leaves no ledger row to count).
+        self._refused_calls: dict[str, int] = {}
         self.seed = (knobs["seed"] if seed is None else seed) or secrets.token_hex(8)
         self.latency_ms = knobs["latency_ms"] if latency_ms is None else latency_ms
 
@@ -68,7 +77,8 @@ class SimulatedGateway:
             time.sleep(self.latency_ms / 1000)
         # Charges draw as they always did (a seeded run keeps its timeouts); refunds apart from them.
         draw = "timeout" if operation == "charge" else f"{operation}-timeout"
-        if self._draw(draw, idempotency_key, calls) < self.timeout_rate:
+        rate = self.timeout_rate if operation == "charge" else self.refund_timeout_rate
+        if self._draw(draw, idempotency_key, calls) < rate:
             raise GatewayTimeout(f"Simulated gateway timed out on the {operation} {idempotency_key}")
 
     def charge(self, *, idempotency_key: str, order_id: str, amount: Decimal, currency: str) -> ChargeResult:
@@ -89,6 +99,10 @@ class SimulatedGateway:
         amount = Decimal(amount)
         if amount <= 0:
             raise ValueError(f"a refund's amount must be positive, not {amount}")
+        refused = self._refused_calls.get(idempotency_key, 0)
+        if self._draw("refund-unavailable", idempotency_key, refused) < self.refund_failure_rate:
+            self._refused_calls[idempotency_key] = refused + 1
+            raise GatewayUnavailable(f"Simulated gateway unavailable for the refund {idempotency_key}")
         refund = self._record_refund(idempotency_key=idempotency_key, charge_reference=charge_reference, amount=amount)
         self._answer(operation="refund", idempotency_key=idempotency_key, calls=refund.calls)
         return RefundResult(approved=refund.approved, reference=refund.reference, decline_reason=refund.decline_reason)

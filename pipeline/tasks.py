@@ -3,7 +3,7 @@
 and with messages already queued, so they keep their apps' prefixes.
 
 ORDER_CREATED starts the chain ``process_order`` then ``charge_payment``; every charge, first or
-an operator's retry, comes in through ``charge_payment``; the customer's notifications go out in
+an operator's retry, comes in through ``charge_payment``; every refund through ``refund_payment``; the customer's notifications go out in
 batches.
 """
 
@@ -52,6 +52,28 @@ def charge_payment(self, payload: dict) -> None:
     ORDER_PROCESSING of an operator's payment retry."""
     _run_order_step(
         self, payload=payload, handle=payment_services.charge_order, reason="payment_gave_up", source=PAYMENT_WORKER
+    )
+
+
+@shared_task(bind=True, name="payments.refund_payment")
+def refund_payment(self, payload: dict) -> None:
+    """REFUND_REQUESTED: give the refund back through the gateway; after the last retry the refund
+    is FAILED with its event on dlq (the order is not parked: an operator retries the refund)."""
+    event = Event(payload)
+    run_with_retries(
+        self,
+        step=lambda: payment_services.refund_payment(
+            order_id=event.order_id, event_id=event.event_id, refund_id=event.refund["id"], source=PAYMENT_WORKER
+        ),
+        give_up=lambda exc: payment_services.give_up_refund(
+            order_id=event.order_id,
+            refund_id=event.refund["id"],
+            error=describe(exc),
+            original_event=event.payload,
+            reason="refund_gave_up",
+            source=PAYMENT_WORKER,
+        ),
+        refuse=lambda refusal: refuse_event(event=event, refusal=refusal, source=PAYMENT_WORKER),
     )
 
 

@@ -7,6 +7,7 @@ from orders.models import Order
 class RedriveReason(models.TextChoices):
     STUCK_CREATED = "stuck_created"
     STUCK_PROCESSING = "stuck_processing"
+    STUCK_CANCELLING = "stuck_cancelling"
     # A published event of a terminal order that a handler it is routed to never applied.
     EVENT_NOT_HANDLED = "event_not_handled"
     OPERATOR = "operator"

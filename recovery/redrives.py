@@ -18,12 +18,13 @@ import structlog
 from django.db import connection, transaction
 from django.utils import timezone
 
-from events.contract import Event
+from events.contract import REFUND_REQUESTED, Event
 from events.models import OutboxEvent
 from events.services import republish_event
 from notifications import services as notification_services
 from orders import services as order_services
 from orders.models import Order, OrderStatus
+from payments import services as payment_services
 from recovery import selectors
 from recovery.metrics import NOTIFICATIONS_GIVEN_UP, PARKED, REDRIVES
 from recovery.models import Redrive, RedriveReason
@@ -33,7 +34,11 @@ logger = structlog.get_logger(__name__)
 
 RECONCILER = "reconciler"
 REDRIVEN_ENTRY = "REDRIVEN"
-STUCK_REASONS = {OrderStatus.CREATED: RedriveReason.STUCK_CREATED, OrderStatus.PROCESSING: RedriveReason.STUCK_PROCESSING}
+STUCK_REASONS = {
+    OrderStatus.CREATED: RedriveReason.STUCK_CREATED,
+    OrderStatus.PROCESSING: RedriveReason.STUCK_PROCESSING,
+    OrderStatus.CANCELLING: RedriveReason.STUCK_CANCELLING,
+}
 
 
 class RedriveOutcome(StrEnum):
@@ -142,9 +147,9 @@ def redrive_stuck_order(*, order_id, policy: RedrivePolicy, downstream: Downstre
 def redrive_unhandled_events(
     *, order_id, events: list[OutboxEvent], policy: RedrivePolicy, downstream: Downstream, now: dt.datetime
 ) -> RedriveOutcome:
-    """Re-drive the events of a paid or declined order that a handler never applied (a lost
-    notification); after ``policy.max_redrives`` re-drives of the order, record their missing
-    notifications FAILED, each with a dlq event."""
+    """Re-drive the events of a settled order (``SETTLED_STATUSES``) that a handler never applied
+    (a lost notification, a refund's lost event); after ``policy.max_redrives`` re-drives of the
+    order, give each up (``_give_up_event``)."""
     with transaction.atomic():
         order = _lock_order(order_id)
         if order is None or order.status not in SETTLED_STATUSES:
@@ -161,9 +166,7 @@ def redrive_unhandled_events(
             return RedriveOutcome.SKIPPED
         if redrives >= policy.max_redrives:
             for event in events:
-                notification_services.record_delivery_failure(
-                    event=Event(event.payload), error=f"not handled after {redrives} re-drives"
-                )
+                _give_up_event(order=order, event=Event(event.payload), error=f"not handled after {redrives} re-drives")
             transaction.on_commit(lambda: NOTIFICATIONS_GIVEN_UP.inc(len(events)))
             return RedriveOutcome.NOTIFICATIONS_GIVEN_UP
         _redrive(
@@ -175,6 +178,22 @@ def redrive_unhandled_events(
             now=now,
         )
     return RedriveOutcome.REDRIVEN
+
+
+def _give_up_event(*, order: Order, event: Event, error: str) -> None:
+    """An event no handler applied after the last re-drive: a refund is failed (an operator may
+    retry it), a notification recorded FAILED; each with a dlq event."""
+    if event.type == REFUND_REQUESTED:
+        payment_services.give_up_refund(
+            order_id=order.pk,
+            refund_id=event.refund["id"],
+            error=error,
+            original_event=event.payload,
+            reason="redrive_limit",
+            source=RECONCILER,
+        )
+    else:
+        notification_services.record_delivery_failure(event=event, error=error)
 
 
 def redrive_now(*, order_id, requested_by: str) -> list[OutboxEvent]:

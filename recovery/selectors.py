@@ -8,17 +8,20 @@ from dataclasses import dataclass, field
 
 from django.db.models import Count, Max, Min, Q
 
-from events.contract import ORDER_CREATED, ORDER_PROCESSING, ORDER_STATUS_EVENTS
+from events.contract import ORDER_CREATED, ORDER_EVENTS, ORDER_PROCESSING, REFUND_REQUESTED
 from events import selectors as event_selectors
 from events.models import OutboxEvent
 from notifications import services as notification_services
 from orders import services as order_services
 from orders.models import Order, OrderStatus
+from payments import services as payment_services
+from payments.models import PaymentStatus
 
 UNFINISHED_STATUSES = order_services.IN_PROGRESS_STATUSES
-# Terminal statuses whose events must still reach every handler (the customer is told the payment's
-# outcome). A parked or cancelled order's events need nothing more: an operator owns a parked order.
-SETTLED_STATUSES = order_services.RECORD_PAYMENT.targets
+# Statuses whose events must still reach every handler: the customer is told the payment's outcome,
+# the cancellation, each refund; a requested refund is made. A parked order's events wait for an
+# operator. CANCELLING is also unfinished: its charge under way is the order's to resolve.
+SETTLED_STATUSES = (order_services.TERMINAL_STATUSES - {OrderStatus.FAILED}) | {OrderStatus.CANCELLING}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ def required_handlers(*, event_type: str) -> frozenset[str]:
     handlers = set(notification_services.handlers_for(event_type=event_type))
     if event_type == ORDER_CREATED:
         handlers.add(order_services.PROCESSING_HANDLER)
+    if event_type == REFUND_REQUESTED:
+        handlers.add(payment_services.REFUND_HANDLER)
     return frozenset(handlers)
 
 
@@ -79,9 +84,13 @@ def redrive_history(*, order_id) -> tuple[int, dt.datetime | None]:
 
 def awaited_event(*, order: Order) -> OutboxEvent | None:
     """The event whose handling moves an unfinished order on: ORDER_CREATED starts processing and,
-    in the same chain, the first charge; an ORDER_PROCESSING of a later attempt starts that charge."""
+    in the same chain, the first charge; an ORDER_PROCESSING of a later attempt starts that charge.
+    An order being cancelled awaits only its charge under way, if any (its refunds are events of
+    their own, which ``unhandled_events`` finds)."""
     events = OutboxEvent.objects.filter(key=str(order.id))
-    if order.status == OrderStatus.PROCESSING:
+    if order.status == OrderStatus.CANCELLING and not order.payments.filter(status=PaymentStatus.PENDING).exists():
+        return None
+    if order.status in (OrderStatus.PROCESSING, OrderStatus.CANCELLING):
         latest = events.filter(event_type=ORDER_PROCESSING).order_by("-id").first()
         if latest and latest.payload["metadata"].get("attempt", 1) > 1:
             return latest
@@ -90,7 +99,7 @@ def awaited_event(*, order: Order) -> OutboxEvent | None:
 
 def order_events(*, order_id) -> list[OutboxEvent]:
     """The order's status events, one row per event (a re-driven event has several)."""
-    rows = OutboxEvent.objects.filter(key=str(order_id), event_type__in=ORDER_STATUS_EVENTS).order_by("id")
+    rows = OutboxEvent.objects.filter(key=str(order_id), event_type__in=ORDER_EVENTS).order_by("id")
     return list({row.event_id: row for row in rows}.values())
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 from collections import Counter
 from dataclasses import dataclass
 
-from events.contract import ORDER_STATUS_EVENTS
+from events.contract import ORDER_EVENTS
 from events.models import OutboxEvent
 from orders.models import OrderStatus
 from recovery import selectors
@@ -45,12 +45,12 @@ def settle_events(
             break
         after_id = batch[-1].id
         statuses = selectors.order_statuses(
-            order_ids={event.key for event in batch if event.event_type in ORDER_STATUS_EVENTS}
+            order_ids={event.key for event in batch if event.event_type in ORDER_EVENTS}
         )
         complete, waiting = [], []
         for event in batch:
             status = statuses.get(event.key)
-            if event.event_type not in ORDER_STATUS_EVENTS:
+            if event.event_type not in ORDER_EVENTS:
                 complete.append(event)
             elif status in SETTLED_STATUSES:
                 waiting.append(event)

@@ -135,7 +135,7 @@ def test_the_timeline_tells_clients_what_happened_but_not_the_internals(api_clie
     order_services.start_processing(order_id=order_id, event_id=created["event_id"], source="test")
     error = 'OperationalError: connection to server at "db.internal" (10.0.0.3) failed for user "orders"'
     order_services.park_order(order_id=order_id, reason="payment_gave_up", error=error, original_event=created, source="test")
-    order_services.cancel_order(order_id=order_id, requested_by="admin:jane", reason="customer called")
+    payment_services.cancel_order(order_id=order_id, requested_by="admin:jane", reason="customer called", source="operator")
 
     response = api_client.get(f"/orders/{order_id}/events")
 
@@ -143,7 +143,7 @@ def test_the_timeline_tells_clients_what_happened_but_not_the_internals(api_clie
         ("ORDER_CREATED", "Order created"),
         ("ORDER_PROCESSING", "Order accepted for processing"),
         ("FAILED", "On hold: payment gateway unavailable"),
-        ("CANCELLED", "Order cancelled"),
+        ("ORDER_CANCELLED", "Order cancelled"),
     ]
     for internal in ("db.internal", "OperationalError", "admin:jane", "customer called"):
         assert internal not in response.content.decode()

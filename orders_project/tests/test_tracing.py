@@ -23,7 +23,7 @@ from devtools.harness.process_group import ProcessGroup
 from devtools.harness.sample_orders import create_test_order, post_order
 from devtools.harness.waiting import wait_until
 from events.models import OutboxEvent
-from events.contract import ORDER_STATUS_EVENTS
+from events.contract import ORDER_EVENTS
 
 TASKS = ("orders.process_order", "payments.charge_payment", "notifications.send_notifications_batch")
 
@@ -153,7 +153,7 @@ def test_one_order_is_one_trace_through_web_relay_bridge_and_worker(traced_syste
     assert {_trace_parent(row)[0] for row in rows} == {trace_id}
 
     # NOTIFICATION_SENT is published for other consumers: the bridge reads the rest.
-    read_by_bridge = [row for row in rows if row.event_type in ORDER_STATUS_EVENTS]
+    read_by_bridge = [row for row in rows if row.event_type in ORDER_EVENTS]
 
     def publish_span_of(row: OutboxEvent, spans: list[ReceivedSpan]) -> ReceivedSpan | None:
         return next((s for s in spans if s.attributes.get("messaging.message.id") == str(row.event_id)), None)

@@ -16,7 +16,7 @@ from payments.simulator import SimulatedGateway
 
 pytestmark = pytest.mark.django_db
 
-APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="sim")
+APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, refund_timeout_rate=0.0, refund_failure_rate=0.0, seed="sim")
 
 
 def captured(amount: str = "30.00", key: str = "order-1:1") -> str:
@@ -102,7 +102,7 @@ def test_a_declined_or_unknown_charge_is_not_refunded():
 
 def test_a_refund_that_timed_out_is_retried_under_its_key_without_a_second_refund():
     charge = captured("20.00")
-    flaky = SimulatedGateway(success_rate=1.0, timeout_rate=1.0, seed="sim")
+    flaky = SimulatedGateway(success_rate=1.0, timeout_rate=1.0, refund_timeout_rate=1.0, refund_failure_rate=0.0, seed="sim")
 
     with pytest.raises(GatewayTimeout):
         flaky.refund(idempotency_key="slow", charge_reference=charge, amount=Decimal("20.00"))

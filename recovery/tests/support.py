@@ -29,7 +29,7 @@ DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="recovery")
 def default_policy(*, max_redrives: int) -> RedrivePolicy:
     """The reconciler's default deadlines and backoff, with a smaller limit for short tests."""
     return RedrivePolicy(
-        stuck_after={OrderStatus.CREATED: 30.0, OrderStatus.PROCESSING: 45.0},
+        stuck_after={OrderStatus.CREATED: 30.0, OrderStatus.PROCESSING: 45.0, OrderStatus.CANCELLING: 45.0},
         event_deadline=45.0,
         max_redrives=max_redrives,
         backoff=15.0,

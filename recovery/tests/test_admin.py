@@ -11,6 +11,7 @@ from django.utils import timezone
 from devtools.harness.sample_orders import create_test_order
 from events.models import OutboxEvent
 from orders import services as order_services
+from payments import services as payment_services
 from orders.models import Order
 from recovery.models import Redrive, RedriveReason
 
@@ -31,7 +32,7 @@ def new_order(name: str) -> Order:
 def test_unfinished_orders_lists_only_orders_not_yet_terminal_oldest_change_first(staff_client):
     recent, stuck, cancelled = new_order("recent"), new_order("stuck"), new_order("cancelled")
     Order.objects.filter(pk=stuck.pk).update(updated_at=timezone.now() - dt.timedelta(seconds=300))
-    order_services.cancel_order(order_id=cancelled.id, requested_by="ops")
+    payment_services.cancel_order(order_id=cancelled.id, requested_by="ops", source="operator")
 
     page = staff_client.get("/admin/recovery/unfinishedorder/").content.decode()
 

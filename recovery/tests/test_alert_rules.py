@@ -181,8 +181,8 @@ def test_every_metric_and_label_of_the_alerts_is_served(tmp_path, kafka_broker, 
                     f"{rule['alert']}: no series of {name} has {label}{operator}{wanted!r}"
                 )
             checked.add(name)
-    # Labelled series exist before anything happened: both unfinished statuses and every re-drive reason.
-    assert {labels["status"] for labels in labels_of["orders_stuck"]} == {"CREATED", "PROCESSING"}
+    # Labelled series exist before anything happened: every unfinished status and every re-drive reason.
+    assert {labels["status"] for labels in labels_of["orders_stuck"]} == {"CREATED", "PROCESSING", "CANCELLING"}
     assert {"stuck_created", "stuck_processing", "event_not_handled", "operator"} <= {
         labels["reason"] for labels in labels_of["reconciler_redrives_total"]
     }

@@ -221,6 +221,7 @@ def test_an_operator_re_drives_at_once_and_is_told_what_to_do_when_nothing_can_b
     publish_all()
     with pytest.raises(NothingToRedrive, match="every handler applied its events"):
         redrive_now(order_id=paid.id, requested_by="admin:ops")
-    order_services.cancel_order(order_id=order.id, requested_by="ops")
-    with pytest.raises(NothingToRedrive, match="it is cancelled and final"):
-        redrive_now(order_id=order.id, requested_by="admin:ops")
+    parked = new_order()
+    order_services.park_order(order_id=parked.id, reason="r", error="e", original_event={}, source="test")
+    with pytest.raises(NothingToRedrive, match="re-publish its event from Dead letters"):
+        redrive_now(order_id=parked.id, requested_by="admin:ops")
