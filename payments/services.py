@@ -246,8 +246,6 @@ def cancel_order(
     with transaction.atomic():
         order = order_services.lock_order(order_id)
         replay = _replayed_request(Cancellation, request_key=request_key, fingerprint=fingerprint)
-        if replay is not None and replay.order_id != order.pk:
-            raise RequestKeyReused(f"Idempotency-Key already used for a different request (order {replay.order_id})")
         if replay is not None:
             return CancellationOutcome(cancellation=replay, replayed=True)
         existing = Cancellation.objects.filter(order=order).first()

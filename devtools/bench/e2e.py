@@ -18,7 +18,7 @@ from devtools.bench import cpu
 from devtools.bench.httpload import PostLog, backlog_limited, closed_loop, paced
 from devtools.bench.stats import epoch, summary
 
-TERMINAL = ("PAID", "PAYMENT_FAILED", "FAILED", "CANCELLED")
+TERMINAL = ("PAID", "PAYMENT_FAILED", "FAILED", "CANCELLED", "PARTIALLY_REFUNDED", "REFUNDED")
 NOTIFICATIONS_PER_ORDER = 3  # email for ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED
 EVENTS_PER_ORDER = 6  # ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED, 3 x NOTIFICATION_SENT
 POSTERS = 4  # client threads of the saturation run
