@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from django.db import connection, transaction
 from django.db.models import F
+from django.dispatch import Signal
 from django.utils import timezone
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -37,6 +38,11 @@ logger = structlog.get_logger(__name__)
 W3C_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 
+# Sent with each order event ``enqueue_event`` records, in its transaction: apps that keep work of
+# their own per event (webhook deliveries) write it there, so that no event goes without it.
+order_event_recorded = Signal()
+
+
 def enqueue_event(
     *,
     event_type: str,
@@ -59,7 +65,7 @@ def enqueue_event(
         attempt=attempt,
         details=details,
     )
-    return OutboxEvent.objects.create(
+    row = OutboxEvent.objects.create(
         event_id=event_id,
         event_type=event_type,
         topic=EVENT_TOPICS[event_type],
@@ -69,6 +75,8 @@ def enqueue_event(
         trace_context=current_trace_context(),
         created_at=now,
     )
+    order_event_recorded.send(sender=OutboxEvent, event=row)
+    return row
 
 
 def current_trace_context() -> dict[str, str]:

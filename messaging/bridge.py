@@ -48,7 +48,7 @@ from events.selectors import recorded_payloads
 from messaging.kafka import Received, client_config
 from messaging.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSAGES
 from messaging.producer import build_producer, delivery_error, needs_new_producer
-from messaging.routes import dead_letter_task, notification_tasks, notifies, tasks_for
+from messaging.routes import dead_letter_task, notification_tasks, notifies, tasks_for, webhook_tasks
 from messaging.topics import ensure_topics_until_ready
 from messaging.tracing import processing, processing_batch
 
@@ -94,6 +94,8 @@ class BatchProgress:
 
     done: dict[tuple[str, int], int] = field(default_factory=dict)
     to_notify: list[Event] = field(default_factory=list)
+    # The batch's order events, whose webhook deliveries are handed on with the notifications.
+    announced: list[Event] = field(default_factory=list)
     # Their messages, whose traces the notification tasks continue.
     notified: list[Received] = field(default_factory=list)
 
@@ -276,7 +278,8 @@ class KafkaBridge:
         progress = self._dispatch_tasks(routed, dead_letters)
         try:
             with processing_batch(progress.notified, name="dispatch notifications"):
-                dispatched = not progress.to_notify or self._dispatch(notification_tasks(progress.to_notify))
+                follow_up = [*notification_tasks(progress.to_notify), *webhook_tasks(progress.announced)]
+                dispatched = not follow_up or self._dispatch(follow_up)
         except EncodeError as exc:
             # Recorded events (parse_event made them plain JSON) always serialize; should they not,
             # the reconciler re-drives the events whose notifications were never applied.
@@ -424,6 +427,8 @@ class KafkaBridge:
                 if routing.notify:
                     progress.to_notify.append(routing.event)
                     progress.notified.append(received)
+                if routing.event is not None:
+                    progress.announced.append(routing.event)
                 BRIDGE_MESSAGES.labels(message.topic(), "dispatched" if routing.tasks or routing.notify else "no_task").inc()
                 logger.info(
                     "event_dispatched",

@@ -28,6 +28,8 @@ PROCESS_ORDER = "orders.process_order"
 CHARGE_PAYMENT = "payments.charge_payment"
 REFUND_PAYMENT = "payments.refund_payment"
 SEND_NOTIFICATIONS = "notifications.send_notifications_batch"
+DELIVER_WEBHOOKS = "webhooks.deliver_events"
+SEND_WEBHOOK = "webhooks.send_delivery"
 NOTIFICATIONS_PER_TASK = 20
 
 
@@ -72,6 +74,17 @@ def notification_tasks(events: list[Event]) -> list[Signature]:
         _task(SEND_NOTIFICATIONS, payloads[start : start + NOTIFICATIONS_PER_TASK])
         for start in range(0, len(payloads), NOTIFICATIONS_PER_TASK)
     ]
+
+
+def webhook_tasks(events: list[Event]) -> list[Signature]:
+    """The webhook deliveries of a batch's order events: one task, on the webhooks queue, which
+    hands each pending delivery to a send task of its own."""
+    return [_task(DELIVER_WEBHOOKS, [event.event_id for event in events])] if events else []
+
+
+def webhook_send_task(delivery_id: str) -> Signature:
+    """A send of one delivery (the reconciler's, for a delivery due)."""
+    return _task(SEND_WEBHOOK, delivery_id)
 
 
 def dead_letter_task(message: DeadLetterMessage) -> Signature:

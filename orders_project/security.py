@@ -92,15 +92,20 @@ def internal_token(configured: str, *, development: bool) -> str:
 
 def debug(configured: Any, *, development: bool) -> bool:
     """DJANGO_DEBUG: empty means on in development and off in production, where true is refused."""
-    value = str(configured).strip().lower()
-    if value and value not in _TRUE | _FALSE:
-        raise ImproperlyConfigured(f"DJANGO_DEBUG must be true, false or empty, not {configured!r}")
-    on = value in _TRUE if value else development
+    on = development_default(configured, development=development, name="DJANGO_DEBUG")
     if on and not development:
         raise ImproperlyConfigured(
             "DJANGO_DEBUG must be false outside ENVIRONMENT=development (debug pages show settings and data)"
         )
     return on
+
+
+def development_default(configured: Any, *, development: bool, name: str) -> bool:
+    """A true/false setting whose empty value means on in development and off anywhere else."""
+    value = str(configured).strip().lower()
+    if value and value not in _TRUE | _FALSE:
+        raise ImproperlyConfigured(f"{name} must be true, false or empty, not {configured!r}")
+    return value in _TRUE if value else development
 
 
 def allowed_hosts(configured: list[str], *, development: bool) -> list[str]:

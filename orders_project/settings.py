@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "notifications",
     "pipeline",
     "recovery",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -204,6 +205,16 @@ NOTIFICATION = CONFIG["notification"]
 METRICS = {**CONFIG["metrics"], "host": CONFIG["metrics"]["host"] or CONFIG["http"]["host"]}
 RECONCILER = CONFIG["reconciler"]
 API = CONFIG["api"]
+WEBHOOKS = {
+    **CONFIG["webhooks"],
+    "retry_schedule": [float(delay) for delay in CONFIG["webhooks"]["retry_schedule"]],
+    "allow_http": security.development_default(
+        CONFIG["webhooks"]["allow_http"], development=DEVELOPMENT, name="WEBHOOKS_ALLOW_HTTP"
+    ),
+    "allow_loopback": security.development_default(
+        CONFIG["webhooks"]["allow_loopback"], development=DEVELOPMENT, name="WEBHOOKS_ALLOW_LOOPBACK"
+    ),
+}
 # Token authentication, each client seeing only its own orders: always on in production.
 API_REQUIRE_AUTH = API["require_auth"] or PRODUCTION
 CACHES = {"default": env.cache_url_config(CONFIG["cache"]["url"])}
@@ -215,6 +226,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = celery_transport_options(
     CELERY_BROKER_URL, visibility_timeout=_celery["visibility_timeout"]
 )
 CELERY_TASK_DEFAULT_QUEUE = _celery["queue"]
+CELERY_TASK_ROUTES = {"webhooks.*": {"queue": WEBHOOKS["queue"]}}
 CELERY_WORKER_CONCURRENCY = _celery["concurrency"]
 CELERY_WORKER_PREFETCH_MULTIPLIER = _celery["prefetch_multiplier"]
 CELERY_TASK_ANNOTATIONS = {"*": {"max_retries": _celery["max_retries"]}}

@@ -16,6 +16,7 @@ from events.services import refuse_event
 from notifications import services as notification_services
 from orders import services as order_services
 from payments import services as payment_services
+from webhooks import services as webhook_services
 from pipeline.retries import describe, run_with_retries
 
 logger = structlog.get_logger(__name__)
@@ -87,6 +88,23 @@ def send_notifications_batch(self, payloads: list[dict]) -> None:
         step=lambda: notification_services.send_batch(events=events),
         give_up=lambda exc: notification_services.record_batch_failure(events=events, exc=exc),
     )
+
+
+# Webhook tasks run on the webhooks queue (settings.CELERY_TASK_ROUTES), taken by a worker of its own.
+@shared_task(name="webhooks.deliver_events")
+def deliver_events(event_ids: list[str]) -> None:
+    """Order events of one bridge batch: a send task for each of their pending deliveries."""
+    for delivery_id in webhook_services.pending_deliveries(event_ids=event_ids):
+        send_webhook.delay(delivery_id)
+
+
+@shared_task(bind=True, name="webhooks.send_delivery")
+def send_webhook(self, delivery_id: str) -> None:
+    """One attempt of a delivery. A next attempt due soon is queued with its countdown; a later
+    one is handed to a task by the reconciler when it is due."""
+    countdown = webhook_services.send_delivery(delivery_id=delivery_id)
+    if countdown is not None:
+        self.apply_async(args=(delivery_id,), countdown=countdown)
 
 
 # The name is the one tasks already queued carry.

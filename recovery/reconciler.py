@@ -1,5 +1,5 @@
 """The reconciler: one pass over the database composes the jobs of recovery (re-drives, settling
-events, stale notification claims, retention), and its process runs a pass at a fixed interval.
+events, stale notification claims, webhook deliveries due, retention), and its process runs a pass at a fixed interval.
 
 Several may run on PostgreSQL (each order is locked with SKIP LOCKED while it is handled); run
 one on SQLite.
@@ -26,6 +26,7 @@ from recovery.redrives import RedriveOutcome, redrive_stuck_order
 from recovery.retention import purge_history
 from recovery.selectors import Downstream, RedrivePolicy
 from recovery.settling import settle_events
+from recovery.webhook_deliveries import dispatch_due_deliveries
 
 logger = structlog.get_logger(__name__)
 
@@ -33,6 +34,8 @@ logger = structlog.get_logger(__name__)
 STUCK_ORDERS_PER_PASS = 5000
 # Stale notification claims taken over per pass, oldest first: each is a send to a mail server.
 STALE_CLAIMS_PER_PASS = 100
+# Webhook deliveries handed to send tasks per pass, the longest due first.
+DUE_DELIVERIES_PER_PASS = 1000
 
 
 @dataclass
@@ -40,6 +43,8 @@ class PassResult:
     orders: Counter[RedriveOutcome] = field(default_factory=Counter)
     # Notifications sent again after their sender died holding the claim.
     claims_taken_over: int = 0
+    # Webhook deliveries whose attempt was due, handed to send tasks.
+    webhooks_dispatched: int = 0
     events_completed: int = 0
     purged: Counter = field(default_factory=Counter)
     # The outbox id the next pass goes on checking events from.
@@ -50,6 +55,7 @@ class PassResult:
         return bool(
             sum(n for outcome, n in self.orders.items() if outcome != RedriveOutcome.SKIPPED)
             or self.claims_taken_over
+            or self.webhooks_dispatched
             or self.events_completed
             or self.purged
         )
@@ -74,6 +80,7 @@ def reconcile(
         if policy.due(redrives=order.redrive_count, last_redrive_at=order.last_redrive_at, now=now):
             result.orders[redrive_stuck_order(order_id=order.pk, policy=policy, downstream=downstream, now=now)] += 1
     result.claims_taken_over = notification_services.finish_stale_claims(now=now, limit=STALE_CLAIMS_PER_PASS)
+    result.webhooks_dispatched = dispatch_due_deliveries(now=now, limit=DUE_DELIVERIES_PER_PASS)
     settled = settle_events(
         policy=policy, downstream=downstream, now=now, after_id=events_cursor, max_batches=max_event_batches
     )
@@ -136,6 +143,7 @@ def run_reconciler(
                     "reconciler_pass",
                     orders=dict(result.orders),
                     claims_taken_over=result.claims_taken_over,
+                    webhooks_dispatched=result.webhooks_dispatched,
                     events_completed=result.events_completed,
                     purged=dict(result.purged),
                     seconds=round(time.monotonic() - started, 3),
