@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 
 import pytest
 from rest_framework.test import APIClient
@@ -49,6 +50,23 @@ def kafka_settings(settings, kafka_broker):
     """Point the Django settings at the test broker."""
     settings.KAFKA = {**settings.KAFKA, "brokers": [kafka_broker.bootstrap_servers]}
     return settings.KAFKA
+
+
+@pytest.fixture
+def own_celery(tmp_path):
+    """A Celery app with a queue of this test's own on the configured Celery broker (the SQL one in
+    a new file)."""
+    from devtools.harness.bridge import celery_broker
+    from devtools.harness.process_group import celery_broker_url
+
+    queue = f"own-test-{uuid.uuid4().hex[:8]}"
+    with celery_broker(celery_broker_url(work_dir=tmp_path), queue=queue) as app:
+        yield app
+        # Declared on this channel, so that deleting it drops its bindings too.
+        with app.connection_for_write() as connection:
+            declared = app.amqp.queues[queue](connection.default_channel)
+            declared.declare()
+            declared.delete()
 
 
 @pytest.fixture(scope="module")
