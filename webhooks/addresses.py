@@ -19,6 +19,10 @@ from urllib.parse import urlsplit
 
 Resolver = Callable[[str, int], list[str]]
 SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
+# NAT64 prefixes (RFC 6052, 8215): a NAT64 gateway connects to the IPv4 address in the last 32 bits,
+# so 64:ff9b::a9fe:a9fe reaches 169.254.169.254; the local-use one is never globally reachable.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 class UnsafeUrl(ValueError):
@@ -48,8 +52,14 @@ def resolve(host: str, port: int) -> list[str]:
 
 
 def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in LOCAL_NAT64:
+            return False
+        # An IPv4 address written as IPv6 (mapped, NAT64, 6to4) is judged as the IPv4 address.
+        if address in NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        else:
+            address = address.ipv4_mapped or address.sixtofour or address
     return address.is_global and address not in SHARED_ADDRESS_SPACE and not address.is_multicast
 
 
