@@ -53,7 +53,7 @@ class ProcessGroup:
     @classmethod
     def for_tests(cls, *, kafka_brokers: str, work_dir: Path, **overrides: str) -> ProcessGroup:
         """An environment pointing at the current database and ``kafka_brokers``, isolated by a
-        unique consumer group and Celery queue so earlier runs' messages never interfere."""
+        unique consumer group and Celery queues so earlier runs' messages never interfere."""
         run_id = uuid.uuid4().hex[:8]
         env = {
             **os.environ,
@@ -66,6 +66,7 @@ class ProcessGroup:
             "KAFKA_GROUP_ID": f"test-bridge-{run_id}",
             "CELERY_BROKER_URL": celery_broker_url(work_dir=work_dir),
             "CELERY_QUEUE": f"test-pipeline-{run_id}",
+            "WEBHOOKS_QUEUE": f"test-webhooks-{run_id}",
             "CELERY_CONCURRENCY": "2",
             "OUTBOX_MAX_BACKOFF": "1.0",
             **overrides,
@@ -115,6 +116,11 @@ class ProcessGroup:
             timeout=60,
             message="bridge got no partitions",
         )
+
+    def start_webhook_worker(self, name: str = "webhook-worker", **env_overrides: str) -> subprocess.Popen:
+        """A worker of the webhooks queue only (its default queue), so that receivers never hold
+        the pipeline's worker."""
+        return self.start(name, command="worker", CELERY_QUEUE=self.env["WEBHOOKS_QUEUE"], **env_overrides)
 
     def signal(self, name: str, signum: int) -> None:
         os.killpg(self.processes[name].pid, signum)
