@@ -57,7 +57,7 @@ def written_as_ipv6(text: str) -> list[str]:
 
 embedded_v4 = refused_v4.flatmap(lambda text: st.sampled_from(written_as_ipv6(text)))
 refused = st.one_of(addresses_in(*LOOPBACK, *NOT_PUBLIC), embedded_v4)
-public = addresses_in(*PUBLIC)
+public = st.one_of(addresses_in(*PUBLIC), addresses_in("8.0.0.0/8").flatmap(lambda text: st.sampled_from(written_as_ipv6(text))))
 
 
 def resolving_to(*addresses: str):
