@@ -149,7 +149,8 @@ def body_of(*, event: OutboxEvent) -> str:
 
 def record_deliveries(*, event: OutboxEvent, **_signal) -> int:
     """A delivery of ``event`` for each enabled endpoint of its order's client that takes its type,
-    in the event's transaction; none twice (the pair is unique). Returns how many were written."""
+    in the event's transaction; none twice (the pair is unique: a re-published event adds none).
+    Returns how many endpoints take it."""
     if event.event_type not in WEBHOOK_TYPES:
         return 0
     owner_id = Order.objects.filter(pk=event.key).values_list("owner_id", flat=True).first()
