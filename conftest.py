@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 
 import pytest
 from rest_framework.test import APIClient
@@ -11,6 +12,7 @@ from rest_framework.test import APIClient
 from devtools.broker import EmbeddedKafkaBroker
 from devtools.harness.docker_compose import REQUIRED_ENV, compose_command, render
 from devtools.harness.sample_orders import SEED_ORDER
+from devtools.harness.webhook_receivers import Receiver
 from orders_project.config import BASE_DIR
 
 
@@ -23,6 +25,43 @@ def seed_order() -> dict:
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()
+
+
+@pytest.fixture
+def auth_required(settings):
+    """Token authentication required: each client sees only its own."""
+    settings.API_REQUIRE_AUTH = True
+
+
+@pytest.fixture
+def receiver_of():
+    """Webhook receivers on loopback (``receiver_of([500, 200])``), closed after the test."""
+    receivers = []
+
+    def start(answers: list[int], *, body: bytes = b"") -> Receiver:
+        receivers.append(Receiver(answers, body=body))
+        return receivers[-1]
+
+    yield start
+    for receiver in receivers:
+        receiver.close()
+
+
+@pytest.fixture
+def own_celery(tmp_path):
+    """A Celery app with a queue of this test's own on the configured Celery broker (the SQL one in
+    a new file): what the code under test queues can be read back (``devtools.harness.bridge.task_messages``)."""
+    from devtools.harness.bridge import celery_broker
+    from devtools.harness.process_group import celery_broker_url
+
+    queue = f"celery-test-{uuid.uuid4().hex[:8]}"
+    with celery_broker(celery_broker_url(work_dir=tmp_path), queue=queue) as app:
+        yield app
+        # Declared on this channel, so that deleting it drops its bindings too.
+        with app.connection_for_write() as connection:
+            declared = app.amqp.queues[queue](connection.default_channel)
+            declared.declare()
+            declared.delete()
 
 
 @pytest.fixture(autouse=True)

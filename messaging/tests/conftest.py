@@ -1,4 +1,4 @@
-"""Fixtures of the messaging tests: a topic, bridges and a Celery queue of a test's own."""
+"""Fixtures of the messaging tests: a topic and bridges (a Celery queue of a test's own: the root conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from devtools.harness.bridge import celery_broker
-from devtools.harness.process_group import celery_broker_url
 from messaging.bridge import BridgeSettings, KafkaBridge
 from messaging.topics import ensure_topics
 
@@ -47,17 +45,3 @@ def make_bridge(topic):
     yield make
     for bridge in bridges:
         bridge.consumer.close()
-
-
-@pytest.fixture
-def own_celery(tmp_path):
-    """A Celery app with a queue of this test's own on the configured Celery broker (the SQL one in
-    a new file)."""
-    queue = f"bridge-test-{uuid.uuid4().hex[:8]}"
-    with celery_broker(celery_broker_url(work_dir=tmp_path), queue=queue) as app:
-        yield app
-        # Declared on this channel, so that deleting it drops its bindings too.
-        with app.connection_for_write() as connection:
-            declared = app.amqp.queues[queue](connection.default_channel)
-            declared.declare()
-            declared.delete()

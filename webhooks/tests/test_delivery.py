@@ -4,8 +4,6 @@ real receiver on loopback, retried on the schedule, verified as a receiver would
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from standardwebhooks import Webhook
@@ -15,46 +13,6 @@ from webhooks import services
 from webhooks.models import WebhookDelivery
 
 pytestmark = pytest.mark.django_db
-
-
-class Receiver:
-    """An HTTP receiver on a free loopback port answering the given status codes in turn."""
-
-    def __init__(self, answers: list[int]):
-        self.answers = list(answers)
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append((dict(self.headers), body))
-                self.send_response(receiver.answers.pop(0) if receiver.answers else 200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver_of():
-    receivers = []
-
-    def start(answers):
-        receivers.append(Receiver(answers))
-        return receivers[-1]
-
-    yield start
-    for receiver in receivers:
-        receiver.close()
 
 
 def test_a_receiver_answering_500_500_200_gets_three_verifiable_attempts_with_one_webhook_id(receiver_of, settings):
