@@ -8,6 +8,9 @@ import datetime as dt
 
 import pytest
 from django.utils import timezone
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
 from devtools.broker import free_port
@@ -188,6 +191,39 @@ def test_an_invalid_change_is_a_400_and_changes_nothing(api_client, body, field)
     assert field in refused["fields"]
     stored = WebhookEndpoint.objects.get(pk=endpoint["id"])
     assert (stored.enabled, stored.url, stored.event_types) == (True, PUBLIC_URL, [])
+
+
+# Any JSON document, scalars to nested containers, and what a body of this API holds.
+json_documents = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+endpoint_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "url": st.sampled_from([PUBLIC_URL, "https://10.0.0.1/", "http://1.1.1.1/", "https://[::1]:99999/", "https://"]) | json_documents,
+        "event_types": st.lists(st.sampled_from(["order.paid", "order.shipped", ""]), max_size=10) | json_documents,
+        "description": st.text(max_size=300) | json_documents,
+        "enabled": st.booleans() | json_documents,
+    },
+)
+PROPERTY = hypothesis_settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@PROPERTY
+@given(body=endpoint_bodies | json_documents)
+@example(body={"url": PUBLIC_URL, "event_types": [], "enabled": False})
+def test_any_body_is_an_endpoint_a_400_or_a_422(production_urls, api_client, body):
+    endpoint = WebhookEndpoint.objects.create(url=PUBLIC_URL, secret="whsec_x")
+
+    for response, success in (
+        (api_client.post(ENDPOINTS, body, format="json"), 201),
+        (api_client.patch(f"{ENDPOINTS}/{endpoint.pk}", body, format="json"), 200),
+    ):
+        assert response.status_code in (success, 400, 422), response.content[:300]
+        if response.status_code != success:
+            assert_error(response, response.status_code)
 
 
 # --- deliveries ------------------------------------------------------------------------------------
