@@ -38,8 +38,8 @@ def receiver_of():
     """Webhook receivers on loopback (``receiver_of([500, 200])``), closed after the test."""
     receivers = []
 
-    def start(answers: list[int], *, body: bytes = b"") -> Receiver:
-        receivers.append(Receiver(answers, body=body))
+    def start(answers: list[int], *, body: bytes = b"", host: str = "127.0.0.1") -> Receiver:
+        receivers.append(Receiver(answers, body=body, host=host))
         return receivers[-1]
 
     yield start

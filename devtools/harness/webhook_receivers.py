@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
-    """An HTTP receiver on a free loopback port answering the given status codes in turn (200
-    after them), each with ``body``."""
+    """An HTTP receiver on a free port of ``host`` (loopback) answering the given status codes in
+    turn (200 after them), each with ``body``."""
 
-    def __init__(self, answers: list[int], *, body: bytes = b""):
+    def __init__(self, answers: list[int], *, body: bytes = b"", host: str = "127.0.0.1"):
         self.answers = list(answers)
         self.received: list[tuple[dict[str, str], bytes]] = []
         receiver = self
@@ -27,8 +28,11 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.server = Server((host, 0), Handler)
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.server.server_address[1]}/hooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
