@@ -101,7 +101,8 @@ def update_endpoint(*, endpoint: WebhookEndpoint, **changes) -> WebhookEndpoint:
         check_receiver(url=changes["url"])
     if "event_types" in changes:
         changes["event_types"] = sorted(set(changes["event_types"]))
-    if changes.get("enabled") is True:
+    if changes.get("enabled") is True and not endpoint.enabled:
+        # Only a disabled endpoint starts afresh: an enabled one that is failing keeps its streak.
         changes.update(disabled_reason="", failing_since=None)
     elif changes.get("enabled") is False and endpoint.enabled:
         changes["disabled_reason"] = "disabled by its client"

@@ -110,6 +110,17 @@ def test_an_endpoint_is_listed_shown_changed_and_deleted(api_client):
     assert [row["id"] for row in api_client.get(ENDPOINTS).json()["results"]] == [second["id"]]
 
 
+def test_enabling_a_failing_endpoint_that_is_enabled_does_not_restart_its_failing_streak(api_client):
+    endpoint = create(api_client)
+    failing_since = timezone.now() - dt.timedelta(days=4)
+    WebhookEndpoint.objects.filter(pk=endpoint["id"]).update(failing_since=failing_since)
+
+    answer = api_client.patch(f"{ENDPOINTS}/{endpoint['id']}", {"enabled": True}, format="json").json()
+
+    # Else a client could keep a dead receiver from being disabled after disable_after_days.
+    assert dt.datetime.fromisoformat(answer["failing_since"]) == failing_since
+
+
 def test_rotating_the_secret_answers_the_new_one_and_keeps_the_old_one_for_the_grace(api_client, settings):
     endpoint = create(api_client)
 
