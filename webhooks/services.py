@@ -112,6 +112,13 @@ def update_endpoint(*, endpoint: WebhookEndpoint, **changes) -> WebhookEndpoint:
     return endpoint
 
 
+def delete_endpoint(*, endpoint: WebhookEndpoint) -> None:
+    """Remove a receiver with its deliveries and their attempts."""
+    endpoint_id = endpoint.id
+    endpoint.delete()
+    logger.info("webhook_endpoint_deleted", endpoint_id=str(endpoint_id))
+
+
 def rotate_secret(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
     """A new secret; the old one still signs deliveries (beside it) for the rotation grace."""
     grace = dt.timedelta(hours=settings.WEBHOOKS["rotation_grace_hours"])

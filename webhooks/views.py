@@ -38,7 +38,7 @@ class ClientScoped:
     lookup_value_regex = OrderLookup.lookup_value_regex
 
     def _owner(self):
-        """None (all: staff, or the API open in the local default) or the client whose alone it may see."""
+        """None (everything: staff, or the API open in the local default), or the client whose own alone it may see."""
         return None if sees_all_orders(self.request.user) else self.request.user
 
 
@@ -110,7 +110,7 @@ class WebhookEndpointViewSet(ClientScoped, viewsets.GenericViewSet):
         responses={204: OpenApiResponse(description="Deleted"), 404: error("No such endpoint")},
     )
     def destroy(self, request, pk=None):
-        self._endpoint().delete()
+        services.delete_endpoint(endpoint=self._endpoint())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
