@@ -26,6 +26,29 @@ def api_client() -> APIClient:
     return APIClient()
 
 
+@pytest.fixture
+def auth_required(settings):
+    """Token authentication required: each client sees only its own."""
+    settings.API_REQUIRE_AUTH = True
+
+
+@pytest.fixture
+def own_celery(tmp_path):
+    """A Celery app with a queue of this test's own on the configured Celery broker (the SQL one in
+    a new file): what the code under test queues can be read back (``devtools.harness.bridge.task_messages``)."""
+    from devtools.harness.bridge import celery_broker
+    from devtools.harness.process_group import celery_broker_url
+
+    queue = f"celery-test-{uuid.uuid4().hex[:8]}"
+    with celery_broker(celery_broker_url(work_dir=tmp_path), queue=queue) as app:
+        yield app
+        # Declared on this channel, so that deleting it drops its bindings too.
+        with app.connection_for_write() as connection:
+            declared = app.amqp.queues[queue](connection.default_channel)
+            declared.declare()
+            declared.delete()
+
+
 @pytest.fixture(autouse=True)
 def fresh_health_answers():
     """web answers readiness and its database gauges from what it read up to a couple of seconds
@@ -50,23 +73,6 @@ def kafka_settings(settings, kafka_broker):
     """Point the Django settings at the test broker."""
     settings.KAFKA = {**settings.KAFKA, "brokers": [kafka_broker.bootstrap_servers]}
     return settings.KAFKA
-
-
-@pytest.fixture
-def own_celery(tmp_path):
-    """A Celery app with a queue of this test's own on the configured Celery broker (the SQL one in
-    a new file)."""
-    from devtools.harness.bridge import celery_broker
-    from devtools.harness.process_group import celery_broker_url
-
-    queue = f"own-test-{uuid.uuid4().hex[:8]}"
-    with celery_broker(celery_broker_url(work_dir=tmp_path), queue=queue) as app:
-        yield app
-        # Declared on this channel, so that deleting it drops its bindings too.
-        with app.connection_for_write() as connection:
-            declared = app.amqp.queues[queue](connection.default_channel)
-            declared.declare()
-            declared.delete()
 
 
 @pytest.fixture(scope="module")

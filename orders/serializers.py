@@ -235,9 +235,8 @@ class OrderTimelineEntrySerializer(serializers.ModelSerializer):
         return public_message(entry)
 
 
-class OrderListFilterSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=OrderStatus.choices, required=False)
-    user_id = serializers.CharField(min_length=1, max_length=64, required=False)
+class QueryFilterSerializer(serializers.Serializer):
+    """A list's filters, from its query string."""
 
     def validate(self, attrs):
         # Query strings give "" for "?status=": DRF would drop it silently; it is a bad filter.
@@ -245,3 +244,8 @@ class OrderListFilterSerializer(serializers.Serializer):
         if blank:
             raise serializers.ValidationError({name: ["This filter may not be blank."] for name in blank})
         return attrs
+
+
+class OrderListFilterSerializer(QueryFilterSerializer):
+    status = serializers.ChoiceField(choices=OrderStatus.choices, required=False)
+    user_id = serializers.CharField(min_length=1, max_length=64, required=False)

@@ -14,4 +14,5 @@ urlpatterns = [
     path("api-auth/", include("rest_framework.urls")),
     path("", include("payments.urls")),
     path("", include("orders.urls")),
+    path("", include("webhooks.urls")),
 ]

@@ -101,7 +101,8 @@ def update_endpoint(*, endpoint: WebhookEndpoint, **changes) -> WebhookEndpoint:
         check_receiver(url=changes["url"])
     if "event_types" in changes:
         changes["event_types"] = sorted(set(changes["event_types"]))
-    if changes.get("enabled") is True:
+    if changes.get("enabled") is True and not endpoint.enabled:
+        # Only a disabled endpoint starts afresh: an enabled one that is failing keeps its streak.
         changes.update(disabled_reason="", failing_since=None)
     elif changes.get("enabled") is False and endpoint.enabled:
         changes["disabled_reason"] = "disabled by its client"
@@ -109,6 +110,13 @@ def update_endpoint(*, endpoint: WebhookEndpoint, **changes) -> WebhookEndpoint:
         setattr(endpoint, name, value)
     endpoint.save()
     return endpoint
+
+
+def delete_endpoint(*, endpoint: WebhookEndpoint) -> None:
+    """Remove a receiver with its deliveries and their attempts."""
+    endpoint_id = endpoint.id
+    endpoint.delete()
+    logger.info("webhook_endpoint_deleted", endpoint_id=str(endpoint_id))
 
 
 def rotate_secret(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
@@ -238,7 +246,8 @@ def _retry_after(value: str | None) -> float | None:
 def post(*, target: Target, headers: dict[str, str], body: str, timeout: float) -> Answer:
     """POST ``body`` to the checked ``target``, connecting to the address that was checked (the
     name is sent in Host and TLS SNI) and following no redirect."""
-    host_header = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+    host = f"[{target.host}]" if ":" in target.host else target.host  # an IPv6 literal, bracketed as in URLs
+    host_header = host if target.port == (443 if target.scheme == "https" else 80) else f"{host}:{target.port}"
     options = {"timeout": urllib3.Timeout(total=timeout), "retries": False, "maxsize": 1}
     if target.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(

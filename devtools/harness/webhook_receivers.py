@@ -3,6 +3,7 @@ request as told, keeping what they received so that tests verify it as a receive
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,10 +30,12 @@ class Received:
 
 
 class Receiver:
-    """An HTTP receiver on a free loopback port giving ``answers`` in turn (a status code, a
-    ``Reply`` or ``HOLD``), then ``then`` to every later request."""
+    """An HTTP receiver on a free port of ``host`` (loopback) giving ``answers`` in turn (a status
+    code, a ``Reply`` or ``HOLD``), then ``then`` to every later request; each answer's body is ``body``."""
 
-    def __init__(self, answers: list[int | Reply | str] = (), *, then: int | Reply | str = 200):
+    def __init__(
+        self, answers: list[int | Reply | str] = (), *, then: int | Reply | str = 200, body: bytes = b"ok", host: str = "127.0.0.1"
+    ):
         self.answers = list(answers)
         self.then = then
         self.received: list[Received] = []
@@ -56,15 +59,18 @@ class Receiver:
                 self.send_response(reply.status)
                 for name, value in reply.headers:
                     self.send_header(name, value)
-                self.send_header("Content-Length", "2")
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.server = Server((host, 0), Handler)
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.server.server_address[1]}/hooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, count: int, *, timeout: float = 60) -> list[Received]:

@@ -9,19 +9,13 @@ import sys
 
 import pytest
 from django.core.cache import cache
-from django.core.management import call_command
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from devtools.harness.api_clients import client_with_token
 from orders.models import Order
 from orders_project.config import BASE_DIR
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def auth_required(settings):
-    settings.API_REQUIRE_AUTH = True
 
 
 @pytest.fixture(autouse=True)
@@ -29,13 +23,6 @@ def fresh_throttle_counters():
     cache.clear()
     yield
     cache.clear()
-
-
-def client_with_token(username: str, *, staff: bool = False) -> APIClient:
-    call_command("create_api_token", username, *(["--staff"] if staff else []), stdout=open(os.devnull, "w"))
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get(user__username=username).key}")
-    return client
 
 
 def test_open_by_default(api_client, seed_order):

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 from orders.services import IDEMPOTENCY_KEY_MAX_LENGTH
 from orders_project.pagination import StandardPagination
 from orders_project.wsgi import application
+from webhooks.services import WEBHOOK_TYPES
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", application)
 
@@ -59,6 +60,17 @@ def test_the_fuzzed_schema_has_every_operation_and_its_bounds():
         "GET /orders/{id}/",
         "GET /orders/{id}/status/",
         "GET /orders/{id}/events/",
+        "POST /orders/{id}/cancel/",
+        "GET /orders/{id}/refunds/",
+        "POST /orders/{id}/refunds/",
+        "GET /webhook-endpoints/",
+        "POST /webhook-endpoints/",
+        "GET /webhook-endpoints/{id}/",
+        "PATCH /webhook-endpoints/{id}/",
+        "DELETE /webhook-endpoints/{id}/",
+        "POST /webhook-endpoints/{id}/rotate-secret/",
+        "GET /webhook-endpoints/{id}/deliveries/",
+        "POST /webhook-deliveries/{id}/redeliver/",
     }
     parameters = {parameter["name"]: parameter["schema"] for parameter in operations["GET /orders/"]["parameters"]}
     assert (parameters["page"]["minimum"], parameters["page"]["maximum"]) == (1, StandardPagination.max_page)
@@ -67,3 +79,7 @@ def test_the_fuzzed_schema_has_every_operation_and_its_bounds():
     assert parameters["status"]["enum"]
     (key,) = [p["schema"] for p in operations["POST /orders/"]["parameters"] if p["name"] == "Idempotency-Key"]
     assert (key["minLength"], key["maxLength"]) == (1, IDEMPOTENCY_KEY_MAX_LENGTH)
+    deliveries = {parameter["name"]: parameter["schema"] for parameter in operations["GET /webhook-endpoints/{id}/deliveries/"]["parameters"]}
+    assert deliveries["status"]["enum"] and deliveries["page_size"]["maximum"] == 100
+    endpoint = schema.raw_schema["components"]["schemas"]["EndpointCreate"]["properties"]
+    assert (endpoint["url"]["maxLength"], endpoint["event_types"]["maxItems"]) == (2000, len(WEBHOOK_TYPES))

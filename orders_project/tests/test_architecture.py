@@ -12,7 +12,9 @@ import pytest
 
 from orders_project.config import BASE_DIR
 
-PACKAGES = ("common", "events", "pipeline", "orders", "payments", "notifications", "messaging", "recovery", "orders_project")
+PACKAGES = (
+    "common", "events", "pipeline", "orders", "payments", "notifications", "webhooks", "messaging", "recovery", "orders_project"
+)
 PROJECT_PACKAGES = (*PACKAGES, "devtools")
 
 
