@@ -46,9 +46,9 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request_body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
-                    receiver.received.append(Received(self.path, dict(self.headers), body))
+                    receiver.received.append(Received(self.path, dict(self.headers), request_body))
                     answer = receiver.answers.pop(0) if receiver.answers else receiver.then
                     receiver.held += answer == HOLD
                 if answer == HOLD:
