@@ -66,6 +66,7 @@ class ProcessGroup:
             "KAFKA_GROUP_ID": f"test-bridge-{run_id}",
             "CELERY_BROKER_URL": celery_broker_url(work_dir=work_dir),
             "CELERY_QUEUE": f"test-pipeline-{run_id}",
+            "WEBHOOKS_QUEUE": f"test-webhooks-{run_id}",
             "CELERY_CONCURRENCY": "2",
             "OUTBOX_MAX_BACKOFF": "1.0",
             **overrides,
@@ -89,6 +90,7 @@ class ProcessGroup:
             "METRICS_RELAY_PORT": str(port),
             "METRICS_BRIDGE_PORT": str(port),
             "METRICS_WORKER_PORT": str(port),
+            "METRICS_WEBHOOK_WORKER_PORT": str(port),
             "METRICS_RECONCILER_PORT": str(port),
             "METRICS_MULTIPROC_DIR": str(self.log_dir / f"prometheus-{name}"),
         }
@@ -103,10 +105,10 @@ class ProcessGroup:
         return self.processes[name]
 
     def start_system(self, *, port: int) -> None:
-        """web (on ``port``), relay, bridge, a worker and the reconciler, as run-local starts them;
+        """web (on ``port``), relay, bridge, the workers and the reconciler, as run-local starts them;
         returns once web answers and the bridge has partitions (a group join takes 10-20 s on the
         bundled broker)."""
-        for name in ("web", "relay", "bridge", "worker", "reconciler"):
+        for name in ("web", "relay", "bridge", "worker", "webhook-worker", "reconciler"):
             self.start(name)
         self.base_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(f"{self.base_url}/health"), timeout=30, message="web did not come up")
