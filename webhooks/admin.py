@@ -1,12 +1,15 @@
 """Webhook endpoints and deliveries for operators: read-only, secrets never shown, and a
 Redeliver action (its own permission) that sends a delivery once more, now, with its webhook-id."""
 
+import structlog
 from django.contrib import admin
 
 from common.admin import ReadOnlyInline, ReadOnlyModelAdmin, one_line_id, operator_action
 from messaging.routes import webhook_send_task
 from webhooks import services
 from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+
+logger = structlog.get_logger(__name__)
 
 
 @admin.register(WebhookEndpoint)
@@ -38,8 +41,10 @@ class WebhookAttemptInline(ReadOnlyInline):
 
 
 def redeliver_now(delivery: WebhookDelivery, *, requested_by: str) -> None:
+    """Pending again, its send queued on the webhooks queue at once; who asked goes to the log."""
     services.redeliver(delivery=delivery)
     webhook_send_task(str(delivery.pk)).apply_async()
+    logger.info("webhook_redelivered", delivery_id=str(delivery.pk), event_id=str(delivery.event_id), requested_by=requested_by)
 
 
 @admin.register(WebhookDelivery)
