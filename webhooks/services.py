@@ -237,8 +237,8 @@ def _retry_after(value: str | None) -> float | None:
 def post(*, target: Target, headers: dict[str, str], body: str, timeout: float) -> Answer:
     """POST ``body`` to the checked ``target``, connecting to the address that was checked (the
     name is sent in Host and TLS SNI) and following no redirect."""
-    name = f"[{target.host}]" if ":" in target.host else target.host  # an IPv6 literal is bracketed in Host
-    host_header = name if target.port == (443 if target.scheme == "https" else 80) else f"{name}:{target.port}"
+    host = f"[{target.host}]" if ":" in target.host else target.host  # an IPv6 literal, bracketed as in URLs
+    host_header = host if target.port == (443 if target.scheme == "https" else 80) else f"{host}:{target.port}"
     options = {"timeout": urllib3.Timeout(total=timeout), "retries": False, "maxsize": 1}
     if target.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(
