@@ -53,7 +53,7 @@ class ProcessGroup:
     @classmethod
     def for_tests(cls, *, kafka_brokers: str, work_dir: Path, **overrides: str) -> ProcessGroup:
         """An environment pointing at the current database and ``kafka_brokers``, isolated by a
-        unique consumer group and Celery queue so earlier runs' messages never interfere."""
+        unique consumer group and Celery queues so earlier runs' messages never interfere."""
         run_id = uuid.uuid4().hex[:8]
         env = {
             **os.environ,
@@ -105,10 +105,10 @@ class ProcessGroup:
         return self.processes[name]
 
     def start_system(self, *, port: int) -> None:
-        """web (on ``port``), relay, bridge, the workers and the reconciler, as run-local starts them;
+        """web (on ``port``), relay, bridge, a worker and the reconciler, as run-local starts them;
         returns once web answers and the bridge has partitions (a group join takes 10-20 s on the
         bundled broker)."""
-        for name in ("web", "relay", "bridge", "worker", "webhook-worker", "reconciler"):
+        for name in ("web", "relay", "bridge", "worker", "reconciler"):
             self.start(name)
         self.base_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(f"{self.base_url}/health"), timeout=30, message="web did not come up")

@@ -435,6 +435,7 @@ def operated(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory)
     with django_db_blocker.unblock():
         try:
             group.start_system(port=port)
+            group.start("webhook-worker")
             prometheus = Prometheus(group=group, work_dir=work_dir)
             started = time.time()
             order_ids = _drive_orders(group, kafka_broker)
