@@ -1,5 +1,5 @@
-# One image for every process of the service (web, relay, bridge, worker and the one-off migrate
-# and topics jobs); docker-compose.yml and deploy/k8s/ choose the command. Wheels are built in one
+# One image for every process of the service (web, relay, bridge, worker, webhook-worker,
+# reconciler and the one-off migrate and topics jobs); docker-compose.yml and deploy/k8s/ choose the command. Wheels are built in one
 # stage; the other runs them from a slim image as a non-root user (uid 10001).
 FROM python:3.11-slim AS build
 WORKDIR /build
@@ -22,7 +22,7 @@ RUN ENVIRONMENT=development python manage.py collectstatic --noinput -v 0 \
     && mkdir -p /app/var && chown app:app /app/var
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
-# web (gunicorn), then the Prometheus endpoints of relay, bridge and worker. No HEALTHCHECK here:
+# web (gunicorn), then the Prometheus endpoints of relay, bridge, worker, reconciler and webhook-worker. No HEALTHCHECK here:
 # docker-compose.yml and the Kubernetes probes check each process in its own way.
-EXPOSE 8080 9101 9102 9103
+EXPOSE 8080 9101 9102 9103 9104 9105
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "orders_project.wsgi"]

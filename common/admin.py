@@ -21,6 +21,19 @@ class ReadOnlyModelAdmin(admin.ModelAdmin):
         return False
 
 
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown on their parent's page (its items, its attempts), never changed there."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 def apply_to_each(modeladmin, request, queryset, *, operation, done: str) -> None:
     """Run ``operation(obj)`` for each selected object; report each failure and the count done.
 
@@ -75,7 +88,7 @@ def operator_name(request) -> str:
 
 # The groups an operator is put in (``manage.py create_operator_groups``): the project's admin
 # pages to read, and, for "operators", every operator action's permission besides.
-OPERATOR_APPS = ("orders", "payments", "notifications", "events", "recovery")
+OPERATOR_APPS = ("orders", "payments", "notifications", "events", "recovery", "webhooks")
 READONLY_OPERATORS = "operators-readonly"
 OPERATORS = "operators"
 

@@ -1,7 +1,8 @@
 """Run the whole system on the embedded default with one command: ``bash bin/run-local``.
 
 Starts the bundled Kafka-protocol broker, applies migrations and creates the topics, then runs
-web (gunicorn), relay, bridge, a Celery worker and the reconciler, and supervises them:
+web (gunicorn), relay, bridge, the Celery workers (the pipeline's and the webhooks') and the reconciler,
+and supervises them:
 
 - a process that exits while the stack runs is started again, after 1 s, then 2, 4, ... up to
   30 s if it keeps exiting; the wait starts from 1 s again once it ran for a minute. The rest of

@@ -2,20 +2,9 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from common.admin import one_line_id, operator_action
+from common.admin import ReadOnlyInline, one_line_id, operator_action
 from orders import services
 from orders.models import Order, OrderItem, OrderTimelineEntry
-
-
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class OrderItemInline(ReadOnlyInline):

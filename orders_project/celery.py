@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging.config
 import os
 
+import click
 import structlog
 from celery import Celery
 from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, task_received, worker_init
@@ -22,6 +23,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orders_project.settings")
 app = Celery("orders_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# What a worker process takes (``--serves``): the pipeline's queue (orders, payments,
+# notifications, dead letters) or the webhooks' queue, whose sends wait on receivers: a worker of
+# their own keeps a slow or dead receiver from holding the pipeline's threads.
+PIPELINE, WEBHOOKS = "pipeline", "webhooks"
+app.user_options["worker"].add(
+    click.Option(
+        ["--serves"],
+        type=click.Choice([PIPELINE, WEBHOOKS]),
+        default=PIPELINE,
+        help="The queue this worker takes: the pipeline's (celery.queue) or the webhooks' (webhooks.queue).",
+    )
+)
 
 # Seconds between a worker's looks for new tasks on the SQL broker of the local default (Redis
 # pushes them at once).
@@ -75,17 +89,23 @@ def log_task_done_and_clear_context(state=None, **_kwargs) -> None:
 
 
 @worker_init.connect
-def prepare_worker(**_kwargs) -> None:
+def prepare_worker(sender, **_kwargs) -> None:
     from django.conf import settings
 
     # Imported here, not with this module: web's gunicorn.conf.py imports this package before it
     # sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client reads that variable when first imported.
     from common.metrics import serve_process_metrics
 
+    serves_webhooks = sender.options.get("serves") == WEBHOOKS
+    process = "webhook-worker" if serves_webhooks else "worker"
+    # Only its own queue (the queues are set up, the consumer not started yet): tasks routed
+    # elsewhere (settings.CELERY_TASK_ROUTES) wait for the worker that serves them.
+    sender.app.amqp.queues.select([settings.WEBHOOKS["queue"] if serves_webhooks else settings.CELERY_TASK_DEFAULT_QUEUE])
     # worker_init, not worker_process_init: the latter fires only in the children of the prefork
     # pool, and the worker runs the threads pool (devtools/processes.py).
-    setup_tracing("worker")
+    setup_tracing(process)
     # kombu's SQL transport hands every transport option to SQLAlchemy's create_engine(), so its
     # poll interval (1 s by default: a second of latency per task) can only be set on the class.
     sql_transport.Transport.polling_interval = SQL_BROKER_POLL_INTERVAL
-    serve_process_metrics(port=settings.METRICS["worker_port"], process="worker")
+    port = settings.METRICS["webhook_worker_port" if serves_webhooks else "worker_port"]
+    serve_process_metrics(port=port, process=process)

@@ -70,6 +70,7 @@ class WebhookDelivery(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "webhook deliveries"
+        permissions = [("redeliver_webhookdelivery", "Can redeliver a webhook delivery (one more attempt, now)")]
         constraints = [models.UniqueConstraint(fields=["endpoint", "event_id"], name="webhook_delivery_event_uniq")]
         indexes = [
             # The reconciler's look for deliveries due.

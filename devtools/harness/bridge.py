@@ -117,11 +117,11 @@ def celery_broker(url: str, *, queue: str | None = None):
         app.close()
 
 
-def task_messages(app: Celery) -> list:
-    """The task messages waiting in ``app``'s queue, oldest first (taken off it)."""
+def task_messages(app: Celery, *, queue: str | None = None) -> list:
+    """The task messages waiting in ``queue`` (``app``'s default), oldest first (taken off it)."""
     messages = []
     with app.connection_for_read() as connection:
-        while (message := connection.default_channel.basic_get(app.conf.task_default_queue, no_ack=True)) is not None:
+        while (message := connection.default_channel.basic_get(queue or app.conf.task_default_queue, no_ack=True)) is not None:
             messages.append(message)
     return messages
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from orders_project.config import BASE_DIR
 
 COMPOSE_FILE = BASE_DIR / "docker-compose.yml"
-METRICS_PORTS = {"relay": 9101, "bridge": 9102, "worker": 9103, "reconciler": 9104}
+METRICS_PORTS = {"relay": 9101, "bridge": 9102, "worker": 9103, "reconciler": 9104, "webhook-worker": 9105}
 SECRET_KEY = "test-deploy-files-secret-key"
 INTERNAL_TOKEN = "test-deploy-files-internal-token"
 # What compose refuses to start without (the operator's .env or shell): production's secrets and the

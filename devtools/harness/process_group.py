@@ -90,6 +90,7 @@ class ProcessGroup:
             "METRICS_RELAY_PORT": str(port),
             "METRICS_BRIDGE_PORT": str(port),
             "METRICS_WORKER_PORT": str(port),
+            "METRICS_WEBHOOK_WORKER_PORT": str(port),
             "METRICS_RECONCILER_PORT": str(port),
             "METRICS_MULTIPROC_DIR": str(self.log_dir / f"prometheus-{name}"),
         }
@@ -120,7 +121,7 @@ class ProcessGroup:
     def start_webhook_worker(self, name: str = "webhook-worker", **env_overrides: str) -> subprocess.Popen:
         """A worker of the webhooks queue only (its default queue), so that receivers never hold
         the pipeline's worker."""
-        return self.start(name, command="worker", CELERY_QUEUE=self.env["WEBHOOKS_QUEUE"], **env_overrides)
+        return self.start(name, command="webhook-worker", **env_overrides)
 
     def signal(self, name: str, signum: int) -> None:
         os.killpg(self.processes[name].pid, signum)

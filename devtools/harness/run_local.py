@@ -54,6 +54,7 @@ class LocalStack:
             "METRICS_RELAY_PORT": str(free_port()),
             "METRICS_BRIDGE_PORT": str(free_port()),
             "METRICS_WORKER_PORT": str(free_port()),
+            "METRICS_WEBHOOK_WORKER_PORT": str(free_port()),
             "METRICS_RECONCILER_PORT": str(free_port()),
             # gunicorn clears this directory when it starts: never another web process's.
             "METRICS_MULTIPROC_DIR": str(work_dir / "prometheus-web"),
@@ -62,8 +63,9 @@ class LocalStack:
             "CELERY_BROKER_URL": f"sqla+sqlite:///{work_dir / 'var' / 'celery-broker.sqlite3'}",
             **overrides,
         }
-        if "CELERY_QUEUE" not in overrides:
-            self.env.pop("CELERY_QUEUE", None)  # run-local's default queue
+        for queue in ("CELERY_QUEUE", "WEBHOOKS_QUEUE"):
+            if queue not in overrides:
+                self.env.pop(queue, None)  # run-local's default queues
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.logs: list[Path] = []
         self.process: subprocess.Popen | None = None

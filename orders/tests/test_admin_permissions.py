@@ -18,14 +18,25 @@ from hypothesis import strategies as st
 
 from common.admin import OPERATORS, READONLY_OPERATORS, ensure_operator_groups, operator_action, operator_action_permissions
 from devtools.harness.admin_orders import DECLINE, archive_outbox_dead_letter, charged_order, created_event, new_order
+from devtools.harness.bridge import celery_broker
+from devtools.harness.process_group import celery_broker_url
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus, OrderTimelineEntry
 from payments.models import Payment, SimulatedCharge
 from recovery.models import Redrive
 from recovery.tests.support import publish_all
+from webhooks import services as webhook_services
+from webhooks.models import DeliveryStatus, WebhookDelivery
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def own_celery_broker(tmp_path):
+    """Redeliver queues a send task: onto a broker of this test's own, not the shared one."""
+    with celery_broker(celery_broker_url(work_dir=tmp_path)):
+        yield
 
 # Each operator action: where it is, and the one permission it needs.
 ACTIONS = {
@@ -33,6 +44,7 @@ ACTIONS = {
     "retry_payment": ("orders/order", "orders.retry_payment"),
     "redrive_now": ("recovery/unfinishedorder", "recovery.redrive_order"),
     "republish": ("events/deadletter", "events.republish_deadletter"),
+    "redeliver": ("webhooks/webhookdelivery", "webhooks.redeliver_webhookdelivery"),
 }
 CUSTOM_PERMISSIONS = sorted(permission for _page, permission in ACTIONS.values())
 usernames = itertools.count()
@@ -86,6 +98,7 @@ def database_state() -> dict:
         "charges": SimulatedCharge.objects.count(),
         "inbox": InboxEntry.objects.count(),
         "dead_letters": sorted(DeadLetter.objects.values_list("id", "fixed_value", "republished_at")),
+        "webhook_deliveries": sorted(WebhookDelivery.objects.values_list("id", "status", "attempts")),
     }
 
 
@@ -107,6 +120,12 @@ def target_of(action: str):
         order = new_order()
         publish_all()
         return order.pk
+    if action == "redeliver":
+        endpoint = webhook_services.create_endpoint(owner=None, url="http://127.0.0.1:9/hooks", event_types=[])
+        delivery = WebhookDelivery.objects.get(endpoint=endpoint, order_id=new_order().pk)
+        gone = webhook_services.Answer(status_code=410)  # failed for good at once
+        webhook_services.record_attempt(delivery=delivery, answer=gone, started=delivery.created_at, duration=0.01)
+        return delivery.pk
     return parked_dead_letter().pk
 
 
@@ -118,6 +137,8 @@ def ran(action: str, pk) -> bool:
         return Order.objects.get(pk=pk).status == OrderStatus.PROCESSING
     if action == "redrive_now":
         return Redrive.objects.filter(order_id=pk).exists()
+    if action == "redeliver":
+        return WebhookDelivery.objects.get(pk=pk).status == DeliveryStatus.PENDING
     return DeadLetter.objects.get(pk=pk).republished_at is not None
 
 

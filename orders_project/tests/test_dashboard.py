@@ -13,11 +13,13 @@ the picture).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +39,7 @@ from devtools.harness.process_group import ProcessGroup
 from devtools.harness.promql import ALERTS_FILE, alert_rules, label_matches, promtool, selectors
 from devtools.harness.sample_orders import create_test_order, post_order
 from devtools.harness.waiting import wait_until
+from devtools.webhook_receiver import receiver as webhook_receiver
 from events.contract import TOPIC_ORDERS
 from events.models import OutboxEvent
 from events.services import archive_dead_letter
@@ -44,6 +47,7 @@ from orders import services as order_services
 from orders.models import Order, OrderStatus
 from orders_project.config import BASE_DIR
 from pipeline.metrics import OUTCOMES as TASK_OUTCOMES
+from webhooks import services as webhook_services
 
 PROMETHEUS_FILE = BASE_DIR / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA_DIR = BASE_DIR / "deploy" / "grafana"
@@ -413,7 +417,8 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def operated(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory):
     """Every process and a real Prometheus, after orders went through: paid, declined, retried,
-    given up (parked, a dead letter), an unreadable Kafka message and a refused POST. Yields each
+    given up (parked, a dead letter), an unreadable Kafka message and a refused POST, their events
+    delivered to a webhook receiver (devtools.webhook_receiver) on loopback. Yields each
     process's samples then, what Prometheus evaluated for every panel target since the start, the
     alert rules as Prometheus evaluated them, and the orders' statuses."""
     work_dir = tmp_path_factory.mktemp("operated")
@@ -422,9 +427,15 @@ def operated(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory)
         kafka_brokers=kafka_broker.bootstrap_servers, work_dir=work_dir, HTTP_PORT=str(port), **SOME_CHARGES_GIVEN_UP
     )
     prometheus = None
+    receiver_port = free_port()
+    with django_db_blocker.unblock():
+        endpoint = webhook_services.create_endpoint(owner=None, url=f"http://127.0.0.1:{receiver_port}/hooks", event_types=[])
+    receiver = webhook_receiver(secret=endpoint.secret, host="127.0.0.1", port=receiver_port, out=io.StringIO(), err=io.StringIO())
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
     with django_db_blocker.unblock():
         try:
             group.start_system(port=port)
+            group.start("webhook-worker")
             prometheus = Prometheus(group=group, work_dir=work_dir)
             started = time.time()
             order_ids = _drive_orders(group, kafka_broker)
@@ -435,7 +446,8 @@ def operated(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory)
                     return None
                 samples = _scrape(group)
                 archived = {dict(labels).get("reason") for name, labels in samples["worker"] if name == "dead_letters_archived_total"}
-                return samples if {"not_json", "payment_gave_up"} <= archived else None
+                delivered = sample_total(samples["webhook-worker"], "webhook_deliveries_total", outcome="succeeded")
+                return samples if {"not_json", "payment_gave_up"} <= archived and delivered else None
 
             samples = wait_until(
                 settled, timeout=120, interval=0.5, message=f"orders or dead letters did not settle (logs: {work_dir})"
@@ -453,6 +465,8 @@ def operated(django_db_setup, django_db_blocker, kafka_broker, tmp_path_factory)
             if prometheus is not None:
                 prometheus.stop()
             group.stop_all()
+            receiver.shutdown()
+            receiver.server_close()
     yield {"samples": samples, "panels": panels_data, "rules": rules, "order_ids": order_ids, "statuses": statuses}
 
 

@@ -26,7 +26,8 @@ from orders_project.security import SIMULATED_GATEWAY
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "k8s"
 
-APP_SERVICES = ("web", "relay", "bridge", "worker", "reconciler")
+APP_SERVICES = ("web", "relay", "bridge", "worker", "webhook-worker", "reconciler")
+WORKERS = ("worker", "webhook-worker")
 # Settings that are secrets: in a Kubernetes Secret, never the ConfigMap.
 SECRET_SETTINGS = {"DJANGO_SECRET_KEY", "DATABASE_URL", "HTTP_INTERNAL_TOKEN", "EMAIL_USER", "EMAIL_PASSWORD"}
 ALL_SERVICES = {"kafka", "kafka-ui", "postgres", "redis", "migrate", "topics", *APP_SERVICES}
@@ -72,6 +73,10 @@ def test_expected_commands_follow_process_commands():
     assert commands["reconciler"] == ["python", "manage.py", "run_reconciler"]
     assert commands["worker"][:5] == ["celery", "-A", "orders_project", "--quiet", "worker"]
     assert commands["worker"][commands["worker"].index("--hostname") + 1] == "worker@%h"
+    # Each worker takes one queue: the pipeline's, or the webhooks' (slow receivers hold only theirs).
+    assert commands["worker"][commands["worker"].index("--serves") + 1] == "pipeline"
+    assert commands["webhook-worker"][commands["webhook-worker"].index("--serves") + 1] == "webhooks"
+    assert commands["webhook-worker"][commands["webhook-worker"].index("--hostname") + 1] == "webhook-worker@%h"
 
 
 # --- docker-compose.yml, rendered by Docker Compose ---------------------------------------------
@@ -126,9 +131,10 @@ def test_app_service_runs_its_process_command(services, name):
     assert services[name]["command"] == expected_commands()[name]
 
 
-def test_worker_hostname_is_worker_at_host(services):
-    command = services["worker"]["command"]
-    assert command[command.index("--hostname") + 1] == "worker@%h"
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_hostname_is_its_name_at_host(services, name):
+    command = services[name]["command"]
+    assert command[command.index("--hostname") + 1] == f"{name}@%h"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -149,9 +155,10 @@ def test_healthchecks_probe_each_process(services):
     assert "http://127.0.0.1:9101/metrics" in probe("relay")
     assert "http://127.0.0.1:9102/metrics" in probe("bridge")
     assert "http://127.0.0.1:9104/metrics" in probe("reconciler")
-    assert services["worker"]["healthcheck"]["test"][0] == "CMD-SHELL"
-    # $$ in the file is a literal $ for the shell; `config` prints it escaped again.
-    assert re.fullmatch(r"celery -A orders_project inspect ping -d worker@\$\$?HOSTNAME", probe("worker"))
+    for name in WORKERS:
+        assert services[name]["healthcheck"]["test"][0] == "CMD-SHELL"
+        # $$ in the file is a literal $ for the shell; `config` prints it escaped again.
+        assert re.fullmatch(rf"celery -A orders_project inspect ping -d {name}@\$\$?HOSTNAME", probe(name))
 
 
 @pytest.mark.parametrize("name", sorted(METRICS_PORTS))
@@ -159,7 +166,7 @@ def test_metrics_ports_are_exposed_to_the_scraper(services, name):
     assert str(METRICS_PORTS[name]) in [str(port) for port in services[name]["expose"]]
 
 
-@pytest.mark.parametrize("name", ("relay", "bridge", "worker", "reconciler"))
+@pytest.mark.parametrize("name", ("relay", "bridge", *WORKERS, "reconciler"))
 def test_consumers_get_time_to_stop_cleanly(services, name):
     assert services[name]["stop_grace_period"] == "30s"
 
@@ -186,6 +193,7 @@ def test_app_containers_run_in_production(services, name):
     assert environment["METRICS_RELAY_PORT"] == str(METRICS_PORTS["relay"])
     assert environment["METRICS_BRIDGE_PORT"] == str(METRICS_PORTS["bridge"])
     assert environment["METRICS_WORKER_PORT"] == str(METRICS_PORTS["worker"])
+    assert environment["METRICS_WEBHOOK_WORKER_PORT"] == str(METRICS_PORTS["webhook-worker"])
     assert environment["METRICS_RECONCILER_PORT"] == str(METRICS_PORTS["reconciler"])
     # A demo: the simulated gateway, allowed knowingly (production refuses it otherwise).
     assert (environment["PAYMENTS_GATEWAY_CLASS"], environment["PAYMENTS_ALLOW_SIMULATOR"]) == (SIMULATED_GATEWAY, "true")
@@ -217,7 +225,7 @@ def test_migrations_and_topics_run_once_before_the_app(services):
         assert depends_on["postgres"]["condition"] == "service_healthy"
     for name in ("web", "relay", "bridge"):
         assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    for name in ("web", "bridge", "worker"):
+    for name in ("web", "bridge", *WORKERS):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
     # The reconciler works on the database alone (its re-drives go through the outbox): it waits
     # for neither Kafka nor Redis.
@@ -226,7 +234,7 @@ def test_migrations_and_topics_run_once_before_the_app(services):
 
 def test_only_one_web_publishes_port_8080(services):
     assert [port["published"] for port in services["web"]["ports"]] == ["8080"]
-    assert all(not services[name].get("ports") for name in ("relay", "bridge", "worker", "reconciler"))
+    assert all(not services[name].get("ports") for name in ("relay", "bridge", *WORKERS, "reconciler"))
 
 
 def test_k8s_configmap_has_the_compose_settings(services, k8s):
@@ -359,12 +367,17 @@ def test_k8s_relay_bridge_and_reconciler_are_probed_and_scraped_on_their_metrics
     assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (str(METRICS_PORTS[name]), "/metrics")
 
 
-def test_k8s_worker_is_probed_with_a_celery_ping(k8s):
-    (container,) = k8s.deployment("worker")["spec"]["template"]["spec"]["containers"]
+@pytest.mark.parametrize("name", WORKERS)
+def test_k8s_workers_are_probed_with_a_celery_ping_and_scraped(k8s, name):
+    deployment = k8s.deployment(name)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
     command = container["livenessProbe"]["exec"]["command"]
     assert command[:2] == ["sh", "-c"]
     assert command[2].startswith("celery -A orders_project inspect ping -d ")
-    assert "worker@$HOSTNAME" in command[2].replace('"', "")
+    assert command[2].replace('"', "").endswith(f" {name}@$HOSTNAME")
+    assert METRICS_PORTS[name] in [port["containerPort"] for port in container["ports"]]
+    assert k8s.configmap["data"][f"METRICS_{name.upper().replace('-', '_')}_PORT"] == str(METRICS_PORTS[name])
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(METRICS_PORTS[name])
 
 
 def test_k8s_bridge_replicas_do_not_exceed_the_partitions(k8s):

@@ -168,7 +168,7 @@ def test_run_local_power_cut_while_orders_are_posted_then_started_again(run_loca
 
     load = fault_on_run_local(stack, "run-local power cut (SIGKILL of everything), started again", inject)
     assert_redriven(stranded, load.accepted, stack.events(logger="recovery.redrives"))
-    assert started(stack) == dict.fromkeys(("web", "relay", "bridge", "reconciler", "worker"), 1)
+    assert started(stack) == dict.fromkeys(("web", "relay", "bridge", "reconciler", "worker", "webhook-worker"), 1)
 
 
 def test_run_local_restarts_a_sigkilled_worker_and_stays_up(run_local):
@@ -186,7 +186,7 @@ def test_run_local_restarts_a_sigkilled_worker_and_stays_up(run_local):
     assert (exited["process"], exited["exit_code"], exited["restart_in_s"]) == ("worker", -9, 1.0)
     assert "worker" in exited["message"] and "SIGKILL" in exited["message"]
     # Only the worker was started again: the stack stayed up.
-    assert started(stack) == {"web": 1, "relay": 1, "bridge": 1, "reconciler": 1, "worker": 2}
+    assert started(stack) == {"web": 1, "relay": 1, "bridge": 1, "reconciler": 1, "worker": 2, "webhook-worker": 1}
     assert stack.process.poll() is None
     assert_redriven(stranded, load.accepted, stack.events(logger="recovery.redrives"))
 
@@ -210,5 +210,5 @@ def test_run_local_restarts_a_sigkilled_kafka_broker_and_every_order_completes(r
     restarted = stack.events("kafka_broker_started", logger="run-local")
     assert len(restarted) == 2 and restarted[1]["kafka"] == restarted[0]["kafka"]  # the same port
     assert not stack.events("process_exited", logger="run-local")
-    assert started(stack) == {"web": 1, "relay": 2, "bridge": 1, "reconciler": 1, "worker": 1}
+    assert started(stack) == {"web": 1, "relay": 2, "bridge": 1, "reconciler": 1, "worker": 1, "webhook-worker": 1}
     assert stack.process.poll() is None

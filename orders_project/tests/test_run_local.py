@@ -84,7 +84,7 @@ def test_run_local_serves_the_seed_curl_to_a_terminal_state_and_stops_on_ctrl_c(
     assert not stack.events("process_exited", logger="run-local"), stack.events("process_exited")
     # Ctrl-C: every process stopped cleanly on SIGTERM while the broker still ran; then the broker.
     (stopped,) = stack.events("processes_stopped", logger="run-local")
-    assert stopped["exit_codes"] == {name: 0 for name in ("web", "relay", "bridge", "reconciler", "worker")}
+    assert stopped["exit_codes"] == {name: 0 for name in ("web", "relay", "bridge", "reconciler", "worker", "webhook-worker")}
     assert stopped["kafka_broker_running"] is True
     assert children, "run-local started no processes"
     assert not [pid for pid in children if alive(pid)], "a process outlived run-local"

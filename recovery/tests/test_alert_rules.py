@@ -46,6 +46,8 @@ def test_alert_rules_point_the_operator_at_what_to_look_at():
     assert "Dead letters" in descriptions["OrdersParkedByReconciler"]
     assert "Dead letters" in descriptions["NotificationsGivenUp"]
     assert "relay" in descriptions["OutboxNotDraining"] and "Kafka" in descriptions["OutboxNotDraining"]
+    assert "Webhook endpoints" in descriptions["WebhookEndpointsDisabled"]
+    assert "Webhook deliveries" in descriptions["WebhookDeliveriesFailing"]
 
 
 def test_promtool_accepts_the_rules():
@@ -94,6 +96,14 @@ CASES: dict[str, dict[str, dict[str, str]]] = {
         FIRES: {"outbox_oldest_unpublished_age_seconds": "0+60x10"},
         QUIET: {"outbox_oldest_unpublished_age_seconds": "0x10"},
     },
+    "WebhookEndpointsDisabled": {
+        FIRES: {'webhook_endpoints_disabled_total{reason="failing"}': "0 0 0 0 0 1 1 1 1 1 1", 'webhook_endpoints_disabled_total{reason="gone"}': "0x10"},
+        QUIET: {'webhook_endpoints_disabled_total{reason="failing"}': "0x10", 'webhook_endpoints_disabled_total{reason="gone"}': "0x10"},
+    },
+    "WebhookDeliveriesFailing": {
+        FIRES: {'webhook_deliveries_total{outcome="succeeded"}': "0+1x10", 'webhook_deliveries_total{outcome="retrying"}': "0+4x10", 'webhook_deliveries_total{outcome="failed"}': "0+1x10"},
+        QUIET: {'webhook_deliveries_total{outcome="succeeded"}': "0+10x10", 'webhook_deliveries_total{outcome="retrying"}': "0+2x10", 'webhook_deliveries_total{outcome="failed"}': "0x10"},
+    },
 }
 
 
@@ -125,7 +135,7 @@ def test_each_expression_fires_when_it_should_and_only_then(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-# --- the metrics exist: the real reconciler's endpoint and web's /metrics -------------------------
+# --- the metrics exist: the real reconciler's and webhook worker's endpoints, web's /metrics ---------
 
 
 def test_selectors_are_read_from_the_expressions():
@@ -145,6 +155,7 @@ def test_every_metric_and_label_of_the_alerts_is_served(tmp_path, kafka_broker, 
     group = ProcessGroup.for_tests(kafka_brokers=kafka_broker.bootstrap_servers, work_dir=tmp_path, RECONCILER_INTERVAL="0.5")
     try:
         group.start("reconciler")
+        group.start("webhook-worker")
 
         def reconciler_passed():
             try:
@@ -153,15 +164,29 @@ def test_every_metric_and_label_of_the_alerts_is_served(tmp_path, kafka_broker, 
                 return None
             return samples if samples.get(("reconciler_last_pass_timestamp_seconds", ()), 0) > 0 else None
 
+        def webhook_worker_serving():
+            try:
+                samples = group.metrics("webhook-worker")
+            except OSError:
+                return None
+            # Its tasks' modules (and their metrics) are imported once the worker starts consuming.
+            return samples if any(name.startswith("webhook_") for name, _labels in samples) else None
+
         try:
             reconciler = wait_until(reconciler_passed, timeout=60, interval=0.3)
+            webhook_worker = wait_until(webhook_worker_serving, timeout=60, interval=0.3)
         except TimeoutError:
-            pytest.fail(f"the reconciler made no pass in 60 s; its log ends with:\n{group.log('reconciler')[-4000:]}")
+            logs = {name: group.log(name)[-4000:] for name in ("reconciler", "webhook-worker")}
+            pytest.fail(f"the reconciler made no pass or the webhook worker served nothing in 60 s; logs:\n{logs}")
     finally:
         group.stop_all()
     response = client.get("/metrics")
     assert response.status_code == 200
-    served = {**reconciler, **parse_metrics(response.content.decode())}
+    # The webhook worker sends the deliveries: the webhook_* series the rules read are its own.
+    served = {
+        **{key: value for key, value in {**reconciler, **parse_metrics(response.content.decode())}.items() if not key[0].startswith("webhook_")},
+        **{key: value for key, value in webhook_worker.items() if key[0].startswith("webhook_")},
+    }
     labels_of: dict[str, list[dict[str, str]]] = {}
     for (name, labels), _value in served.items():
         labels_of.setdefault(name, []).append(dict(labels))
@@ -187,3 +212,4 @@ def test_every_metric_and_label_of_the_alerts_is_served(tmp_path, kafka_broker, 
         labels["reason"] for labels in labels_of["reconciler_redrives_total"]
     }
     assert {"outbox_oldest_unpublished_age_seconds", "reconciler_last_pass_timestamp_seconds", "orders_stuck"} <= checked
+    assert {"webhook_deliveries_total", "webhook_endpoints_disabled_total"} <= checked
