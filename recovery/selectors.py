@@ -16,6 +16,7 @@ from orders import services as order_services
 from orders.models import Order, OrderStatus
 from payments import services as payment_services
 from payments.models import PaymentStatus
+from recovery.models import Redrive
 
 UNFINISHED_STATUSES = order_services.IN_PROGRESS_STATUSES
 # Statuses whose events must still reach every handler: the customer is told the payment's outcome,
@@ -76,9 +77,14 @@ def stuck_orders(*, policy: RedrivePolicy, now: dt.datetime, limit: int) -> list
     )
 
 
-def redrive_history(*, order_id) -> tuple[int, dt.datetime | None]:
-    """How often the order was re-driven (events re-driven together count once), and when last."""
-    history = Order.objects.filter(pk=order_id).aggregate(n=REDRIVE_COUNT, last=Max("redrives__created_at"))
+def redrive_history(*, order_id, event_ids: set[str] | None = None) -> tuple[int, dt.datetime | None]:
+    """How often the order was re-driven (events re-driven together count once), and when last;
+    with ``event_ids``, counting only re-drives of those events: a refund asked for days after
+    the order was paid gets its own re-drives, not what is left of the order's."""
+    redrives = Redrive.objects.filter(order_id=order_id)
+    if event_ids is not None:
+        redrives = redrives.filter(event_id__in=event_ids)
+    history = redrives.aggregate(n=Count("created_at", distinct=True), last=Max("created_at"))
     return history["n"], history["last"]
 
 

@@ -22,8 +22,10 @@ from recovery.selectors import Downstream, RedrivePolicy
 
 # Kafka and the Celery broker told the reconciler nothing: what it did before it asked them.
 NOTHING_KNOWN = Downstream()
-APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="recovery")
-DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="recovery")
+# Refunds as charges: decided by the ledger alone, never timing out nor refused as unavailable.
+NO_REFUND_FAULTS = {"refund_timeout_rate": 0.0, "refund_failure_rate": 0.0}
+APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="recovery", **NO_REFUND_FAULTS)
+DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="recovery", **NO_REFUND_FAULTS)
 
 
 def default_policy(*, max_redrives: int) -> RedrivePolicy:

@@ -85,7 +85,7 @@ def test_a_notification_missing_after_the_last_re_drive_is_recorded_failed_with_
     publish_all()
     age(seconds=policy.wait_after(redrives=1))
 
-    assert reconcile(policy).orders == {RedriveOutcome.NOTIFICATIONS_GIVEN_UP: 1}
+    assert reconcile(policy).orders == {RedriveOutcome.GIVEN_UP: 1}
 
     failed = Notification.objects.filter(order=order, status=NotificationStatus.FAILED)
     assert {n.source_event_type for n in failed} == {"ORDER_CREATED", "ORDER_PROCESSING", "PAYMENT_FAILED"}
