@@ -18,6 +18,7 @@ from payments import services as payment_services
 from payments.simulator import SimulatedGateway
 from recovery import reconciler
 from recovery.models import Redrive
+from recovery.redrives import RedriveOutcome
 from recovery.selectors import Downstream, RedrivePolicy
 
 # Kafka and the Celery broker told the reconciler nothing: what it did before it asked them.
@@ -56,6 +57,8 @@ def age(*, seconds: float) -> None:
 
 
 POLICY = default_policy(max_redrives=3)
+# One re-drive, then give up: the shortest way to the reconciler's limit.
+ONE_REDRIVE = default_policy(max_redrives=1)
 
 
 def reconcile(
@@ -89,3 +92,13 @@ def settle(order: Order, gateway: SimulatedGateway = APPROVE) -> Order:
         notification_services.send_event_notifications(event=Event(event.payload))
     order.refresh_from_db()
     return order
+
+
+def re_drive_up_to_the_limit() -> None:
+    """Take the events a handler missed through ``ONE_REDRIVE``'s one re-drive, to the moment its
+    next pass gives them up."""
+    publish_all()
+    age(seconds=ONE_REDRIVE.event_deadline + 1)
+    assert reconcile(ONE_REDRIVE).orders == {RedriveOutcome.REDRIVEN: 1}
+    publish_all()
+    age(seconds=ONE_REDRIVE.wait_after(redrives=1))

@@ -1,5 +1,6 @@
 """The reconciler and the cancel/refund work, against the real database: a refund whose event was
-lost is re-driven within its deadlines and given up after the last re-drive; an order being
+lost is re-driven within its deadlines (late, not lost, while ahead of the bridge: test_settling.py)
+and given up after the last re-drive; an order being
 cancelled is re-driven for its charge under way, never for its refunds by the stuck path; the
 customer's cancelled and refunded notifications are re-driven when lost."""
 
@@ -22,16 +23,17 @@ from payments.models import Payment, Refund, RefundStatus, SimulatedCharge, Simu
 from payments.simulator import SimulatedGateway
 from recovery.models import Redrive, RedriveReason
 from recovery.redrives import CANCELLING_WAITS, NothingToRedrive, RedriveOutcome, redrive_now
-from recovery.selectors import Downstream
 from recovery.tests.support import (
     APPROVE,
     NO_REFUND_FAULTS,
+    ONE_REDRIVE,
+    POLICY,
     age,
     created_event,
-    default_policy,
     new_order,
     publish_all,
     reconcile,
+    re_drive_up_to_the_limit,
     settle,
 )
 
@@ -64,6 +66,17 @@ def make_refund(event: OutboxEvent, gateway: SimulatedGateway = APPROVE) -> Refu
     )
 
 
+def assert_settled(order: Order, *, policy=POLICY) -> None:
+    """Once every handler applied the order's events, a pass past the deadline re-drives nothing
+    and finds them complete (what it writes itself, dead letters and announcements, aside)."""
+    publish_all()
+    age(seconds=policy.event_deadline + 1)
+    assert reconcile(policy).orders == {}
+    assert not OutboxEvent.objects.filter(key=str(order.id), completed_at__isnull=True).exclude(
+        event_type__in=["DEAD_LETTER", "NOTIFICATION_SENT"]
+    ).exists()
+
+
 def counted(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -93,24 +106,7 @@ def test_a_refund_whose_event_was_lost_is_re_driven_after_the_event_deadline_the
     order.refresh_from_db()
     assert order.status == OrderStatus.PARTIALLY_REFUNDED
     notify(order, "ORDER_REFUNDED")
-    publish_all()
-    age(seconds=46)
-    assert reconcile().orders == {}
-    assert not OutboxEvent.objects.filter(key=str(order.id), completed_at__isnull=True).exclude(
-        event_type="NOTIFICATION_SENT"
-    ).exists()
-
-
-def test_a_refund_event_still_ahead_of_the_bridge_is_late_not_lost():
-    order = settle(new_order())
-    requested = refund_paid_order(order)
-    publish_all(partition=2, offset=7)
-    age(seconds=46)
-
-    assert reconcile(downstream=Downstream(bridge_offsets={("payments", 2): 7})).orders == {RedriveOutcome.SKIPPED: 1}
-    assert not Redrive.objects.filter(order=order).exists()
-    assert reconcile(downstream=Downstream(bridge_offsets={("payments", 2): 8})).orders == {RedriveOutcome.REDRIVEN: 1}
-    assert Redrive.objects.get(order=order).event_id == requested.event_id
+    assert_settled(order)
 
 
 def test_a_refund_not_made_after_the_last_re_drive_is_failed_with_a_dead_letter_and_can_be_retried(
@@ -118,12 +114,8 @@ def test_a_refund_not_made_after_the_last_re_drive_is_failed_with_a_dead_letter_
 ):
     order = settle(new_order())
     requested = refund_paid_order(order, amount="0.40")
-    policy = default_policy(max_redrives=1)
-    publish_all()
-    age(seconds=46)
-    assert reconcile(policy).orders == {RedriveOutcome.REDRIVEN: 1}
-    publish_all()
-    age(seconds=policy.wait_after(redrives=1))
+    policy = ONE_REDRIVE
+    re_drive_up_to_the_limit()
     gave_up, notifications_given_up = counted("refunds_total", outcome="gave_up"), counted("reconciler_notifications_given_up_total")
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -144,12 +136,7 @@ def test_a_refund_not_made_after_the_last_re_drive_is_failed_with_a_dead_letter_
     order.refresh_from_db()
     assert order.status == OrderStatus.PAID
     # REFUND_FAILED needs no handler, and the given-up event is settled: nothing more to re-drive.
-    publish_all()
-    age(seconds=600)
-    assert reconcile(policy).orders == {}
-    assert not OutboxEvent.objects.filter(key=str(order.id), completed_at__isnull=True).exclude(
-        event_type__in=["DEAD_LETTER", "NOTIFICATION_SENT"]
-    ).exists()
+    assert_settled(order, policy=policy)
 
     # An operator retries it: a new event, re-driven on its own budget should it be lost too.
     payment_services.retry_refund(refund_id=refund.id, requested_by="operator ops", source="operator")
@@ -164,7 +151,7 @@ def test_a_refund_not_made_after_the_last_re_drive_is_failed_with_a_dead_letter_
 
 
 def test_a_refund_asked_for_after_the_order_used_its_re_drives_gets_its_own():
-    policy = default_policy(max_redrives=1)
+    policy = ONE_REDRIVE
     order = new_order()
     publish_all()
     age(seconds=31)
@@ -195,12 +182,7 @@ def test_a_lost_cancelled_notification_is_re_driven():
 
     assert Redrive.objects.get(order=order).event_id == cancelled.event_id
     notify(order, "ORDER_CANCELLED")
-    publish_all()
-    age(seconds=46)
-    assert reconcile().orders == {}
-    assert not OutboxEvent.objects.filter(key=str(order.id), completed_at__isnull=True).exclude(
-        event_type="NOTIFICATION_SENT"
-    ).exists()
+    assert_settled(order)
 
 
 def test_a_lost_refunded_notification_of_a_refunded_order_is_re_driven():
