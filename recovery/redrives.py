@@ -103,8 +103,8 @@ def _redrive(*, order: Order, events: list[OutboxEvent], reason: str, requested_
     transaction.on_commit(lambda: REDRIVES.labels(reason).inc(len(events)))
 
 
-def _due(*, order: Order, policy: RedrivePolicy, now: dt.datetime, event_ids: set[str] | None = None) -> tuple[bool, int]:
-    redrives, last = selectors.redrive_history(order_id=order.pk, event_ids=event_ids)
+def _due(*, order: Order, policy: RedrivePolicy, now: dt.datetime) -> tuple[bool, int]:
+    redrives, last = selectors.redrive_history(order_id=order.pk)
     return policy.due(redrives=redrives, last_redrive_at=last, now=now), redrives
 
 
@@ -154,33 +154,41 @@ def redrive_unhandled_events(
     *, order_id, events: list[OutboxEvent], policy: RedrivePolicy, downstream: Downstream, now: dt.datetime
 ) -> RedriveOutcome:
     """Re-drive the events of a settled order (``SETTLED_STATUSES``) that a handler never applied
-    (a lost notification, a refund's lost event); after ``policy.max_redrives`` re-drives of
-    these events, give each up (``_give_up_event``)."""
+    (a lost notification, a refund's lost event), each at most once per backoff step; after
+    ``policy.max_redrives`` re-drives of an event, give it up (``_give_up_event``). Re-drives are
+    counted per event: a refund asked for long after the order was paid gets its own."""
     with transaction.atomic():
         order = _lock_order(order_id)
         if order is None or order.status not in SETTLED_STATUSES:
             return RedriveOutcome.SKIPPED
-        events = [
+        history = selectors.event_redrive_history(event_ids={str(event.event_id) for event in events})
+        redrives, last = {}, {}
+        for event in events:
+            redrives[event.event_id], last[event.event_id] = history.get(str(event.event_id), (0, None))
+        due = [
             event
             for event in selectors.unhandled_events(events=events)
-            if not selectors.is_in_flight(event_id=event.event_id, downstream=downstream, policy=policy, now=now)
+            if policy.due(redrives=redrives[event.event_id], last_redrive_at=last[event.event_id], now=now)
+            and not selectors.is_in_flight(event_id=event.event_id, downstream=downstream, policy=policy, now=now)
         ]
-        due, redrives = _due(order=order, policy=policy, now=now, event_ids={str(event.event_id) for event in events})
-        if not events or not due:
-            return RedriveOutcome.SKIPPED
-        if redrives >= policy.max_redrives:
-            for event in events:
-                _give_up_event(order=order, event=Event(event.payload), error=f"not handled after {redrives} re-drives")
-            return RedriveOutcome.GIVEN_UP
-        _redrive(
-            order=order,
-            events=events,
-            reason=RedriveReason.EVENT_NOT_HANDLED,
-            requested_by=RECONCILER,
-            note=f"not handled after {policy.event_deadline:g} s, re-drive {redrives + 1} of {policy.max_redrives}",
-            now=now,
-        )
-    return RedriveOutcome.REDRIVEN
+        spent = [event for event in due if redrives[event.event_id] >= policy.max_redrives]
+        for event in spent:
+            error = f"not handled after {redrives[event.event_id]} re-drives"
+            _give_up_event(order=order, event=Event(event.payload), error=error)
+        again = [event for event in due if event not in spent]
+        if again:
+            most = max(redrives[event.event_id] for event in again)
+            _redrive(
+                order=order,
+                events=again,
+                reason=RedriveReason.EVENT_NOT_HANDLED,
+                requested_by=RECONCILER,
+                note=f"not handled after {policy.event_deadline:g} s, re-drive {most + 1} of {policy.max_redrives}",
+                now=now,
+            )
+    if again:
+        return RedriveOutcome.REDRIVEN
+    return RedriveOutcome.GIVEN_UP if spent else RedriveOutcome.SKIPPED
 
 
 def _give_up_event(*, order: Order, event: Event, error: str) -> None:

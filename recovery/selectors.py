@@ -77,15 +77,16 @@ def stuck_orders(*, policy: RedrivePolicy, now: dt.datetime, limit: int) -> list
     )
 
 
-def redrive_history(*, order_id, event_ids: set[str] | None = None) -> tuple[int, dt.datetime | None]:
-    """How often the order was re-driven (events re-driven together count once), and when last;
-    with ``event_ids``, counting only re-drives of those events: a refund asked for days after
-    the order was paid gets its own re-drives, not what is left of the order's."""
-    redrives = Redrive.objects.filter(order_id=order_id)
-    if event_ids is not None:
-        redrives = redrives.filter(event_id__in=event_ids)
-    history = redrives.aggregate(n=Count("created_at", distinct=True), last=Max("created_at"))
+def redrive_history(*, order_id) -> tuple[int, dt.datetime | None]:
+    """How often the order was re-driven (events re-driven together count once), and when last."""
+    history = Order.objects.filter(pk=order_id).aggregate(n=REDRIVE_COUNT, last=Max("redrives__created_at"))
     return history["n"], history["last"]
+
+
+def event_redrive_history(*, event_ids: set[str]) -> dict[str, tuple[int, dt.datetime | None]]:
+    """Per event of ``event_ids`` re-driven before: how often, and when last."""
+    rows = Redrive.objects.filter(event_id__in=event_ids).values("event_id").annotate(n=Count("id"), last=Max("created_at"))
+    return {str(row["event_id"]): (row["n"], row["last"]) for row in rows}
 
 
 def awaited_event(*, order: Order) -> OutboxEvent | None:

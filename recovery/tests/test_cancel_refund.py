@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from events.contract import Event
 from events.models import OutboxEvent
 from notifications import services as notification_services
+from notifications.models import Notification, NotificationStatus
 from orders import services as order_services
 from orders.models import Order, OrderStatus
 from payments import services as payment_services
@@ -164,6 +165,26 @@ def test_a_refund_asked_for_after_the_order_used_its_re_drives_gets_its_own():
     assert reconcile(policy).orders == {RedriveOutcome.REDRIVEN: 1}
 
     assert Redrive.objects.filter(order=order, event_id=requested.event_id).count() == 1
+    assert Refund.objects.get().status == RefundStatus.REQUESTED
+
+
+def test_a_refund_lost_beside_a_notification_at_its_limit_is_re_driven_while_the_notification_is_given_up():
+    order = new_order()
+    envelope = created_event(order)
+    order_services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
+    payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=APPROVE)
+    notify(order, "ORDER_CREATED")
+    notify(order, "ORDER_PROCESSING")
+    (paid_event,) = events_of(order, "ORDER_PAID")  # its notification is lost, and re-driven once
+    re_drive_up_to_the_limit()
+    requested = refund_paid_order(order)
+    publish_all()
+    age(seconds=ONE_REDRIVE.event_deadline + 1)
+
+    assert reconcile(ONE_REDRIVE).orders == {RedriveOutcome.REDRIVEN: 1}
+
+    assert Notification.objects.get(source_event_id=paid_event.event_id).status == NotificationStatus.FAILED
+    assert Redrive.objects.filter(event_id=requested.event_id).count() == 1
     assert Refund.objects.get().status == RefundStatus.REQUESTED
 
 
