@@ -98,7 +98,7 @@ class OrderAdmin(admin.ModelAdmin):
                     reverse("admin:payments_refund_change", args=[refund.pk]),
                     formats.date_format(timezone.localtime(refund.created_at), "DATETIME_FORMAT"),
                     refund.amount,
-                    refund.status,
+                    refund.get_status_display(),
                     refund.reason,
                     refund.requested_by,
                     refund.gateway_reference or refund.failure_reason,
