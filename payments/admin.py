@@ -41,7 +41,7 @@ class RefundForm(forms.Form):
     reason = forms.CharField(max_length=255, required=False, help_text="Recorded with the refund and on the order's timeline.")
 
 
-def order_form_view(modeladmin, request, order, *, form_class, initial: dict, title: str, explanation: str, submit: str, perform):
+def answer_order_form(modeladmin, request, order, *, form_class, initial: dict, title: str, explanation: str, submit: str, perform):
     """An operator's form about one order: shown on GET; on a valid POST, ``perform(order,
     cleaned_data, requested_by=)`` returns what to tell the operator, or raises the service's
     refusal, shown as an error; either way back to the order's page."""
@@ -96,9 +96,22 @@ def _refund(order, data, *, requested_by: str) -> str:
     return f"Refund of {refund.amount} requested for order {order.pk}: the gateway is asked next"
 
 
+class OrderFormAdmin(ReadOnlyModelAdmin):
+    """A read-only list whose admin also serves ``order_form_view``, an operator's form about one
+    order, named ``admin:payments_<form_name>_order`` (the name orders/admin.py links to)."""
+
+    form_name: str
+
+    def get_urls(self):
+        # Before the ModelAdmin's own, whose "<path:object_id>/" would take it.
+        view = self.admin_site.admin_view(self.order_form_view)
+        name = f"payments_{self.form_name}_order"
+        return [path(f"order/<uuid:order_id>/{self.form_name}/", view, name=name), *super().get_urls()]
+
+
 @admin.register(Refund)
-class RefundAdmin(ReadOnlyModelAdmin):
-    list_display = ["created_at", order_link, "amount", "status", "attempt", "requested_by", "reason", "gateway_reference"]
+class RefundAdmin(OrderFormAdmin):
+    list_display = ["created_at", order_link, "amount", "status", "requested_by"]  # the rest on its page
     list_filter = ["status", "created_at", "requested_by"]
     search_fields = ["order__id", "id", "gateway_reference"]
     date_hierarchy = "created_at"
@@ -117,16 +130,13 @@ class RefundAdmin(ReadOnlyModelAdmin):
     def has_retry_refund_permission(self, request):
         return request.user.has_perm("payments.retry_refund")
 
-    def get_urls(self):
-        # Before the ModelAdmin's own, whose "<path:object_id>/" would take these.
-        view = self.admin_site.admin_view(self.refund_order_view)
-        return [path("order/<uuid:order_id>/refund/", view, name="payments_refund_order"), *super().get_urls()]
+    form_name = "refund"
 
     @operator_view(permission="payments.refund_order")
-    def refund_order_view(self, request, order_id):
+    def order_form_view(self, request, order_id):
         order = get_object_or_404(Order, pk=order_id)
         remaining = selectors.refundable_amount(order_id=order.pk)
-        return order_form_view(
+        return answer_order_form(
             self,
             request,
             order,
@@ -140,22 +150,18 @@ class RefundAdmin(ReadOnlyModelAdmin):
 
 
 @admin.register(Cancellation)
-class CancellationAdmin(ReadOnlyModelAdmin):
-    list_display = ["created_at", order_link, "from_status", "answered_status", "requested_by", "reason", "refund"]
+class CancellationAdmin(OrderFormAdmin):
+    list_display = ["created_at", order_link, "from_status", "answered_status", "requested_by"]  # the rest on its page
     list_filter = ["from_status", "created_at"]
     search_fields = ["order__id"]
-    list_select_related = ["refund"]
     date_hierarchy = "created_at"
 
-    def get_urls(self):
-        # Before the ModelAdmin's own, whose "<path:object_id>/" would take these.
-        view = self.admin_site.admin_view(self.cancel_order_view)
-        return [path("order/<uuid:order_id>/cancel/", view, name="payments_cancel_order"), *super().get_urls()]
+    form_name = "cancel"
 
     @operator_view(permission="orders.cancel_order")
-    def cancel_order_view(self, request, order_id):
+    def order_form_view(self, request, order_id):
         order = get_object_or_404(Order, pk=order_id)
-        return order_form_view(
+        return answer_order_form(
             self,
             request,
             order,

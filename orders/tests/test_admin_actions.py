@@ -20,13 +20,6 @@ from payments.models import Payment, PaymentStatus, SimulatedCharge
 
 pytestmark = pytest.mark.django_db
 
-@pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
-
-
 def run_action(client, model_path: str, action: str, *pks) -> str:
     response = client.post(
         f"/admin/{model_path}/", {"action": action, "_selected_action": [str(pk) for pk in pks]}, follow=True

@@ -1,6 +1,6 @@
 """Refunds and cancellations in the admin: the forms on the order's page (cancel, refund), the
 refund list with its filters, and the operator's retry of a failed refund. Logged in through the
-test client as a superuser; who may do what is orders/tests/test_admin_permissions.py."""
+test client as a superuser (staff_client); who may do what is orders/tests/test_admin_permissions.py."""
 
 from __future__ import annotations
 
@@ -18,13 +18,6 @@ from payments import services
 from payments.models import Cancellation, Payment, Refund, RefundStatus, SimulatedRefund
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
 
 
 def order_page(order) -> str:
@@ -217,7 +210,8 @@ def test_the_cancellation_list_is_read_only_and_links_each_to_its_order(staff_cl
 
     page = staff_client.get("/admin/payments/cancellation/").content.decode()
 
-    assert f'href="{order_page(order)}"' in page and "duplicate" in page
+    assert f'href="{order_page(order)}"' in page and "admin:operator" in page
     cancellation = Cancellation.objects.get()
+    assert "duplicate" in staff_client.get(f"/admin/payments/cancellation/{cancellation.pk}/change/").content.decode()
     assert staff_client.post(f"/admin/payments/cancellation/{cancellation.pk}/change/", {"reason": "x"}).status_code == 403
     assert staff_client.get("/admin/payments/cancellation/add/").status_code == 403
