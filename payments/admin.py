@@ -31,7 +31,7 @@ def order_link(obj):
 
 
 class CancelForm(forms.Form):
-    reason = forms.CharField(max_length=255, required=False, help_text="Recorded on the order's timeline and sent to the customer.")
+    reason = forms.CharField(max_length=255, required=False, help_text="Recorded with the cancellation and on the order's timeline.")
 
 
 class RefundForm(forms.Form):
@@ -70,10 +70,8 @@ def answer_order_form(modeladmin, request, order, *, form_class, initial: dict, 
 
 # What cancelling does, by the order's status (payments.services.cancel_order).
 CANCELLING_DOES = {
-    **dict.fromkeys(
-        [OrderStatus.CREATED, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED],
-        "Nothing was charged: the order ends CANCELLED at once.",
-    ),
+    **dict.fromkeys([OrderStatus.CREATED, OrderStatus.PAYMENT_FAILED], "Nothing was charged: the order ends CANCELLED at once."),
+    OrderStatus.FAILED: "It is parked: it ends CANCELLED at once, or, if a charge is still unresolved, once that is (refunded in full if approved).",
     OrderStatus.PROCESSING: "A charge may be under way: the order ends CANCELLED whatever its outcome; an approved charge is refunded in full.",
     OrderStatus.PAID: "All that was charged is refunded, then the order ends CANCELLED.",
     OrderStatus.PARTIALLY_REFUNDED: "The rest of the charge is refunded, then the order ends CANCELLED.",
@@ -111,6 +109,7 @@ class OrderFormAdmin(ReadOnlyModelAdmin):
 
 @admin.register(Refund)
 class RefundAdmin(OrderFormAdmin):
+    form_name = "refund"
     list_display = ["created_at", order_link, "amount", "status", "requested_by"]  # the rest on its page
     list_filter = ["status", "created_at", "requested_by"]
     search_fields = ["order__id", "id", "gateway_reference"]
@@ -129,8 +128,6 @@ class RefundAdmin(OrderFormAdmin):
 
     def has_retry_refund_permission(self, request):
         return request.user.has_perm("payments.retry_refund")
-
-    form_name = "refund"
 
     @operator_view(permission="payments.refund_order")
     def order_form_view(self, request, order_id):
@@ -151,12 +148,11 @@ class RefundAdmin(OrderFormAdmin):
 
 @admin.register(Cancellation)
 class CancellationAdmin(OrderFormAdmin):
+    form_name = "cancel"
     list_display = ["created_at", order_link, "from_status", "answered_status", "requested_by"]  # the rest on its page
     list_filter = ["from_status", "created_at"]
     search_fields = ["order__id"]
     date_hierarchy = "created_at"
-
-    form_name = "cancel"
 
     @operator_view(permission="orders.cancel_order")
     def order_form_view(self, request, order_id):
