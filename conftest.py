@@ -25,6 +25,14 @@ def api_client() -> APIClient:
     return APIClient()
 
 
+@pytest.fixture
+def staff_client(client, django_user_model):
+    """The test client logged in as a superuser, "operator", for the admin's pages."""
+    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
+    client.force_login(user)
+    return client
+
+
 @pytest.fixture(autouse=True)
 def fresh_health_answers():
     """web answers readiness and its database gauges from what it read up to a couple of seconds
