@@ -21,13 +21,6 @@ from recovery.models import Redrive, RedriveReason
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
-
-
 def new_order(name: str) -> Order:
     return create_test_order(user_id=name, email=f"{name}@example.com", correlation_id=f"corr-{name}")
 
