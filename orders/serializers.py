@@ -173,6 +173,7 @@ class OrderDetailSerializer(OrderSerializer):
     class Meta(OrderSerializer.Meta):
         fields = [*OrderSerializer.Meta.fields, "payments", "refunds", "refunded_amount", "notifications"]
 
+    @extend_schema_field(AMOUNT)
     def get_refunded_amount(self, order) -> Decimal:
         # The payments are prefetched; a refund is only ever of the approved one.
         total = sum((payment.refunded_amount for payment in order.payments.all()), Decimal("0.00"))
