@@ -5,10 +5,13 @@ and refund steps run in the test (deterministic gateways), as its tasks would ru
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
 
-from devtools.harness.sample_orders import give_refunds, pay_test_order, process_test_order
+from devtools.harness.sample_orders import create_test_order, give_refunds, pay_test_order, process_test_order
 from events.models import OutboxEvent
 from orders.models import Order, OrderTimelineEntry
 from orders.services import park_order
@@ -470,6 +473,35 @@ def test_idempotency_keys_belong_to_each_client(client_of, new_order):
     assert all(replays[client].json()["id"] == made[client].json()["id"] for client in orders)
     cancels = [cancel(client, order_id, HTTP_IDEMPOTENCY_KEY="k") for client, order_id in orders.items()]
     assert [(response.status_code, "Idempotent-Replayed" in response) for response in cancels] == [(202, False)] * 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("post", [cancel, refund])
+def test_one_key_sent_for_two_orders_at_once_is_taken_once_and_refused_once(post):
+    """Each request locks its own order and finds the key unused: the key's unique constraint
+    decides, and the loser is told the key was reused (not a 500)."""
+    orders = [str(create_test_order(user_id="k", email="k@example.com", correlation_id="k").id) for _ in range(2)]
+    for order_id in orders:
+        pay_test_order(order_id, gateway=APPROVE)
+    barrier = threading.Barrier(len(orders))
+    responses = []
+
+    def send(order_id):
+        try:
+            barrier.wait()
+            responses.append(post(APIClient(), order_id, {"reason": "same"}, HTTP_IDEMPOTENCY_KEY="one-key"))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(order_id,)) for order_id in orders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(response.status_code for response in responses) == [202, 422]
+    # One request's rows: its refund (a paid order's cancellation refunds it) and, for a cancel, the cancellation.
+    assert (Refund.objects.count(), Cancellation.objects.count()) == (1, 1 if post is cancel else 0)
 
 
 # --- Owner-only ----------------------------------------------------------------------------------
