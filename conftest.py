@@ -47,6 +47,11 @@ def own_celery(tmp_path):
             declared = app.amqp.queues[queue](connection.default_channel)
             declared.declare()
             declared.delete()
+def staff_client(client, django_user_model):
+    """The test client logged in as a superuser, "operator", for the admin's pages."""
+    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
+    client.force_login(user)
+    return client
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,10 @@
 """Admin building blocks shared by the apps."""
 
+import functools
+
 from django.contrib import admin, messages
 from django.contrib.auth.models import Group, Permission
+from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
 
@@ -61,9 +64,7 @@ def operator_action(*, permission: str, description: str, operation, done: str):
     (Django's check admin.E129 refuses to start without it). A user without it is not offered the
     action, and Django runs nothing for a POST of it.
     """
-    app_label, dot, codename = permission.partition(".")
-    if not (app_label and dot and codename) or "." in codename:
-        raise ValueError(f"an operator action needs a permission 'app_label.codename', not {permission!r}")
+    codename = _codename(permission)
 
     @admin.action(description=description, permissions=[codename])
     def action(modeladmin, request, queryset):
@@ -74,6 +75,32 @@ def operator_action(*, permission: str, description: str, operation, done: str):
 
     action.required_permission = permission
     return action
+
+
+def operator_view(*, permission: str):
+    """Decorates a ModelAdmin method serving an operator's form (from ``get_urls``, wrapped in
+    ``admin_site.admin_view``): a user without ``permission`` ("app_label.codename") gets 403, and
+    ``operator_permissions`` finds the permission, so the operators group gets it."""
+    _codename(permission)
+
+    def decorate(view):
+        @functools.wraps(view)
+        def guarded(modeladmin, request, *args, **kwargs):
+            if not request.user.has_perm(permission):
+                raise PermissionDenied
+            return view(modeladmin, request, *args, **kwargs)
+
+        guarded.required_permission = permission
+        return guarded
+
+    return decorate
+
+
+def _codename(permission: str) -> str:
+    app_label, dot, codename = permission.partition(".")
+    if not (app_label and dot and codename) or "." in codename:
+        raise ValueError(f"an operator action or view needs a permission 'app_label.codename', not {permission!r}")
+    return codename
 
 
 @admin.display(description="id")
@@ -87,29 +114,30 @@ def operator_name(request) -> str:
 
 
 # The groups an operator is put in (``manage.py create_operator_groups``): the project's admin
-# pages to read, and, for "operators", every operator action's permission besides.
+# pages to read, and, for "operators", every operator action's and view's permission besides.
 OPERATOR_APPS = ("orders", "payments", "notifications", "events", "recovery", "webhooks")
 READONLY_OPERATORS = "operators-readonly"
 OPERATORS = "operators"
 
 
-def operator_action_permissions(site=admin.site) -> set[str]:
-    """The permission ("app_label.codename") of every operator action registered on ``site``."""
-    return {
-        action.required_permission
-        for modeladmin in site._registry.values()
-        for action, _name, _description in modeladmin._get_base_actions()
-        if hasattr(action, "required_permission")
-    }
+def operator_permissions(site=admin.site) -> set[str]:
+    """The permission ("app_label.codename") of every operator action and operator view of the
+    ModelAdmins registered on ``site``."""
+    found = set()
+    for modeladmin in site._registry.values():
+        members = [action for action, _name, _description in modeladmin._get_base_actions()]
+        members += [getattr(type(modeladmin), name) for name in dir(type(modeladmin))]
+        found |= {member.required_permission for member in members if hasattr(member, "required_permission")}
+    return found
 
 
 def ensure_operator_groups() -> dict[str, list[str]]:
     """Create or reset the groups READONLY_OPERATORS (view_* of OPERATOR_APPS' models) and
-    OPERATORS (those and ``operator_action_permissions``); each ends with exactly these
+    OPERATORS (those and ``operator_permissions``); each ends with exactly these
     permissions. Run after migrate, which creates the permissions. Returns each group's."""
     view = Permission.objects.filter(content_type__app_label__in=OPERATOR_APPS, codename__startswith="view_")
     actions = Permission.objects.none()
-    for permission in operator_action_permissions():
+    for permission in operator_permissions():
         app_label, codename = permission.split(".")
         actions |= Permission.objects.filter(content_type__app_label=app_label, codename=codename)
     granted = {READONLY_OPERATORS: list(view), OPERATORS: list(view | actions)}

@@ -89,33 +89,40 @@ def handlers_for(*, event_type: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Announcement:
-    """What the customer is told, all of it read from the database: the order, and the status the
-    event announced (from the timeline entry written with the event)."""
+    """What the customer is told, all of it read from the database: the order, the status the
+    event announced (from the timeline entry written with the event) and, of a refund, its amount
+    (from the outbox's record of the event)."""
 
     order: Order
     status: str
     event_type: str
     event_id: str
     correlation_id: str
+    refunded: str | None = None
 
 
 @dataclass(frozen=True)
 class Briefing:
     """What telling the customers about a batch of events needs from the database, read in a few
     queries for the whole batch: the orders with their items, the statuses their events announced,
-    and the channels already done (the inbox, checked again when each message is recorded)."""
+    the amounts their refunds gave back (by event id) and the channels already done (the inbox,
+    checked again when each message is recorded)."""
 
     orders: dict[str, Order]
     announced: dict[tuple[str, str, str], str]
+    refunded: dict[str, str]
     done: set[tuple[str, str]]
 
 
 def brief(*, events: list[Event]) -> Briefing:
     order_ids = {event.order_id for event in events}
     event_ids = {event.event_id for event in events}
+    refunds = event_selectors.recorded_payloads(event_ids={event.event_id for event in events if event.type == ORDER_REFUNDED})
     return Briefing(
         orders=order_selectors.orders_with_items(order_ids=order_ids),
         announced=order_selectors.announced_statuses(order_ids=order_ids, event_ids=event_ids),
+        # The outbox's own record, never the message's: every copy of an event carries the same refund.
+        refunded={event_id: payloads[0]["details"]["refund"]["amount"] for event_id, payloads in refunds.items()},
         done=event_selectors.applied(handlers=[_handler(channel) for channel in Channel.values], event_ids=event_ids),
     )
 
@@ -131,15 +138,24 @@ def announcement(*, event: Event, briefing: Briefing) -> Announcement:
     if status is None:
         raise InvalidEvent("unannounced_event", f"order {order_id} never announced {event_type} {event_id}")
     return Announcement(
-        order=order, status=status, event_type=event_type, event_id=event_id, correlation_id=order.correlation_id
+        order=order,
+        status=status,
+        event_type=event_type,
+        event_id=event_id,
+        correlation_id=order.correlation_id,
+        refunded=briefing.refunded.get(event_id),
     )
 
 
 def compose(*, announcement: Announcement, channel: str) -> OutgoingMessage:
     order = announcement.order
-    subject = f"{SUBJECTS[announcement.event_type]} ({order.id})"
+    # A refund's amount is in the subject too: an SMS is the subject alone.
+    refunded = f"{announcement.refunded} {settings.PAYMENTS['currency']}" if announcement.refunded else ""
+    subject = " ".join(filter(None, [SUBJECTS[announcement.event_type], refunded, f"({order.id})"]))
     items = ", ".join(f"{item.quantity} x {item.product_name}" for item in order.items.all())
     body = f"Order {order.id}\nStatus: {announcement.status}\nTotal: {order.total_amount}\nItems: {items}\n"
+    if refunded:
+        body += f"Refunded: {refunded}\n"
     return OutgoingMessage(
         recipient=order.email if channel == Channel.EMAIL else order.user_id,
         subject=subject,
@@ -281,8 +297,9 @@ def send_event_notifications(*, event: Event, briefing: Briefing | None = None) 
     """Send the event's message on every enabled channel not yet done; returns the channels sent now.
     ``briefing``: what the database said about the event's batch (``brief``); read here if None.
 
-    Recipient, items and amounts come from the order row, never from the event; an event whose
-    order does not exist or never announced it sends nothing (``InvalidEvent``).
+    Recipient, items and amounts come from the order row (a refund's amount from the outbox's
+    record of the event), never from the event; an event whose order does not exist or never
+    announced it sends nothing (``InvalidEvent``).
 
     Per channel: the claim is committed (``_claim``), the message sent outside any transaction
     and the outcome recorded (``_deliver``), so no database lock is held while a mail server

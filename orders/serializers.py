@@ -23,6 +23,8 @@ from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
 from orders.services import CREATED_MESSAGE
 
 CENT = Decimal("0.01")
+# How the API writes an amount: a string with two decimals ("75.97").
+AMOUNT = serializers.DecimalField(max_digits=16, decimal_places=2)
 
 
 class StrictCharField(serializers.CharField):
@@ -171,9 +173,12 @@ class OrderDetailSerializer(OrderSerializer):
     class Meta(OrderSerializer.Meta):
         fields = [*OrderSerializer.Meta.fields, "payments", "refunds", "refunded_amount", "notifications"]
 
+    @extend_schema_field(AMOUNT)
     def get_refunded_amount(self, order) -> Decimal:
         # The payments are prefetched; a refund is only ever of the approved one.
-        return sum((payment.refunded_amount for payment in order.payments.all()), Decimal("0.00"))
+        total = sum((payment.refunded_amount for payment in order.payments.all()), Decimal("0.00"))
+        # A string like every amount the API returns (a method field's Decimal would go out as a float).
+        return AMOUNT.to_representation(total)
 
 
 class OrderStatusSerializer(serializers.ModelSerializer):

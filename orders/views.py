@@ -39,7 +39,8 @@ IDEMPOTENCY_PARAMETER = OpenApiParameter(
         "pattern": f"^{_IDEMPOTENCY_KEY_PATTERN}$",
     },
     OpenApiParameter.HEADER,
-    description=f"Retry-safe creation: the same key and body return the first order instead of a new one. {_IDEMPOTENCY_KEY_RULE}",
+    description="Retry-safe requests: the same key and body get the first request's answer (marked "
+    f"Idempotent-Replayed: true) and do nothing again; the same key with another body is a 422. {_IDEMPOTENCY_KEY_RULE}",
 )
 
 
@@ -83,6 +84,8 @@ class OrderLookup:
 
 
 class OrderViewSet(OrderLookup, viewsets.GenericViewSet):
+    """Create orders, list them, read one, its status and its timeline."""
+
     serializer_class = OrderSerializer
     queryset = Order.objects.none()  # for schema generation; reads go through selectors
 

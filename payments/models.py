@@ -95,7 +95,11 @@ class Refund(models.Model):
             # The reconciler's look for refunds whose event was lost.
             models.Index(fields=["updated_at"], condition=Q(status="REQUESTED"), name="refund_requested_idx")
         ]
-        permissions = [("retry_refund", "Can retry a failed refund")]
+        # The operators' refunds (README, "Admin actions"): one asked for on the order's page, a failed one retried.
+        permissions = [
+            ("refund_order", "Can refund an order (all or part of what it was charged)"),
+            ("retry_refund", "Can retry a failed refund"),
+        ]
 
     def __str__(self) -> str:
         return f"Refund {self.amount} of {self.order_id} ({self.status})"

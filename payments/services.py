@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -213,6 +214,10 @@ def _create_refund(*, order: Order, payment: Payment, amount: Decimal, reason: s
     return refund
 
 
+def _key_reused(existing) -> RequestKeyReused:
+    return RequestKeyReused(f"Idempotency-Key already used for a different request (order {existing.order_id})")
+
+
 def _replayed_request(model, *, request_key: str | None, fingerprint: str):
     """The row an earlier request with ``request_key`` made, if any; ``RequestKeyReused`` if that
     request was a different one."""
@@ -220,8 +225,22 @@ def _replayed_request(model, *, request_key: str | None, fingerprint: str):
         return None
     existing = model.objects.filter(request_key=request_key).first()
     if existing is not None and existing.request_fingerprint != fingerprint:
-        raise RequestKeyReused(f"Idempotency-Key already used for a different request (order {existing.order_id})")
+        raise _key_reused(existing)
     return existing
+
+
+@contextmanager
+def _key_taken_meanwhile(model, *, request_key: str | None):
+    """Around a request's transaction: one key sent for two orders at once passes both orders'
+    looks for it (each under its own order's lock), and the second insert meets the key's unique
+    constraint: that request is a key reused (422), not an error."""
+    try:
+        yield
+    except IntegrityError:
+        existing = model.objects.filter(request_key=request_key).first() if request_key else None
+        if existing is None:
+            raise
+        raise _key_reused(existing) from None
 
 
 def cancel_order(
@@ -243,7 +262,7 @@ def cancel_order(
     cancellation and does nothing more; ``NotCancellable`` otherwise for a cancelled or refunded order.
     """
     fingerprint = request_fingerprint(order_id=str(order_id), action="cancel", reason=reason)
-    with transaction.atomic():
+    with _key_taken_meanwhile(Cancellation, request_key=request_key), transaction.atomic():
         order = order_services.lock_order(order_id)
         replay = _replayed_request(Cancellation, request_key=request_key, fingerprint=fingerprint)
         if replay is not None:
@@ -313,7 +332,7 @@ def request_refund(
     and announced now, given back by the pipeline. ``NotRefundable`` (nothing written) if the order
     is not paid or the amount is more than remains of the charge after the refunds before it."""
     fingerprint = request_fingerprint(order_id=str(order_id), action="refund", amount=amount, reason=reason)
-    with transaction.atomic():
+    with _key_taken_meanwhile(Refund, request_key=request_key), transaction.atomic():
         order = order_services.lock_order(order_id)
         replay = _replayed_request(Refund, request_key=request_key, fingerprint=fingerprint)
         if replay is not None:

@@ -23,8 +23,12 @@ def _answer(body, *, code: int, replayed: bool) -> Response:
 
 
 class OrderMoneyViewSet(OrderLookup, viewsets.GenericViewSet):
+    """Cancel an order, refund it, list its refunds."""
+
     queryset = Order.objects.none()  # for schema generation; reads go through selectors
     serializer_class = RefundSerializer
+    # An order's refunds are few: one list, not pages (the schema says so too).
+    pagination_class = None
 
     @extend_schema(
         summary="Cancel an order; a paid one is refunded in full",

@@ -6,14 +6,14 @@ from events.models import DeadLetter
 from recovery.dead_letters import republish_dead_letter
 from recovery.models import Redrive, UnfinishedOrder
 from recovery.redrives import redrive_now
-from recovery.selectors import REDRIVE_COUNT, UNFINISHED_STATUSES
+from recovery.selectors import REDRIVE_COUNT, UNFINISHED_STATUSES, what_it_awaits, with_what_they_await
 
 
 @admin.register(UnfinishedOrder)
 class UnfinishedOrderAdmin(ReadOnlyModelAdmin):
     """Orders not yet terminal, oldest change first: the ones an operator may need to re-drive."""
 
-    list_display = [one_line_id, "status", "in_status_for", "redrives", "user_id", "created_at"]
+    list_display = [one_line_id, "status", "awaits", "in_status_for", "redrives", "user_id", "created_at"]
     list_display_links = [one_line_id]
     list_filter = ["status"]
     search_fields = ["id", "user_id", "correlation_id"]
@@ -21,7 +21,13 @@ class UnfinishedOrderAdmin(ReadOnlyModelAdmin):
     actions = ["redrive_now"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).filter(status__in=UNFINISHED_STATUSES).annotate(redrive_count=REDRIVE_COUNT)
+        unfinished = super().get_queryset(request).filter(status__in=UNFINISHED_STATUSES).annotate(redrive_count=REDRIVE_COUNT)
+        return with_what_they_await(unfinished)
+
+    @admin.display(description="awaits")
+    def awaits(self, order):
+        # CANCELLING covers a charge under way and refunds: say which, and when it is the operator's turn.
+        return what_it_awaits(order)
 
     @admin.display(description="in this status for")
     def in_status_for(self, order):

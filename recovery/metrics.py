@@ -15,7 +15,7 @@ OLDEST_UNFINISHED_AGE = Gauge(
 REDRIVES = Counter("reconciler_redrives_total", "Events sent again from the database, by reason", ["reason"])
 PARKED = Counter("reconciler_orders_parked_total", "Orders parked as FAILED after their last re-drive")
 NOTIFICATIONS_GIVEN_UP = Counter(
-    "reconciler_notifications_given_up_total", "Events of terminal orders whose notifications were recorded FAILED after their last re-drive"
+    "reconciler_notifications_given_up_total", "Events of settled orders whose notifications were recorded FAILED after their last re-drive (a refund given up counts in refunds_total)"
 )
 EVENTS_COMPLETED = Counter("reconciler_events_completed_total", "Outbox events found complete (every handler applied them)")
 ROWS_PURGED = Counter("reconciler_rows_purged_total", "History rows deleted after the retention period", ["table"])

@@ -46,9 +46,14 @@ class RedriveOutcome(StrEnum):
 
     REDRIVEN = "redriven"
     PARKED = "parked"
-    NOTIFICATIONS_GIVEN_UP = "notifications_given_up"
+    # Events not handled after the last re-drive, given up (``_give_up_event``).
+    GIVEN_UP = "given_up"
     # Moved on meanwhile, not yet due, held by another reconciler, or its event may still be on its way.
     SKIPPED = "skipped"
+
+
+# What an order being cancelled with nothing to re-drive waits for.
+CANCELLING_WAITS = "its refund is under way, or failed and waits for an operator to retry it (the refund's Retry action)"
 
 
 class NothingToRedrive(Exception):
@@ -104,8 +109,9 @@ def _due(*, order: Order, policy: RedrivePolicy, now: dt.datetime) -> tuple[bool
 
 
 def redrive_stuck_order(*, order_id, policy: RedrivePolicy, downstream: Downstream, now: dt.datetime) -> RedriveOutcome:
-    """Re-drive an order that stayed in CREATED or PROCESSING past its deadline, at most once per
-    backoff step; after ``policy.max_redrives`` re-drives park it as FAILED with a dlq event.
+    """Re-drive an order that stayed in CREATED, PROCESSING or CANCELLING (a charge under way: its
+    charge's event; one awaiting only refunds is left to ``redrive_unhandled_events``) past its
+    deadline, at most once per backoff step; after ``policy.max_redrives`` re-drives park it as FAILED with a dlq event.
 
     Skipped if it moved on meanwhile, is not yet due, is held by another reconciler, or its
     awaited event may still be on its way (``selectors.is_in_flight``): late work is not lost work.
@@ -148,41 +154,46 @@ def redrive_unhandled_events(
     *, order_id, events: list[OutboxEvent], policy: RedrivePolicy, downstream: Downstream, now: dt.datetime
 ) -> RedriveOutcome:
     """Re-drive the events of a settled order (``SETTLED_STATUSES``) that a handler never applied
-    (a lost notification, a refund's lost event); after ``policy.max_redrives`` re-drives of the
-    order, give each up (``_give_up_event``)."""
+    (a lost notification, a refund's lost event), each at most once per backoff step; after
+    ``policy.max_redrives`` re-drives of an event, give it up (``_give_up_event``). Re-drives are
+    counted per event: a refund asked for long after the order was paid gets its own."""
     with transaction.atomic():
         order = _lock_order(order_id)
         if order is None or order.status not in SETTLED_STATUSES:
             return RedriveOutcome.SKIPPED
-        due, redrives = _due(order=order, policy=policy, now=now)
-        if not due:
-            return RedriveOutcome.SKIPPED
-        events = [
+        history = selectors.event_redrive_history(event_ids={str(event.event_id) for event in events})
+        redrives, last = {}, {}
+        for event in events:
+            redrives[event.event_id], last[event.event_id] = history.get(str(event.event_id), (0, None))
+        due = [
             event
             for event in selectors.unhandled_events(events=events)
-            if not selectors.is_in_flight(event_id=event.event_id, downstream=downstream, policy=policy, now=now)
+            if policy.due(redrives=redrives[event.event_id], last_redrive_at=last[event.event_id], now=now)
+            and not selectors.is_in_flight(event_id=event.event_id, downstream=downstream, policy=policy, now=now)
         ]
-        if not events:
-            return RedriveOutcome.SKIPPED
-        if redrives >= policy.max_redrives:
-            for event in events:
-                _give_up_event(order=order, event=Event(event.payload), error=f"not handled after {redrives} re-drives")
-            transaction.on_commit(lambda: NOTIFICATIONS_GIVEN_UP.inc(len(events)))
-            return RedriveOutcome.NOTIFICATIONS_GIVEN_UP
-        _redrive(
-            order=order,
-            events=events,
-            reason=RedriveReason.EVENT_NOT_HANDLED,
-            requested_by=RECONCILER,
-            note=f"not handled after {policy.event_deadline:g} s, re-drive {redrives + 1} of {policy.max_redrives}",
-            now=now,
-        )
-    return RedriveOutcome.REDRIVEN
+        spent = [event for event in due if redrives[event.event_id] >= policy.max_redrives]
+        for event in spent:
+            error = f"not handled after {redrives[event.event_id]} re-drives"
+            _give_up_event(order=order, event=Event(event.payload), error=error)
+        again = [event for event in due if event not in spent]
+        if again:
+            most = max(redrives[event.event_id] for event in again)
+            _redrive(
+                order=order,
+                events=again,
+                reason=RedriveReason.EVENT_NOT_HANDLED,
+                requested_by=RECONCILER,
+                note=f"not handled after {policy.event_deadline:g} s, re-drive {most + 1} of {policy.max_redrives}",
+                now=now,
+            )
+    if again:
+        return RedriveOutcome.REDRIVEN
+    return RedriveOutcome.GIVEN_UP if spent else RedriveOutcome.SKIPPED
 
 
 def _give_up_event(*, order: Order, event: Event, error: str) -> None:
     """An event no handler applied after the last re-drive: a refund is failed (an operator may
-    retry it), a notification recorded FAILED; each with a dlq event."""
+    retry it; counted in refunds_total), a notification recorded FAILED; each with a dlq event."""
     if event.type == REFUND_REQUESTED:
         payment_services.give_up_refund(
             order_id=order.pk,
@@ -194,6 +205,7 @@ def _give_up_event(*, order: Order, event: Event, error: str) -> None:
         )
     else:
         notification_services.record_delivery_failure(event=event, error=error)
+        transaction.on_commit(NOTIFICATIONS_GIVEN_UP.inc)
 
 
 def redrive_now(*, order_id, requested_by: str) -> list[OutboxEvent]:
@@ -201,17 +213,21 @@ def redrive_now(*, order_id, requested_by: str) -> list[OutboxEvent]:
     deadlines and the reconciler's limit. Raises ``NothingToRedrive`` saying what to do instead."""
     with transaction.atomic():
         order = Order.objects.select_for_update().get(pk=order_id)
-        if order.status in UNFINISHED_STATUSES:
-            awaited = selectors.awaited_event(order=order)
-            events = [awaited] if awaited else []
+        # An order being cancelled awaits its charge under way if it has one, else its refunds' events.
+        awaited = selectors.awaited_event(order=order) if order.status in UNFINISHED_STATUSES else None
+        if awaited is not None:
+            events = [awaited]
         elif order.status in SETTLED_STATUSES:
             events = selectors.unhandled_events(events=selectors.order_events(order_id=order.pk))
             if not events:
-                raise NothingToRedrive(f"Order {order.pk} is {order.status} and every handler applied its events: nothing to re-drive")
+                raise NothingToRedrive(
+                    f"Order {order.pk} is {order.status} and every handler applied its events: nothing to re-drive"
+                    + (f"; {CANCELLING_WAITS}" if order.status == OrderStatus.CANCELLING else "")
+                )
+        elif order.status in UNFINISHED_STATUSES:
+            raise NothingToRedrive(f"Order {order.pk} has no event in the outbox to re-drive: cancel it")
         else:
             raise NothingToRedrive(f"Order {order.pk} cannot be re-driven: {order_services.WHAT_TO_DO_INSTEAD[order.status]}")
-        if not events:
-            raise NothingToRedrive(f"Order {order.pk} has no event in the outbox to re-drive: cancel it")
         waiting = [event.event_type for event in events if selectors.is_waiting_in_outbox(event_id=event.event_id)]
         if waiting:
             raise NothingToRedrive(

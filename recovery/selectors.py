@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
 
 from events.contract import ORDER_CREATED, ORDER_EVENTS, ORDER_PROCESSING, REFUND_REQUESTED
 from events import selectors as event_selectors
@@ -15,7 +15,8 @@ from notifications import services as notification_services
 from orders import services as order_services
 from orders.models import Order, OrderStatus
 from payments import services as payment_services
-from payments.models import PaymentStatus
+from payments.models import Payment, PaymentStatus, Refund, RefundStatus
+from recovery.models import Redrive
 
 UNFINISHED_STATUSES = order_services.IN_PROGRESS_STATUSES
 # Statuses whose events must still reach every handler: the customer is told the payment's outcome,
@@ -82,6 +83,12 @@ def redrive_history(*, order_id) -> tuple[int, dt.datetime | None]:
     return history["n"], history["last"]
 
 
+def event_redrive_history(*, event_ids: set[str]) -> dict[str, tuple[int, dt.datetime | None]]:
+    """Per event of ``event_ids`` re-driven before: how often, and when last."""
+    rows = Redrive.objects.filter(event_id__in=event_ids).values("event_id").annotate(n=Count("id"), last=Max("created_at"))
+    return {str(row["event_id"]): (row["n"], row["last"]) for row in rows}
+
+
 def awaited_event(*, order: Order) -> OutboxEvent | None:
     """The event whose handling moves an unfinished order on: ORDER_CREATED starts processing and,
     in the same chain, the first charge; an ORDER_PROCESSING of a later attempt starts that charge.
@@ -95,6 +102,28 @@ def awaited_event(*, order: Order) -> OutboxEvent | None:
         if latest and latest.payload["metadata"].get("attempt", 1) > 1:
             return latest
     return events.filter(event_type=ORDER_CREATED).order_by("-id").first()
+
+
+def with_what_they_await(orders: QuerySet[Order]) -> QuerySet[Order]:
+    """``orders`` annotated for ``what_it_awaits``: a charge under way, a refund under way or failed."""
+    return orders.annotate(
+        charge_under_way=Exists(Payment.objects.filter(order=OuterRef("pk"), status=PaymentStatus.PENDING)),
+        refund_under_way=Exists(Refund.objects.filter(order=OuterRef("pk"), status=RefundStatus.REQUESTED)),
+        refund_failed=Exists(Refund.objects.filter(order=OuterRef("pk"), status=RefundStatus.FAILED)),
+    )
+
+
+def what_it_awaits(order: Order) -> str:
+    """What an unfinished order (annotated by ``with_what_they_await``) waits for, for an operator."""
+    if order.status == OrderStatus.CREATED:
+        return "processing"
+    if order.status == OrderStatus.PROCESSING or order.charge_under_way:
+        return "its charge"
+    if order.refund_under_way:
+        return "its refund"
+    if order.refund_failed:
+        return "an operator: retry its failed refund"
+    return "nothing known"
 
 
 def order_events(*, order_id) -> list[OutboxEvent]:

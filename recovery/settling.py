@@ -1,5 +1,6 @@
-"""Settling published events: those every handler applied are marked complete; those of paid or
-declined orders that a handler missed are re-driven, per order."""
+"""Settling published events: those every handler applied are marked complete; those of settled
+orders (``SETTLED_STATUSES``: paid, declined, cancelled, refunded, being cancelled) that a handler
+missed are re-driven, per order."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ def settle_events(
 ) -> SettledEvents:
     """Go through the published events older than the event deadline not yet known complete,
     from outbox id ``after_id``, at most ``max_batches`` batches: mark complete those every
-    handler applied (or that need none), and re-drive per order those of paid or declined orders
-    that a handler missed. Events of unfinished orders wait: the order's deadline covers them; so
-    do those of parked orders, until an operator resumes or cancels the order.
+    handler applied (or that need none), and re-drive per order those of settled orders that a
+    handler missed (a notification, a refund's REFUND_REQUESTED). Events of orders still in
+    CREATED or PROCESSING wait: the order's deadline covers them; so do those of parked orders,
+    until an operator resumes or cancels the order.
 
     A large backlog of unchecked rows is worked through over several passes (the result's cursor).
     """
@@ -59,7 +61,7 @@ def settle_events(
                 # resumed or cancelled, for its dead letter is re-published only as the outbox recorded it.
                 continue
             elif status not in UNFINISHED_STATUSES:
-                complete.append(event)  # cancelled, or no such order
+                complete.append(event)  # no such order
         unhandled = {event.event_id: event for event in selectors.unhandled_events(events=waiting)}
         complete += [event for event in waiting if event.event_id not in unhandled]
         completed += OutboxEvent.objects.filter(

@@ -1,5 +1,5 @@
-"""Orders the admin tests act on: new, charged by a gateway that approves or declines, parked into
-a dead letter; written through the services, as the pipeline's steps write them."""
+"""Orders the admin tests act on: new, charged by a gateway that approves or declines, refunded,
+parked into a dead letter; written through the services, as the pipeline's steps write them."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import json
 
 from devtools.harness.sample_orders import create_test_order
 from events import services as event_services
+from events.contract import REFUND_REQUESTED
 from events.models import DeadLetter, OutboxEvent
 from orders import services
 from orders.models import Order
 from payments import services as payment_services
 from payments.simulator import SimulatedGateway
 
-APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="admin-actions")
-DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="admin-actions")
+# Refunds never time out nor fail here: the tests say when one fails (``give_up_refunds``).
+DETERMINISTIC_REFUNDS = {"refund_timeout_rate": 0.0, "refund_failure_rate": 0.0}
+APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="admin-actions", **DETERMINISTIC_REFUNDS)
+DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="admin-actions", **DETERMINISTIC_REFUNDS)
 
 
 def new_order() -> Order:
@@ -32,6 +35,33 @@ def charged_order(gateway: SimulatedGateway) -> Order:
     payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=gateway)
     order.refresh_from_db()
     return order
+
+
+def _requested_refunds(order: Order) -> list[OutboxEvent]:
+    return list(OutboxEvent.objects.filter(key=str(order.id), event_type=REFUND_REQUESTED).order_by("id"))
+
+
+def give_back_refunds(order: Order) -> None:
+    """The pipeline's refund step for each REFUND_REQUESTED event of the order, the gateway approving."""
+    for event in _requested_refunds(order):
+        payment_services.refund_payment(
+            order_id=order.id, event_id=event.event_id, refund_id=event.payload["details"]["refund"]["id"], source="test", gateway=APPROVE
+        )
+    order.refresh_from_db()
+
+
+def give_up_refunds(order: Order) -> None:
+    """The pipeline's give-up for each of the order's refunds still requested: the gateway kept failing."""
+    for event in _requested_refunds(order):
+        payment_services.give_up_refund(
+            order_id=order.id,
+            refund_id=event.payload["details"]["refund"]["id"],
+            error="GatewayUnavailable: simulated",
+            original_event=event.payload,
+            reason="refund_gave_up",
+            source="test",
+        )
+    order.refresh_from_db()
 
 
 def archive_outbox_dead_letter(row: OutboxEvent) -> DeadLetter:

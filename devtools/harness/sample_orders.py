@@ -32,6 +32,34 @@ def create_test_order(
     return create_order(user_id=user_id, email=email, items=[item], correlation_id=correlation_id).order
 
 
+def process_test_order(order_id):
+    """The pipeline's first step on the order (CREATED -> PROCESSING); its ORDER_CREATED event's id."""
+    from events.models import OutboxEvent
+    from orders.services import start_processing
+
+    event_id = OutboxEvent.objects.get(key=str(order_id), event_type="ORDER_CREATED").event_id
+    start_processing(order_id=order_id, event_id=event_id, source="test")
+    return event_id
+
+
+def pay_test_order(order_id, *, gateway) -> None:
+    """The pipeline's steps on the order up to its charge by ``gateway``: processed, then charged."""
+    from payments.services import charge_order
+
+    charge_order(order_id=order_id, event_id=process_test_order(order_id), source="test", gateway=gateway)
+
+
+def give_refunds(order_id, *, gateway) -> None:
+    """The pipeline's refund step for every REFUND_REQUESTED event of the order, as its task runs
+    it (a step already applied does nothing again)."""
+    from events.models import OutboxEvent
+    from payments.services import refund_payment
+
+    for event in OutboxEvent.objects.filter(key=str(order_id), event_type="REFUND_REQUESTED").order_by("id"):
+        refund_id = event.payload["details"]["refund"]["id"]
+        refund_payment(order_id=order_id, event_id=event.event_id, refund_id=refund_id, source="test", gateway=gateway)
+
+
 def create_test_orders(count: int, *, prefix: str, price: str = "1.00") -> list[str]:
     """``count`` such orders; their ids."""
     return [

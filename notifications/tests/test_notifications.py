@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import pytest
 from django.core import mail
@@ -13,7 +14,12 @@ from events.contract import Event, InvalidEvent
 from events.models import InboxEntry, OutboxEvent
 from notifications import services
 from notifications.models import Notification
+from orders import services as order_services
 from orders.models import Order
+from payments import services as payment_services
+from payments.models import Payment
+from payments.simulator import SimulatedGateway
+from messaging.routes import notifies
 from pipeline.tasks import send_notifications_batch
 
 pytestmark = pytest.mark.django_db
@@ -138,3 +144,80 @@ def test_the_batch_task_dead_letters_a_refused_event_and_tells_the_others(envelo
     assert Notification.objects.get().source_event_id == uuid.UUID(envelope["event_id"])
     dead_letter = OutboxEvent.objects.get(event_type="DEAD_LETTER")
     assert (dead_letter.headers["dlq_reason"], dead_letter.payload) == ("unannounced_event", forged)
+
+
+# --- cancelled and refunded ------------------------------------------------------------------------
+
+NO_FAULTS = {"timeout_rate": 0.0, "refund_timeout_rate": 0.0, "refund_failure_rate": 0.0, "seed": "note"}
+
+
+def paid(envelope) -> Order:
+    """The envelope's order, processed and paid."""
+    order_id, event_id = envelope["order"]["id"], envelope["event_id"]
+    order_services.start_processing(order_id=order_id, event_id=event_id, source="test")
+    payment_services.charge_order(order_id=order_id, event_id=event_id, source="test", gateway=SimulatedGateway(success_rate=1.0, **NO_FAULTS))
+    return Order.objects.get(pk=order_id)
+
+
+def refunded(order: Order, amount: str) -> Event:
+    """A refund of ``amount`` of the paid ``order``, made; its ORDER_REFUNDED event."""
+    refund = payment_services.request_refund(order_id=order.id, requested_by="client 1", amount=Decimal(amount), source="test").refund
+    requested = OutboxEvent.objects.filter(key=str(order.id), event_type="REFUND_REQUESTED").last()
+    payment_services.refund_payment(
+        order_id=order.id, event_id=requested.event_id, refund_id=refund.id, source="test", gateway=SimulatedGateway(success_rate=1.0, **NO_FAULTS)
+    )
+    return Event(OutboxEvent.objects.filter(key=str(order.id), event_type="ORDER_REFUNDED").last().payload)
+
+
+def test_the_customer_is_told_of_a_cancellation_once_per_channel(envelope, email_to_memory, settings):
+    settings.NOTIFICATION = {**settings.NOTIFICATION, "sms_enabled": True}
+    payment_services.cancel_order(order_id=envelope["order"]["id"], requested_by="client 1", source="test")
+    cancelled = Event(OutboxEvent.objects.get(event_type="ORDER_CANCELLED").payload)
+
+    assert services.send_event_notifications(event=cancelled) == ["email", "sms"]
+    assert services.send_event_notifications(event=cancelled) == []
+
+    (message,) = mail.outbox
+    assert message.subject.startswith("Your order is cancelled")
+    assert "Status: CANCELLED" in message.body
+    sms = Notification.objects.get(source_event_id=cancelled.event_id, channel="sms")
+    assert sms.body.startswith("Your order is cancelled")
+
+
+def test_each_refund_is_told_once_per_channel_with_its_amount_from_the_outbox(envelope, email_to_memory, settings):
+    settings.NOTIFICATION = {**settings.NOTIFICATION, "sms_enabled": True}
+    order = paid(envelope)
+    first, second = refunded(order, "3.00"), refunded(order, "5.00")
+    # A copy claiming another amount is told as the outbox recorded the event.
+    inflated = Event({**first.payload, "details": {"refund": {**first.refund, "amount": "8.00"}}})
+
+    assert services.send_event_notifications(event=inflated) == ["email", "sms"]
+    assert services.send_event_notifications(event=first) == []
+    assert services.send_event_notifications(event=second) == ["email", "sms"]
+
+    subjects = [message.subject for message in mail.outbox]
+    assert subjects == [f"We refunded you 3.00 USD ({order.id})", f"We refunded you 5.00 USD ({order.id})"]
+    assert "Refunded: 3.00 USD" in mail.outbox[0].body and "Status: PARTIALLY_REFUNDED" in mail.outbox[0].body
+    assert "Status: REFUNDED" in mail.outbox[1].body
+    texts = Notification.objects.filter(channel="sms", source_event_type="ORDER_REFUNDED").order_by("id").values_list("body", flat=True)
+    assert [text.split(" (")[0] for text in texts] == ["We refunded you 3.00 USD", "We refunded you 5.00 USD"]
+
+
+def test_a_failed_refund_tells_the_customer_nothing(envelope, email_to_memory):
+    order = paid(envelope)
+    payment_services.request_refund(order_id=order.id, requested_by="client 1", source="test")
+    Payment.objects.update(gateway_reference="sim_unknown")  # the gateway refuses: no such charge
+    requested = OutboxEvent.objects.get(event_type="REFUND_REQUESTED")
+    payment_services.refund_payment(
+        order_id=order.id,
+        event_id=requested.event_id,
+        refund_id=Event(requested.payload).refund["id"],
+        source="test",
+        gateway=SimulatedGateway(success_rate=1.0, **NO_FAULTS),
+    )
+    failed = Event(OutboxEvent.objects.get(event_type="REFUND_FAILED").payload)
+
+    # No handler of notifications must apply it (the reconciler settles it as it is), and the
+    # bridge hands it to none.
+    assert services.handlers_for(event_type=failed.type) == []
+    assert not notifies(failed)

@@ -1,4 +1,4 @@
-"""Admin actions: retry a payment, cancel an order, re-publish a dead letter."""
+"""Admin actions: retry a payment, cancel an order (the form on its page), re-publish a dead letter."""
 
 from __future__ import annotations
 
@@ -8,23 +8,17 @@ import uuid
 
 import pytest
 from django.db import IntegrityError
+from django.urls import reverse
 
 from devtools.harness.admin_orders import APPROVE, DECLINE, archive_outbox_dead_letter, charged_order, created_event, new_order
 from events import services as event_services
 from events.models import DeadLetter, OutboxEvent
 from orders import services
-from orders.models import Order, OrderStatus
+from orders.models import OrderStatus
 from payments import services as payment_services
 from payments.models import Payment, PaymentStatus, SimulatedCharge
 
 pytestmark = pytest.mark.django_db
-
-@pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
-
 
 def run_action(client, model_path: str, action: str, *pks) -> str:
     response = client.post(
@@ -60,7 +54,7 @@ def test_retry_payment_is_refused_for_an_order_that_did_not_fail_payment(staff_c
 
     page = run_action(staff_client, "orders/order", "retry_payment", order.pk)
 
-    assert "cannot go from PAID to PROCESSING: it is paid and final" in page
+    assert "cannot go from PAID to PROCESSING: it is paid: refund it, or cancel it (which refunds it)" in page
     order.refresh_from_db()
     assert order.status == OrderStatus.PAID
     assert Payment.objects.filter(order=order).count() == 1
@@ -75,15 +69,22 @@ def test_an_order_can_never_have_two_approved_payments():
         )
 
 
+def cancel(client, order, reason: str = "") -> str:
+    """Submit the order page's cancel form; the order page it leads back to."""
+    response = client.post(reverse("admin:payments_cancel_order", args=[order.pk]), {"reason": reason}, follow=True)
+    assert response.redirect_chain == [(reverse("admin:orders_order_change", args=[order.pk]), 302)]
+    return response.content.decode()
+
+
 def test_cancel_an_unpaid_order_and_the_pipeline_leaves_it_alone(staff_client):
     order = new_order()
 
-    page = run_action(staff_client, "orders/order", "cancel_orders", order.pk)
+    page = cancel(staff_client, order)
 
-    assert "Cancelled: 1" in page
+    assert f"Cancellation of order {order.pk} recorded: it is CANCELLED" in page
     order.refresh_from_db()
     assert order.status == OrderStatus.CANCELLED
-    assert order.timeline.filter(event_type="CANCELLED", message="Cancelled by admin:operator").exists()
+    assert order.timeline.filter(event_type="ORDER_CANCELLED", message="Cancelled by admin:operator").exists()
     # The ORDER_CREATED event may still be on its way: it finds a cancelled order and does nothing.
     envelope = created_event(order)
     assert services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test") is False
@@ -91,23 +92,28 @@ def test_cancel_an_unpaid_order_and_the_pipeline_leaves_it_alone(staff_client):
     assert not Payment.objects.filter(order=order).exists()
 
 
-def test_paid_and_processing_orders_cannot_be_cancelled(staff_client):
-    paid = charged_order(APPROVE)
-    processing = new_order()
-    services.start_processing(order_id=processing.id, event_id=created_event(processing)["event_id"], source="test")
+def test_a_processing_order_cancelled_before_its_charge_is_never_charged(staff_client):
+    order = new_order()
+    envelope = created_event(order)
+    services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
 
-    page = run_action(staff_client, "orders/order", "cancel_orders", paid.pk, processing.pk)
+    page = cancel(staff_client, order, reason="ordered twice")
 
-    assert "cannot go from PAID to CANCELLED: it is paid and final" in page
-    # Every refusal says what the operator can do instead.
-    assert (
-        "cannot go from PROCESSING to CANCELLED: a charge may be under way: wait for its outcome; "
-        "if it is stuck, re-drive it (Unfinished orders)"
-    ) in page
-    assert set(Order.objects.filter(pk__in=[paid.pk, processing.pk]).values_list("status", flat=True)) == {
-        "PAID",
-        "PROCESSING",
-    }
+    assert "it is CANCELLED" in page and "Cancelled by admin:operator: ordered twice" in page
+    assert payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=APPROVE) is None
+    assert not SimulatedCharge.objects.filter(order_id=str(order.id)).exists()
+
+
+def test_a_cancelled_order_cannot_be_cancelled_again_and_the_operator_is_told_why(staff_client):
+    order = new_order()
+    cancel(staff_client, order)
+    outbox_before = OutboxEvent.objects.count()
+
+    page = cancel(staff_client, order, reason="again")
+
+    assert f"Order {order.pk} cannot be cancelled: it is cancelled and final" in page
+    assert OutboxEvent.objects.count() == outbox_before
+    assert not order.timeline.filter(message__contains="again").exists()
 
 
 def test_republish_a_parked_order_resumes_it_and_the_payment_completes_once(staff_client):

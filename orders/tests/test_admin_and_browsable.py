@@ -22,13 +22,6 @@ def order_id(api_client, seed_order):
     return api_client.post("/orders", seed_order, format="json").json()["order_id"]
 
 
-@pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
-
-
 def test_admin_pages_where_nothing_can_be_saved_have_no_save_button(staff_client, order_id):
     html = staff_client.get(f"/admin/orders/order/{order_id}/change/").content.decode()
 

@@ -1,29 +1,41 @@
-"""Operators do only what their permissions allow: each admin action needs its own permission, and
-view-only staff change nothing anywhere in the admin. Real users, logged in through the test client."""
+"""Operators do only what their permissions allow: each admin action, and each form on the order's
+page (cancel, refund), needs its own permission, and view-only staff change nothing anywhere in the
+admin. Real users, logged in through the test client."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import uuid
+from decimal import Decimal
 
 import pytest
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.test import Client, RequestFactory
-from django.urls import reverse
+from django.urls import resolve, reverse
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from common.admin import OPERATORS, READONLY_OPERATORS, ensure_operator_groups, operator_action, operator_action_permissions
-from devtools.harness.admin_orders import DECLINE, archive_outbox_dead_letter, charged_order, created_event, new_order
 from devtools.harness.bridge import celery_broker
 from devtools.harness.process_group import celery_broker_url
+from common.admin import OPERATORS, READONLY_OPERATORS, ensure_operator_groups, operator_action, operator_permissions, operator_view
+from devtools.harness.admin_orders import (
+    APPROVE,
+    DECLINE,
+    archive_outbox_dead_letter,
+    charged_order,
+    created_event,
+    give_up_refunds,
+    new_order,
+)
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus, OrderTimelineEntry
-from payments.models import Payment, SimulatedCharge
+from payments import services as payment_services
+from payments.models import Cancellation, Payment, Refund, RefundStatus, SimulatedCharge
 from recovery.models import Redrive
 from recovery.tests.support import publish_all
 from webhooks import services as webhook_services
@@ -40,13 +52,22 @@ def own_celery_broker(tmp_path):
 
 # Each operator action: where it is, and the one permission it needs.
 ACTIONS = {
-    "cancel_orders": ("orders/order", "orders.cancel_order"),
     "retry_payment": ("orders/order", "orders.retry_payment"),
+    "retry_refund": ("payments/refund", "payments.retry_refund"),
     "redrive_now": ("recovery/unfinishedorder", "recovery.redrive_order"),
     "republish": ("events/deadletter", "events.republish_deadletter"),
     "redeliver": ("webhooks/webhookdelivery", "webhooks.redeliver_webhookdelivery"),
 }
-CUSTOM_PERMISSIONS = sorted(permission for _page, permission in ACTIONS.values())
+# Each form the order's page leads to: its URL name, what it is sent, and the one permission it needs.
+FORMS = {
+    "cancel": ("admin:payments_cancel_order", {"reason": "r"}, "orders.cancel_order"),
+    "refund": ("admin:payments_refund_order", {"amount": "1.00", "reason": "r"}, "payments.refund_order"),
+}
+PERMISSION = {
+    **{action: permission for action, (_page, permission) in ACTIONS.items()},
+    **{form: permission for form, (_url_name, _data, permission) in FORMS.items()},
+}
+CUSTOM_PERMISSIONS = sorted(PERMISSION.values())
 usernames = itertools.count()
 
 
@@ -65,6 +86,7 @@ def operator_user(*permissions: str):
 def logged_in(user) -> Client:
     client = Client()
     client.force_login(user)
+    client.operator = user
     return client
 
 
@@ -78,6 +100,32 @@ def post_action(client: Client, action: str, *pks) -> str:
     response = client.post(f"/admin/{page}/", {"action": action, "_selected_action": [str(pk) for pk in pks]}, follow=True)
     assert response.status_code == 200
     return response.content.decode()
+
+
+def form_url(form: str, order_id) -> str:
+    return reverse(FORMS[form][0], args=[order_id])
+
+
+def submit_form(client: Client, form: str, order_id) -> int:
+    """POST the form; the status it answers with (302 back to the order's page, or 403)."""
+    return client.post(form_url(form, order_id), FORMS[form][1]).status_code
+
+
+def do(client: Client, operation: str, pk) -> None:
+    """Run an action or submit a form, as the user may try whatever the page offers."""
+    if operation in ACTIONS:
+        post_action(client, operation, pk)
+    else:
+        assert submit_form(client, operation, pk) == (302 if client.operator.has_perm(PERMISSION[operation]) else 403)
+
+
+def offered(client: Client, operation: str, pk) -> bool:
+    """Whether the page offers the operation: the action in its list, the form's button on the order's page."""
+    if operation in ACTIONS:
+        return operation in offered_actions(client, ACTIONS[operation][0])
+    page = client.get(f"/admin/orders/order/{pk}/change/")
+    assert page.status_code == 200
+    return f'href="{form_url(operation, pk)}"' in page.content.decode()
 
 
 def offered_actions(client: Client, page: str) -> set[str]:
@@ -96,6 +144,8 @@ def database_state() -> dict:
         "redrives": Redrive.objects.count(),
         "payments": Payment.objects.count(),
         "charges": SimulatedCharge.objects.count(),
+        "refunds": sorted(Refund.objects.values_list("id", "status", "attempt")),
+        "cancellations": Cancellation.objects.count(),
         "inbox": InboxEntry.objects.count(),
         "dead_letters": sorted(DeadLetter.objects.values_list("id", "fixed_value", "republished_at")),
         "webhook_deliveries": sorted(WebhookDelivery.objects.values_list("id", "status", "attempts")),
@@ -110,10 +160,21 @@ def parked_dead_letter() -> DeadLetter:
     return archive_outbox_dead_letter(OutboxEvent.objects.get(key=str(order.id), topic="dlq"))
 
 
+def failed_refund() -> Refund:
+    order = charged_order(APPROVE)
+    payment_services.request_refund(order_id=order.pk, requested_by="client", amount=Decimal("2.00"), source="test")
+    give_up_refunds(order)
+    return Refund.objects.get(order=order, status=RefundStatus.FAILED)
+
+
 def target_of(action: str):
-    """An object the action would change for an operator allowed to run it."""
-    if action == "cancel_orders":
+    """An object the action or form would change for an operator allowed to use it."""
+    if action == "cancel":
         return new_order().pk
+    if action == "refund":
+        return charged_order(APPROVE).pk
+    if action == "retry_refund":
+        return failed_refund().pk
     if action == "retry_payment":
         return charged_order(DECLINE).pk
     if action == "redrive_now":
@@ -131,8 +192,12 @@ def target_of(action: str):
 
 def ran(action: str, pk) -> bool:
     """Whether ``action`` did its work on ``pk``."""
-    if action == "cancel_orders":
+    if action == "cancel":
         return Order.objects.get(pk=pk).status == OrderStatus.CANCELLED
+    if action == "refund":
+        return Refund.objects.filter(order_id=pk).exists()
+    if action == "retry_refund":
+        return Refund.objects.get(pk=pk).status == RefundStatus.REQUESTED
     if action == "retry_payment":
         return Order.objects.get(pk=pk).status == OrderStatus.PROCESSING
     if action == "redrive_now":
@@ -142,8 +207,10 @@ def ran(action: str, pk) -> bool:
     return DeadLetter.objects.get(pk=pk).republished_at is not None
 
 
-def test_every_operator_action_declares_its_permission_and_the_admin_checks_exactly_it():
-    assert operator_action_permissions() == set(CUSTOM_PERMISSIONS)
+def test_every_operator_action_and_form_declares_its_permission_and_the_admin_checks_exactly_it():
+    assert operator_permissions() == set(CUSTOM_PERMISSIONS)
+    for form, (url_name, _data, permission) in FORMS.items():
+        assert resolve(reverse(url_name, args=[uuid.uuid4()])).func.required_permission == permission, form
     factory = RequestFactory()
     for modeladmin in admin.site._registry.values():
         for action, name, _description in modeladmin._get_base_actions():
@@ -164,17 +231,22 @@ def test_an_operator_action_cannot_be_declared_without_a_permission():
         operator_action(description="d", operation=lambda obj, requested_by: None, done="d")
     with pytest.raises(ValueError, match="app_label.codename"):
         operator_action(permission="cancel_order", description="d", operation=lambda obj, requested_by: None, done="d")
+    with pytest.raises(ValueError, match="app_label.codename"):
+        operator_view(permission="refund_order")
 
 
 def test_view_only_staff_see_every_page_but_are_offered_no_action_and_their_posts_change_nothing():
-    targets = {action: target_of(action) for action in ACTIONS}
+    targets = {operation: target_of(operation) for operation in PERMISSION}
     viewer = operator()
     for page in {page for page, _permission in ACTIONS.values()}:
         assert offered_actions(viewer, page) == set()
+    for form in FORMS:
+        assert not offered(viewer, form, targets[form])
+        assert viewer.get(form_url(form, targets[form])).status_code == 403
     before = database_state()
 
-    for action, pk in targets.items():
-        post_action(viewer, action, pk)  # Django answers with the list, running nothing
+    for operation, pk in targets.items():
+        do(viewer, operation, pk)  # Django answers an action with the list, running nothing; a form with 403
 
     dead_letter = DeadLetter.objects.get(pk=targets["republish"])
     edit = viewer.post(f"/admin/events/deadletter/{dead_letter.pk}/change/", {"fixed_value": json.dumps({"forged": 1})})
@@ -205,17 +277,18 @@ def test_view_only_staff_can_add_change_or_delete_nothing_on_any_admin_page():
             assert type(obj).objects.filter(pk=obj.pk).exists(), opts.label
 
 
-@pytest.mark.parametrize("granted", list(ACTIONS))
-def test_an_operator_with_one_action_permission_is_offered_and_can_do_exactly_that(granted):
-    targets = {action: target_of(action) for action in ACTIONS}
-    client = operator(ACTIONS[granted][1])
+@pytest.mark.parametrize("granted", list(PERMISSION))
+def test_an_operator_with_one_permission_is_offered_and_can_do_exactly_that(granted):
+    targets = {operation: target_of(operation) for operation in PERMISSION}
+    client = operator(PERMISSION[granted])
     for page in {page for page, _permission in ACTIONS.values()}:
         assert offered_actions(client, page) == {action for action in ACTIONS if action == granted and ACTIONS[action][0] == page}
+    assert {form for form in FORMS if offered(client, form, targets[form])} == {granted} & set(FORMS)
 
-    for action, pk in targets.items():
-        post_action(client, action, pk)
+    for operation, pk in targets.items():
+        do(client, operation, pk)
 
-    assert {action for action, pk in targets.items() if ran(action, pk)} == {granted}
+    assert {operation for operation, pk in targets.items() if ran(operation, pk)} == {granted}
 
 
 def test_storing_a_fixed_value_takes_the_republish_permission_and_not_django_s_change_permission():
@@ -236,15 +309,15 @@ def test_storing_a_fixed_value_takes_the_republish_permission_and_not_django_s_c
 
 
 @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(held=st.sets(st.sampled_from(CUSTOM_PERMISSIONS)), action=st.sampled_from(sorted(ACTIONS)))
-def test_an_action_runs_if_and_only_if_its_permission_is_held(held, action):
+@given(held=st.sets(st.sampled_from(CUSTOM_PERMISSIONS)), action=st.sampled_from(sorted(PERMISSION)))
+def test_an_action_or_form_works_if_and_only_if_its_permission_is_held(held, action):
     pk = target_of(action)
     client = operator(*held)
     before = database_state()
 
-    post_action(client, action, pk)
+    do(client, action, pk)
 
-    allowed = ACTIONS[action][1] in held
+    allowed = PERMISSION[action] in held
     assert ran(action, pk) == allowed
     if not allowed:
         assert database_state() == before
@@ -262,5 +335,8 @@ def test_the_operator_groups_give_view_only_and_view_plus_every_action():
     reader.groups.add(Group.objects.get(name=READONLY_OPERATORS))
     ops = user_model.objects.create_user("ops", is_staff=True)
     ops.groups.add(Group.objects.get(name=OPERATORS))
-    for user, expected in ((reader, set()), (ops, {"cancel_orders", "retry_payment"})):
-        assert offered_actions(logged_in(user), "orders/order") == expected
+    paid = charged_order(APPROVE).pk
+    for user, actions, forms in ((reader, set(), set()), (ops, set(ACTIONS), set(FORMS))):
+        client = logged_in(user)
+        assert set().union(*(offered_actions(client, page) for page, _permission in ACTIONS.values())) == actions
+        assert {form for form in FORMS if offered(client, form, paid)} == forms

@@ -1,13 +1,15 @@
-"""Property-based tests (hypothesis): order validation and the order state machine."""
+"""Property-based tests (hypothesis): order validation, and the order state machine with its money."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
 from django.conf import settings as django_settings
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,10 @@ from events.models import OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
 from orders.serializers import OrderCreateSerializer
+from payments import services as payment_services
+from payments.gateway import GatewayTimeout, RefundResult
+from payments.models import Cancellation, Payment, PaymentStatus, Refund, RefundStatus
+from payments.simulator import SimulatedGateway
 
 LIMITS = django_settings.ORDER_LIMITS
 MAX_PRICE = Decimal(LIMITS["max_price"])
@@ -204,73 +210,278 @@ def test_an_order_is_accepted_with_1_to_max_items_items(order, count):
         assert list(serializer.errors) == ["items"]
 
 
-# The state machine: random sequences of pipeline steps and operator actions on one order.
+# The state machine: random sequences of pipeline steps, client requests and operator actions on
+# one order, against a model of what each step does to the order and its money. A refused step
+# changes nothing; whatever the sequence, the money holds: refunded <= reserved <= charged, and a
+# cancelled order keeps nothing.
+TOTAL = Decimal("10.00")
+# The model's own statement of where refunds and cancellations are taken, not the services' sets:
+# a mistake in those must show as a difference.
+REFUNDABLE = {OrderStatus.PAID, OrderStatus.PARTIALLY_REFUNDED}
+CANCELLABLE = {OrderStatus.CREATED, OrderStatus.PROCESSING, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED, *REFUNDABLE}
+GATEWAY = {"timeout_rate": 0.0, "refund_timeout_rate": 0.0, "refund_failure_rate": 0.0, "seed": "prop"}
+APPROVE = SimulatedGateway(success_rate=1.0, **GATEWAY)
+DECLINE = SimulatedGateway(success_rate=0.0, **GATEWAY)
+
+
+class Unanswered:
+    """A gateway that never answers: the charge's attempt stays pending (a charge under way)."""
+
+    def charge(self, **call):
+        raise GatewayTimeout("no answer")
+
+
+class RefusingRefunds:
+    def refund(self, **call):
+        return RefundResult(approved=False, reference="", decline_reason="refused")
+
+
+@dataclass
+class Model:
+    """What the order should be after each step: its status and its money."""
+
+    status: str = OrderStatus.CREATED
+    pending: bool = False  # a charge under way (a pending attempt)
+    charged: bool = False  # an approved charge of TOTAL
+    reserved: Decimal = Decimal("0")
+    refunded: Decimal = Decimal("0")
+    refunds: list = field(default_factory=list)  # [amount, status], oldest first
+    cancelled: bool = False  # a cancellation was recorded
+
+    def _first(self, status: str) -> int | None:
+        return next((index for index, (_, refund_status) in enumerate(self.refunds) if refund_status == status), None)
+
+    def _kept(self) -> Decimal:
+        return (TOTAL if self.charged else Decimal("0")) - self.refunded
+
+    def _add_refund(self, amount: Decimal) -> None:
+        self.refunds.append([amount, RefundStatus.REQUESTED])
+        self.reserved += amount
+
+    def _settle(self) -> None:
+        if self.status == OrderStatus.CANCELLING and not self.pending and self._first(RefundStatus.REQUESTED) is None:
+            if self._kept() == 0:
+                self.status = OrderStatus.CANCELLED
+
+    # Each step: whether it acts (False: refused, nothing may change), having applied itself.
+    def process(self) -> bool:
+        if self.status != OrderStatus.CREATED:
+            return False
+        self.status = OrderStatus.PROCESSING
+        return True
+
+    def charge_unanswered(self) -> bool:
+        if self.status != OrderStatus.PROCESSING or self.pending:
+            return False
+        self.pending = True
+        return True
+
+    def charge(self, approved: bool) -> bool:
+        if self.status == OrderStatus.PROCESSING:
+            self.status = OrderStatus.PAID if approved else OrderStatus.PAYMENT_FAILED
+        elif not (self.status == OrderStatus.CANCELLING and self.pending):
+            return False
+        self.pending, self.charged = False, approved
+        if self.status == OrderStatus.CANCELLING:
+            # Approved after the order was cancelled: refunded in full.
+            self._add_refund(TOTAL) if approved else self._settle()
+        return True
+
+    def park(self) -> bool:
+        if self.status not in (OrderStatus.CREATED, OrderStatus.PROCESSING, OrderStatus.CANCELLING):
+            return False
+        self.status = OrderStatus.FAILED
+        return True
+
+    def retry(self) -> bool:
+        if self.status != OrderStatus.PAYMENT_FAILED:
+            return False
+        self.status = OrderStatus.PROCESSING
+        return True
+
+    def cancel(self) -> bool:
+        # Refused, or repeated while cancelling (the first answer, nothing more).
+        if self.status not in CANCELLABLE:
+            return False
+        if not self.charged and not self.pending:
+            self.status = OrderStatus.CANCELLED
+        else:
+            self.status = OrderStatus.CANCELLING
+            if self.charged and TOTAL > self.reserved:
+                self._add_refund(TOTAL - self.reserved)
+            if self.charged:
+                self._settle()
+        self.cancelled = True
+        return True
+
+    def refund(self, amount: Decimal | None) -> bool:
+        remaining = TOTAL - self.reserved
+        if self.status not in REFUNDABLE or remaining <= 0 or (amount is not None and amount > remaining):
+            return False
+        self._add_refund(remaining if amount is None else amount)
+        return True
+
+    def give(self, approved: bool) -> bool:
+        index = self._first(RefundStatus.REQUESTED)
+        if index is None:
+            return False
+        amount = self.refunds[index][0]
+        if not approved:
+            self.refunds[index][1] = RefundStatus.FAILED
+            self.reserved -= amount
+            return True
+        self.refunds[index][1] = RefundStatus.SUCCEEDED
+        self.refunded += amount
+        if self.status in REFUNDABLE:
+            self.status = OrderStatus.PARTIALLY_REFUNDED if self._kept() > 0 else OrderStatus.REFUNDED
+        self._settle()
+        return True
+
+    def retry_refund(self) -> bool:
+        index = self._first(RefundStatus.FAILED)
+        if index is None or self.refunds[index][0] > TOTAL - self.reserved:
+            return False
+        self.refunds[index][1] = RefundStatus.REQUESTED
+        self.reserved += self.refunds[index][0]
+        return True
+
+
 def _created_event_id(order: Order) -> uuid.UUID:
     return OutboxEvent.objects.filter(key=str(order.id), event_type="ORDER_CREATED").first().event_id
 
 
-def _step_process(order):
-    return services.start_processing(order_id=order.id, event_id=_created_event_id(order), source="prop")
+def _charge(order, gateway):
+    # Each charge step as a delivery of its own (a new event), as retries and re-drives are.
+    return payment_services.charge_order(order_id=order.id, event_id=uuid.uuid4(), source="prop", gateway=gateway)
 
 
-def _step_pay(approved):
+def _charge_unanswered(order):
+    with contextlib.suppress(GatewayTimeout):
+        return _charge(order, Unanswered())
+
+
+def _oldest_refund(order, status: str) -> Refund | None:
+    return Refund.objects.filter(order=order, status=status).order_by("created_at", "id").first()
+
+
+def _give(gateway):
     def step(order):
-        return services.record_payment_outcome(order_id=order.id, approved=approved, message="m", source="prop")
+        refund = _oldest_refund(order, RefundStatus.REQUESTED)
+        if refund is None:
+            return None
+        # Its latest request (an operator's retry is announced anew).
+        events = OutboxEvent.objects.filter(key=str(order.id), event_type="REFUND_REQUESTED").order_by("-id")
+        event = next(event for event in events if event.payload["details"]["refund"]["id"] == str(refund.id))
+        return payment_services.refund_payment(
+            order_id=order.id, event_id=event.event_id, refund_id=refund.id, source="prop", gateway=gateway
+        )
 
     return step
 
 
-def _step_park(order):
-    return services.park_order(order_id=order.id, reason="r", error="e", original_event={}, source="prop")
+def _retry_refund(order):
+    refund = _oldest_refund(order, RefundStatus.FAILED)
+    if refund is None:
+        return None
+    return payment_services.retry_refund(refund_id=refund.id, requested_by="prop", source="prop")
 
 
-def _step_cancel(order):
-    return services.cancel_order(order_id=order.id, requested_by="prop")
+def _refund(amount):
+    def step(order):
+        return payment_services.request_refund(order_id=order.id, requested_by="prop", amount=amount, source="prop")
+
+    return step
 
 
-def _step_retry(order):
-    return services.retry_payment(order_id=order.id, requested_by="prop")
-
-
+# Name: (the step, its model).
 STEPS = {
-    "process": (_step_process, {OrderStatus.CREATED: OrderStatus.PROCESSING}),
-    "approve": (_step_pay(True), {OrderStatus.PROCESSING: OrderStatus.PAID}),
-    "decline": (_step_pay(False), {OrderStatus.PROCESSING: OrderStatus.PAYMENT_FAILED}),
-    "park": (_step_park, {OrderStatus.CREATED: OrderStatus.FAILED, OrderStatus.PROCESSING: OrderStatus.FAILED}),
-    "cancel": (
-        _step_cancel,
-        {s: OrderStatus.CANCELLED for s in (OrderStatus.CREATED, OrderStatus.PAYMENT_FAILED, OrderStatus.FAILED)},
+    "process": (lambda order: services.start_processing(order_id=order.id, event_id=_created_event_id(order), source="prop"), Model.process),
+    "charge_unanswered": (_charge_unanswered, Model.charge_unanswered),
+    "approve": (lambda order: _charge(order, APPROVE), lambda model: model.charge(True)),
+    "decline": (lambda order: _charge(order, DECLINE), lambda model: model.charge(False)),
+    "park": (
+        lambda order: services.park_order(order_id=order.id, reason="r", error="e", original_event={}, source="prop"),
+        Model.park,
     ),
-    "retry": (_step_retry, {OrderStatus.PAYMENT_FAILED: OrderStatus.PROCESSING}),
+    "retry": (lambda order: services.retry_payment(order_id=order.id, requested_by="prop"), Model.retry),
+    "cancel": (
+        lambda order: payment_services.cancel_order(order_id=order.id, requested_by="prop", source="prop"),
+        Model.cancel,
+    ),
+    "give": (_give(APPROVE), lambda model: model.give(True)),
+    "give_refused": (_give(RefusingRefunds()), lambda model: model.give(False)),
+    "retry_refund": (_retry_refund, Model.retry_refund),
 }
+REFUSALS = (
+    services.InvalidTransition,
+    payment_services.NotCancellable,
+    payment_services.NotRefundable,
+    payment_services.NotRetryable,
+)
+refund_amounts = st.none() | st.decimals(min_value=Decimal("0.01"), max_value=TOTAL + 2, places=2)
+any_step = st.sampled_from(sorted(STEPS)).map(lambda name: (name, None)) | st.tuples(st.just("refund"), refund_amounts)
+# Random steps seldom get an order paid: most sequences start some way down the forward path.
+FORWARD = st.sampled_from(["", "process", "process charge_unanswered", "process approve", "process approve approve"])
+steps = st.builds(
+    lambda forward, rest: [(name, None) for name in forward.split()] + rest,
+    FORWARD,
+    st.lists(any_step, min_size=2, max_size=12),
+)
+
+
+def _observed(order: Order) -> Model:
+    approved = Payment.objects.filter(order=order, status=PaymentStatus.APPROVED).first()
+    return Model(
+        status=Order.objects.get(pk=order.pk).status,
+        pending=Payment.objects.filter(order=order, status=PaymentStatus.PENDING).exists(),
+        charged=approved is not None,
+        reserved=approved.refund_reserved if approved else Decimal("0"),
+        refunded=approved.refunded_amount if approved else Decimal("0"),
+        refunds=[[amount, status] for amount, status in Refund.objects.filter(order=order).order_by("created_at", "id").values_list("amount", "status")],
+        cancelled=Cancellation.objects.filter(order=order).exists(),
+    )
+
+
+def _written(order: Order) -> tuple:
+    return _observed(order), order.timeline.count(), OutboxEvent.objects.filter(key=str(order.id)).count()
 
 
 @pytest.mark.django_db
-@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(st.sampled_from(sorted(STEPS)), max_size=8))
-def test_any_sequence_of_steps_follows_the_state_machine(steps):
-    order = create_test_order(user_id="prop", email="prop@example.com", correlation_id="prop")
-    expected = OrderStatus.CREATED
-    processed = False
-    for name in steps:
-        step, moves = STEPS[name]
-        if name == "process" and processed:
-            # The ORDER_CREATED event was applied already: a redelivery changes nothing.
-            assert step(order) is False
-            continue
-        if expected in moves:
-            step(order)
-            expected = moves[expected]
-            processed |= name == "process"
-        else:
-            before = (Order.objects.get(pk=order.pk).status, order.timeline.count(), OutboxEvent.objects.count())
-            try:
-                outcome = step(order)
-            except services.InvalidTransition:
-                outcome = False
-            assert outcome in (False, None)
-            after = (Order.objects.get(pk=order.pk).status, order.timeline.count(), OutboxEvent.objects.count())
-            assert after == before, f"{name} from {expected} changed something"
-        assert Order.objects.get(pk=order.pk).status == expected
-    # The last timeline entry is the current status.
-    assert order.timeline.last().status == expected
+@hypothesis_settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(steps)
+# The paths through the money, each taken at least once.
+@example([("process", None), ("approve", None), ("refund", Decimal("3.00")), ("give", None), ("cancel", None), ("give", None)])
+@example([("process", None), ("charge_unanswered", None), ("cancel", None), ("cancel", None), ("approve", None), ("give", None)])
+@example([("process", None), ("charge_unanswered", None), ("park", None), ("cancel", None), ("decline", None)])
+@example([("process", None), ("approve", None), ("cancel", None), ("give_refused", None), ("cancel", None), ("retry_refund", None), ("give", None)])
+@example([("process", None), ("approve", None), ("refund", None), ("refund", Decimal("0.01")), ("give", None), ("cancel", None)])
+# A refund that failed keeps a cancelled order's money, and so the order CANCELLING.
+@example([("process", None), ("approve", None), ("refund", Decimal("3.00")), ("cancel", None), ("give_refused", None), ("give", None)])
+@example([("process", None), ("decline", None), ("retry", None), ("approve", None), ("refund", Decimal("10.01")), ("refund", Decimal("9.99")), ("give", None)])
+def test_any_sequence_of_steps_follows_the_state_machine_and_keeps_the_money_right(steps):
+    order = create_test_order(user_id="prop", email="prop@example.com", price=str(TOTAL), correlation_id="prop")
+    model = Model()
+    for name, amount in steps:
+        step, apply = (_refund(amount), lambda model: model.refund(amount)) if name == "refund" else STEPS[name]
+        before = _written(order)
+        acts = apply(model)
+        try:
+            outcome = step(order)
+        except REFUSALS:
+            outcome = False
+        observed = _observed(order)
+        assert observed == model, f"{name} {amount or ''} from {before[0].status}"
+        if not acts:
+            # Refused, or reported as nothing done; a cancel repeated while cancelling answers
+            # with the first cancellation.
+            assert outcome in (False, None) or (name == "cancel" and model.status == OrderStatus.CANCELLING)
+            assert _written(order) == before, f"{name} {amount or ''} from {before[0].status} changed something"
+        elif observed.status != before[0].status:
+            assert services.can_transition(from_status=before[0].status, to_status=observed.status)
+        # Never more refunded than asked back, nor asked back than charged; a cancelled order keeps nothing.
+        assert observed.refunded <= observed.reserved <= (TOTAL if observed.charged else 0)
+        if observed.status == OrderStatus.CANCELLED:
+            assert observed.refunded == (TOTAL if observed.charged else 0)
+            assert not observed.pending and all(status != RefundStatus.REQUESTED for _, status in observed.refunds)
+        # The last timeline entry is the current status.
+        assert order.timeline.last().status == observed.status

@@ -1,12 +1,15 @@
 """No input is a 500: whatever a client sends in a body, a query string or a header, the answer
-is a success or a 4xx in the API's error shape (hypothesis), on SQLite and on PostgreSQL alike;
-and a client cannot escape the throttle by rewriting X-Forwarded-For."""
+is a success or a 4xx in the API's error shape (hypothesis), on SQLite and on PostgreSQL alike,
+and a refused POST (an order, a cancellation, a refund) writes nothing; and a client cannot escape
+the throttle by rewriting X-Forwarded-For."""
 
 from __future__ import annotations
 
 import encodings.aliases
 import json
 import re
+import uuid
+from decimal import Decimal
 
 import pytest
 from django.core.cache import cache
@@ -14,9 +17,13 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from orders.models import Order
+from devtools.harness.sample_orders import SEED_ORDER, create_test_order, pay_test_order
+from events.models import OutboxEvent
+from orders.models import Order, OrderTimelineEntry
 from orders.services import IDEMPOTENCY_KEY_MAX_LENGTH
 from orders_project.parsers import MAX_DEPTH
+from payments.models import Cancellation, Payment, Refund
+from payments.simulator import SimulatedGateway
 
 pytestmark = pytest.mark.django_db
 
@@ -37,8 +44,44 @@ def unthrottled(settings):
     settings.API = {**settings.API, "throttle_anon": "", "throttle_user": ""}
 
 
-def post_json(api_client, body: bytes, *, content_type: str = "application/json", **headers):
-    return api_client.generic("POST", "/orders", body, content_type=content_type, **headers)
+# The POST endpoints, and what each answers when it takes a request: an order is created; a
+# paid order's cancellation or refund is accepted.
+TAKEN = {"create": 201, "cancel": 202, "refund": 202}
+APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, refund_timeout_rate=0.0, refund_failure_rate=0.0, seed="hostile")
+ORDER_TOTAL = "10.00"  # of the paid orders cancelled and refunded here
+
+
+def target(endpoint: str) -> str:
+    """The endpoint's path: for a cancellation or a refund, of a new paid order."""
+    if endpoint == "create":
+        return "/orders"
+    order = create_test_order(user_id="hostile", email="hostile@example.com", price=ORDER_TOTAL, correlation_id="hostile")
+    pay_test_order(order.id, gateway=APPROVE)
+    return f"/orders/{order.id}/{'cancel' if endpoint == 'cancel' else 'refunds'}"
+
+
+@pytest.fixture
+def path(endpoint) -> str:
+    """The endpoint's path, shared by every example of a test (a cancellation repeated is taken
+    again; once all is refunded, a refund is a 409)."""
+    return target(endpoint)
+
+
+def written() -> tuple:
+    """What the POST endpoints write: orders and their statuses, timelines, events, refunds,
+    cancellations and what refunds took of each charge."""
+    return (
+        sorted(Order.objects.values_list("id", "status")),
+        OrderTimelineEntry.objects.count(),
+        OutboxEvent.objects.count(),
+        Refund.objects.count(),
+        Cancellation.objects.count(),
+        sorted(Payment.objects.values_list("id", "refund_reserved")),
+    )
+
+
+def post_json(api_client, body: bytes, *, path: str = "/orders", content_type: str = "application/json", **headers):
+    return api_client.generic("POST", path, body, content_type=content_type, **headers)
 
 
 def assert_refused(response, status: int = 400) -> dict:
@@ -48,52 +91,127 @@ def assert_refused(response, status: int = 400) -> dict:
     return body
 
 
+def assert_taken_or_refused(response, endpoint: str, before: tuple, refusals=(400,)) -> bool:
+    """The request was taken, or refused (with one of ``refusals``) in the error shape with
+    nothing written; whether it was taken."""
+    if response.status_code == TAKEN[endpoint]:
+        return True
+    assert response.status_code in refusals, (response.status_code, response.content[:300])
+    assert_refused(response, response.status_code)
+    assert written() == before
+    return False
+
+
+# A refund of a JSON amount over the order's charge is a 409.
+REFUSALS = {"create": (400,), "cancel": (400,), "refund": (400, 409)}
+
+
 # --- the JSON body -----------------------------------------------------------------------------
 
 
 @PROPERTY
+@pytest.mark.parametrize("endpoint", TAKEN)
 @given(document=json_documents)
-def test_any_json_document_is_an_order_or_a_400(api_client, document):
-    response = post_json(api_client, json.dumps(document).encode())
+def test_any_json_document_is_taken_or_refused_with_nothing_written(api_client, endpoint, path, document):
+    before = written()
 
-    assert response.status_code in (201, 400), response.content[:300]
-    if response.status_code == 400:
-        assert_refused(response)
+    response = post_json(api_client, json.dumps(document).encode(), path=path)
+
+    assert_taken_or_refused(response, endpoint, before, REFUSALS[endpoint])
+
+
+# A refund's amount as clients might write it: numbers, numeric text of every shape, other JSON.
+amounts = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.decimals(min_value=Decimal("-1"), max_value=Decimal("12"), places=3),
+    st.integers(min_value=-5, max_value=20),
+    st.text(alphabet="0123456789.,-+eE _", max_size=14),
+    st.decimals(allow_nan=True).map(str),
+    json_documents,
+)
+reasons = st.one_of(st.text(max_size=300), st.text(min_size=250, max_size=260), json_documents)
 
 
 @PROPERTY
+@pytest.mark.parametrize("endpoint", ["cancel", "refund"])
+@given(fields=st.fixed_dictionaries({}, optional={"amount": amounts, "reason": reasons}))
+@example(fields={"amount": "10.00"})
+@example(fields={"amount": "10.01"})
+@example(fields={"amount": "0.001"})
+@example(fields={"amount": 1e2})
+@example(fields={"reason": "r" * 255})
+@example(fields={"reason": "r" * 256})
+def test_any_amount_and_reason_are_taken_as_given_or_refused_with_nothing_written(api_client, endpoint, fields):
+    path = target(endpoint)
+    before = written()
+
+    response = post_json(api_client, to_json(fields).encode(), path=path)
+
+    if not assert_taken_or_refused(response, endpoint, before, REFUSALS[endpoint]):
+        return
+    reason = fields.get("reason", "")
+    if endpoint == "cancel":
+        assert Cancellation.objects.get(order_id=response.json()["order_id"]).reason == reason.strip()
+        return
+    refund = Refund.objects.get(pk=response.json()["id"])
+    assert refund.reason == reason.strip()
+    # Exactly what was asked, a positive amount in cents, or without one all of the charge.
+    asked = Decimal(str(fields["amount"]).strip()) if "amount" in fields else Decimal(ORDER_TOTAL)
+    assert refund.amount == asked and asked > 0 and asked == asked.quantize(Decimal("0.01"))
+
+
+def to_json(value) -> str:
+    """JSON text of ``value``, a Decimal written as the number it is, digit for digit."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(key)}:{to_json(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(map(to_json, value)) + "]"
+    return json.dumps(value)
+
+
+@PROPERTY
+@pytest.mark.parametrize("endpoint", TAKEN)
 # Up to what the body limit (256 KiB) lets through: far past the interpreter's recursion limit.
 @given(depth=st.integers(min_value=MAX_DEPTH + 1, max_value=40_000), opener=st.sampled_from(["[", '{"a":']))
 @example(depth=40_000, opener='{"a":')
 @example(depth=MAX_DEPTH + 1, opener="[")
-def test_json_nested_too_deep_is_a_400(api_client, depth, opener):
+def test_json_nested_too_deep_is_a_400(api_client, endpoint, path, depth, opener):
+    before = written()
     closer = "]" if opener == "[" else "}"
     body = (opener * depth + "1" + closer * depth).encode()
 
-    response = post_json(api_client, body)
+    response = post_json(api_client, body, path=path)
 
     assert "nested deeper" in assert_refused(response)["error"]
+    assert written() == before
 
 
 @PROPERTY
+@pytest.mark.parametrize("endpoint", TAKEN)
 @given(data=st.binary(max_size=200))
 @example(data=b"NaN")
 @example(data=b'{"user_id": Infinity}')
+@example(data=b'{"amount": NaN}')
 @example(data=b"\xff\xfe")
-def test_arbitrary_bytes_are_a_400(api_client, data):
-    response = post_json(api_client, data)
+def test_arbitrary_bytes_are_taken_or_refused_with_nothing_written(api_client, endpoint, path, data):
+    before = written()
 
-    assert response.status_code in (201, 400)
-    if response.status_code == 400:
-        assert_refused(response)
+    response = post_json(api_client, data, path=path)
+
+    assert_taken_or_refused(response, endpoint, before, REFUSALS[endpoint])
 
 
 @PROPERTY
+@pytest.mark.parametrize("endpoint", TAKEN)
 @given(charset=st.sampled_from(sorted(set(encodings.aliases.aliases.values()) | {"rot13", "bogus"})), data=st.binary(max_size=50))
-def test_any_declared_charset_is_read_or_refused(api_client, charset, data):
-    response = post_json(api_client, data, content_type=f"application/json; charset={charset}")
+def test_any_declared_charset_is_read_or_refused(api_client, endpoint, path, charset, data):
+    before = written()
 
-    assert response.status_code in (201, 400), (charset, response.content[:300])
+    response = post_json(api_client, data, path=path, content_type=f"application/json; charset={charset}")
+
+    assert_taken_or_refused(response, endpoint, before, REFUSALS[endpoint])
 
 
 # --- the query string ----------------------------------------------------------------------------
@@ -172,36 +290,54 @@ def client_with_token(api_client, settings, django_user_model):
     return api_client
 
 
+# A request each endpoint takes.
+BODIES = {"create": SEED_ORDER, "cancel": {"reason": "r"}, "refund": {"amount": "1.00"}}
+
+
 @PROPERTY
+@pytest.mark.parametrize("endpoint", TAKEN)
 @given(key=header_text | st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=190, max_size=260))
 @example(key="k" * IDEMPOTENCY_KEY_MAX_LENGTH)
 @example(key="k" * (IDEMPOTENCY_KEY_MAX_LENGTH + 1))
 @example(key="k" * 255)
-def test_any_idempotency_key_is_honoured_or_refused(client_with_token, seed_order, key):
-    body = json.dumps(seed_order).encode()
+def test_any_idempotency_key_is_honoured_or_refused(client_with_token, django_user_model, endpoint, key):
+    # A new order and a new client (staff: it sees that order) for each example: keys are per client.
+    path = target(endpoint)
+    client_with_token.force_authenticate(django_user_model.objects.create(username=f"shop-{uuid.uuid4()}", is_staff=True))
+    body = json.dumps(BODIES[endpoint]).encode()
+    before = written()
 
-    response = post_json(client_with_token, body, HTTP_IDEMPOTENCY_KEY=key)
+    response = post_json(client_with_token, body, path=path, HTTP_IDEMPOTENCY_KEY=key)
 
     if VALID_KEY.fullmatch(key):
-        assert response.status_code == 201, response.content[:300]
-        replay = post_json(client_with_token, body, HTTP_IDEMPOTENCY_KEY=key)
-        assert (replay.status_code, replay["Idempotent-Replayed"]) == (201, "true")
-        assert replay.json()["order_id"] == response.json()["order_id"]
+        assert response.status_code == TAKEN[endpoint], response.content[:300]
+        replay = post_json(client_with_token, body, path=path, HTTP_IDEMPOTENCY_KEY=key)
+        assert (replay.status_code, replay["Idempotent-Replayed"]) == (TAKEN[endpoint], "true")
+        assert replay.json() == response.json()
     else:
         refused = assert_refused(response)
         assert refused["fields"]["Idempotency-Key"] == [
             f"1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters without spaces."
         ]
+        assert written() == before
 
 
-def test_the_longest_key_of_the_client_with_the_longest_id_fits(client_with_token, seed_order, django_user_model):
-    user = django_user_model.objects.create(pk=2**31 - 1, username="last")  # auth_user.id is 32 bits
-    client_with_token.force_authenticate(user)
+@pytest.mark.parametrize("endpoint", TAKEN)
+def test_the_longest_key_of_the_client_with_the_longest_id_fits(client_with_token, django_user_model, endpoint):
+    path = target(endpoint)
+    # auth_user.id is 32 bits; staff, to see the order.
+    client_with_token.force_authenticate(django_user_model.objects.create(pk=2**31 - 1, username="last", is_staff=True))
 
-    response = post_json(client_with_token, json.dumps(seed_order).encode(), HTTP_IDEMPOTENCY_KEY="k" * IDEMPOTENCY_KEY_MAX_LENGTH)
+    response = post_json(client_with_token, json.dumps(BODIES[endpoint]).encode(), path=path, HTTP_IDEMPOTENCY_KEY="k" * IDEMPOTENCY_KEY_MAX_LENGTH)
 
-    assert response.status_code == 201
-    assert len(Order.objects.get(pk=response.json()["order_id"]).idempotency_key) <= 255
+    assert response.status_code == TAKEN[endpoint]
+    stored = [
+        key
+        for model, column in ((Order, "idempotency_key"), (Refund, "request_key"), (Cancellation, "request_key"))
+        for key in model.objects.exclude(**{f"{column}__isnull": True}).values_list(column, flat=True)
+    ]
+    assert stored == [f"client-{2**31 - 1}:" + "k" * IDEMPOTENCY_KEY_MAX_LENGTH]
+    assert len(stored[0]) <= 255
 
 
 # --- the throttle's client address -----------------------------------------------------------------

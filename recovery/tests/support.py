@@ -18,12 +18,15 @@ from payments import services as payment_services
 from payments.simulator import SimulatedGateway
 from recovery import reconciler
 from recovery.models import Redrive
+from recovery.redrives import RedriveOutcome
 from recovery.selectors import Downstream, RedrivePolicy
 
 # Kafka and the Celery broker told the reconciler nothing: what it did before it asked them.
 NOTHING_KNOWN = Downstream()
-APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="recovery")
-DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="recovery")
+# Refunds as charges: decided by the ledger alone, never timing out nor refused as unavailable.
+NO_REFUND_FAULTS = {"refund_timeout_rate": 0.0, "refund_failure_rate": 0.0}
+APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="recovery", **NO_REFUND_FAULTS)
+DECLINE = SimulatedGateway(success_rate=0.0, timeout_rate=0.0, seed="recovery", **NO_REFUND_FAULTS)
 
 
 def default_policy(*, max_redrives: int) -> RedrivePolicy:
@@ -54,6 +57,8 @@ def age(*, seconds: float) -> None:
 
 
 POLICY = default_policy(max_redrives=3)
+# One re-drive, then give up: the shortest way to the reconciler's limit.
+ONE_REDRIVE = default_policy(max_redrives=1)
 
 
 def reconcile(
@@ -87,3 +92,13 @@ def settle(order: Order, gateway: SimulatedGateway = APPROVE) -> Order:
         notification_services.send_event_notifications(event=Event(event.payload))
     order.refresh_from_db()
     return order
+
+
+def re_drive_up_to_the_limit() -> None:
+    """Take the events a handler missed through ``ONE_REDRIVE``'s one re-drive, to the moment its
+    next pass gives them up."""
+    publish_all()
+    age(seconds=ONE_REDRIVE.event_deadline + 1)
+    assert reconcile(ONE_REDRIVE).orders == {RedriveOutcome.REDRIVEN: 1}
+    publish_all()
+    age(seconds=ONE_REDRIVE.wait_after(redrives=1))

@@ -11,22 +11,22 @@ from django.utils import timezone
 from devtools.harness.sample_orders import create_test_order
 from events.models import OutboxEvent
 from orders import services as order_services
-from payments import services as payment_services
 from orders.models import Order
+from payments import services as payment_services
+from payments.gateway import GatewayTimeout
+from payments.models import Payment, Refund
+from payments.simulator import SimulatedGateway
 from recovery.models import Redrive, RedriveReason
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
-
-
 def new_order(name: str) -> Order:
     return create_test_order(user_id=name, email=f"{name}@example.com", correlation_id=f"corr-{name}")
+
+
+def created_event_id(order: Order):
+    return OutboxEvent.objects.get(key=str(order.id), event_type="ORDER_CREATED").event_id
 
 
 def test_unfinished_orders_lists_only_orders_not_yet_terminal_oldest_change_first(staff_client):
@@ -71,3 +71,27 @@ def test_a_refused_re_drive_says_what_to_do_instead(staff_client):
 
     assert "still waits in the outbox for the relay: check that the relay runs and Kafka is reachable" in response.content.decode()
     assert not Redrive.objects.exists()
+
+
+def test_orders_being_cancelled_say_what_they_await(staff_client):
+    charging, refund_failed = new_order("charging"), new_order("refund-failed")
+    no_answer = SimulatedGateway(success_rate=1.0, timeout_rate=1.0, seed="admin")
+    gateway = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, refund_timeout_rate=0.0, refund_failure_rate=0.0, seed="admin")
+    for order in (charging, refund_failed):
+        order_services.start_processing(order_id=order.id, event_id=created_event_id(order), source="test")
+    # The first one's charge gets no answer (it stays under way); the second one is paid.
+    with pytest.raises(GatewayTimeout):
+        payment_services.charge_order(order_id=charging.id, event_id=created_event_id(charging), source="test", gateway=no_answer)
+    payment_services.charge_order(order_id=refund_failed.id, event_id=created_event_id(refund_failed), source="test", gateway=gateway)
+    for order in (charging, refund_failed):
+        payment_services.cancel_order(order_id=order.id, requested_by="ops", source="operator")
+    # The gateway refuses the paid one's refund: it knows no charge of that reference.
+    Payment.objects.filter(order=refund_failed).update(gateway_reference="sim_unknown")
+    refund = Refund.objects.get(order=refund_failed)
+    requested = OutboxEvent.objects.get(key=str(refund_failed.id), event_type="REFUND_REQUESTED")
+    payment_services.refund_payment(order_id=refund_failed.id, event_id=requested.event_id, refund_id=refund.id, source="test", gateway=gateway)
+
+    page = staff_client.get("/admin/recovery/unfinishedorder/?status__exact=CANCELLING").content.decode()
+
+    assert re.search(rf"{charging.id}.*?CANCELLING.*?its charge<", page, re.S)
+    assert re.search(rf"{refund_failed.id}.*?CANCELLING.*?an operator: retry its failed refund<", page, re.S)

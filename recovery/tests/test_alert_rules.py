@@ -48,6 +48,7 @@ def test_alert_rules_point_the_operator_at_what_to_look_at():
     assert "relay" in descriptions["OutboxNotDraining"] and "Kafka" in descriptions["OutboxNotDraining"]
     assert "Webhook endpoints" in descriptions["WebhookEndpointsDisabled"]
     assert "Webhook deliveries" in descriptions["WebhookDeliveriesFailing"]
+    assert "Retry refund" in descriptions["RefundsFailed"]
 
 
 def test_promtool_accepts_the_rules():
@@ -77,6 +78,11 @@ CASES: dict[str, dict[str, dict[str, str]]] = {
     "NotificationsGivenUp": {
         FIRES: {"reconciler_notifications_given_up_total": "0 0 0 0 0 2 2 2 2 2 2"},
         QUIET: {"reconciler_notifications_given_up_total": "0x10"},
+    },
+    "RefundsFailed": {
+        # Refunds that succeeded, or whose gateway calls are being retried, are no failure.
+        FIRES: {'refunds_total{outcome="gave_up"}': "0 0 0 0 0 1 1 1 1 1 1", 'refunds_total{outcome="succeeded"}': "0+5x10"},
+        QUIET: {'refunds_total{outcome="declined"}': "0x10", 'refunds_total{outcome="timeout"}': "0+3x10"},
     },
     "ReconcilerRedrivesHigh": {
         # Operators' re-drives do not count.
@@ -213,3 +219,5 @@ def test_every_metric_and_label_of_the_alerts_is_served(tmp_path, kafka_broker, 
     }
     assert {"outbox_oldest_unpublished_age_seconds", "reconciler_last_pass_timestamp_seconds", "orders_stuck"} <= checked
     assert {"webhook_deliveries_total", "webhook_endpoints_disabled_total"} <= checked
+    # The reconciler gives refunds up too: it serves their outcomes from its start.
+    assert {"declined", "gave_up"} <= {labels["outcome"] for labels in labels_of["refunds_total"]}

@@ -18,12 +18,13 @@ from recovery.selectors import Downstream
 from recovery.tests.support import (
     APPROVE,
     DECLINE,
+    ONE_REDRIVE,
     age,
     created_event,
-    default_policy,
     new_order,
     publish_all,
     reconcile,
+    re_drive_up_to_the_limit,
     settle,
 )
 
@@ -62,15 +63,24 @@ def test_complete_events_are_marked_and_a_missing_notification_is_re_driven():
     assert not OutboxEvent.objects.filter(completed_at__isnull=True).exclude(event_type="NOTIFICATION_SENT").exists()
 
 
-def test_a_notification_event_still_ahead_of_the_bridge_is_not_re_driven():
-    order, paid_event = paid_without_its_last_notification()
+def refund_not_made() -> tuple[Order, OutboxEvent]:
+    """A paid order, the customer told of it all, and a refund asked for whose REFUND_REQUESTED
+    never reached the refund step."""
+    order = settle(new_order())
+    payment_services.request_refund(order_id=order.id, requested_by="client 1", source="test")
+    return order, OutboxEvent.objects.get(key=str(order.id), event_type="REFUND_REQUESTED")
+
+
+@pytest.mark.parametrize("unhandled", [paid_without_its_last_notification, refund_not_made])
+def test_an_event_still_ahead_of_the_bridge_is_not_re_driven(unhandled):
+    order, event = unhandled()
     publish_all(partition=2, offset=7)
     age(seconds=46)
 
     assert reconcile(downstream=Downstream(bridge_offsets={("payments", 2): 7})).orders == {RedriveOutcome.SKIPPED: 1}
     assert not Redrive.objects.filter(order=order).exists()
     assert reconcile(downstream=Downstream(bridge_offsets={("payments", 2): 8})).orders == {RedriveOutcome.REDRIVEN: 1}
-    assert Redrive.objects.get(order=order).event_id == paid_event.event_id
+    assert Redrive.objects.get(order=order).event_id == event.event_id
 
 
 def test_a_notification_missing_after_the_last_re_drive_is_recorded_failed_with_a_dead_letter():
@@ -78,14 +88,10 @@ def test_a_notification_missing_after_the_last_re_drive_is_recorded_failed_with_
     envelope = created_event(order)
     order_services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
     payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=DECLINE)
-    policy = default_policy(max_redrives=1)
-    publish_all()
-    age(seconds=46)
-    assert reconcile(policy).orders == {RedriveOutcome.REDRIVEN: 1}
-    publish_all()
-    age(seconds=policy.wait_after(redrives=1))
+    policy = ONE_REDRIVE
+    re_drive_up_to_the_limit()
 
-    assert reconcile(policy).orders == {RedriveOutcome.NOTIFICATIONS_GIVEN_UP: 1}
+    assert reconcile(policy).orders == {RedriveOutcome.GIVEN_UP: 1}
 
     failed = Notification.objects.filter(order=order, status=NotificationStatus.FAILED)
     assert {n.source_event_type for n in failed} == {"ORDER_CREATED", "ORDER_PROCESSING", "PAYMENT_FAILED"}

@@ -6,7 +6,7 @@ from common.admin import ensure_operator_groups
 class Command(BaseCommand):
     help = (
         "Create (or reset) the admin groups 'operators-readonly' (view every page of the service) and "
-        "'operators' (view, and every operator action: cancel, retry payment, re-drive, re-publish)."
+        "'operators' (view, and every operator action and form: cancel, refund, retry payment, retry refund, re-drive, re-publish)."
     )
 
     def handle(self, *args, **options):
