@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from decimal import ROUND_UP, Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -66,6 +67,7 @@ RECOVERY_BOUND = 120.0
 CHAOS_SECONDS = 120.0
 CHAOS_SEED = int(os.environ.get("FAULT_CHAOS_SEED", "20261125"))
 CHAOS_VICTIMS = ("relay", "bridge", "worker", "kafka")
+T = TypeVar("T")
 
 
 class RedisServer:
@@ -279,8 +281,28 @@ def test_bridge_killed_while_a_second_bridge_takes_over_its_partitions(system):
     wait_until(lambda: _assigned(system, "bridge", count=BRIDGE_PARTITIONS), timeout=60, message="bridge did not get its partitions back")
 
 
-def test_worker_killed_during_a_payment_and_another_started(system):
+def kill_worker_mid_call(system, name: str, *, in_flight: Callable[[OrderLoad], T], task: str) -> T:
+    """The fault ``name``: once ``in_flight(load)`` returns (a gateway call is under way: it waits
+    for one), SIGKILL the worker and start another, which takes up the dead one's ``task`` when
+    Redis hands it back. Returns what ``in_flight`` did."""
+    seen = []
+
     def inject(load):
+        seen.append(in_flight(load))
+        system.kill("worker")
+        system.start("worker_b", command="worker")
+
+    try:
+        run_fault(system, name, inject)
+    finally:
+        system.stop("worker_b")
+        system.start("worker")
+    assert any(e["event"] == "task_received" and e["task"] == task for e in system.log_events("worker_b"))
+    return seen[0]
+
+
+def test_worker_killed_during_a_payment_and_another_started(system):
+    def in_flight(load):
         # A charge is under way when its attempt is open (PENDING): the gateway takes 150 ms.
         wait_until(
             lambda: Payment.objects.filter(status="PENDING", order_id__in=load.accepted).exists(),
@@ -288,15 +310,8 @@ def test_worker_killed_during_a_payment_and_another_started(system):
             interval=0.01,
             message="no payment in flight",
         )
-        system.kill("worker")
-        system.start("worker_b", command="worker")
 
-    try:
-        run_fault(system, "worker SIGKILL during a payment", inject)
-    finally:
-        system.stop("worker_b")
-        system.start("worker")
-    assert any(e["event"] == "task_received" and e["task"] == "payments.charge_payment" for e in system.log_events("worker_b"))
+    kill_worker_mid_call(system, "worker SIGKILL during a payment", in_flight=in_flight, task=CHARGE_PAYMENT)
 
 
 def test_kafka_broker_stopped_and_started_while_the_api_keeps_taking_orders(system):
@@ -427,30 +442,38 @@ def redis_fault_name(name: str, exits: list[int]) -> Callable[[], str]:
     return lambda: name + ("; the worker exited on losing Redis and was restarted" if exits else "")
 
 
+def lose_redis_with_a_backlog(system, *, backlog: Callable[[], set[str] | None], exits: list[int], meanwhile=lambda: None) -> set[str]:
+    """Freeze the worker so that tasks pile up in Redis (after ``meanwhile()`` asked for more
+    work), wait until ``backlog()`` gives the orders whose tasks wait there, SIGKILL Redis and
+    start it empty, and let the worker go on (started again if it exited: its code in ``exits``).
+    Returns those orders: Redis held the only copy of their work."""
+    queue = system.env["CELERY_QUEUE"]
+    connections_before = broker_connections(system)
+    system.signal("worker", signal.SIGSTOP)  # the bridge goes on handing tasks to Redis
+    try:
+        meanwhile()
+        lost = wait_until(backlog, timeout=60, interval=0.2, message="no backlog of tasks in Redis")
+        system.redis.kill()
+        system.redis.start()
+        assert system.redis.queue_length(queue) == 0
+    finally:
+        system.signal("worker", signal.SIGCONT)
+    if (code := supervise_worker(system, connections_before=connections_before)) is not None:
+        exits.append(code)
+    return lost
+
+
 def test_redis_killed_and_started_empty_while_a_backlog_is_queued(system):
     queue = system.env["CELERY_QUEUE"]
     lost: set[str] = set()
     exits: list[int] = []
 
+    def backlog() -> set[str] | None:
+        orders = system.redis.queued_chain_orders(queue)
+        return orders if len(orders) >= 10 else None
+
     def inject(load):
-        connections_before = broker_connections(system)
-        system.signal("worker", signal.SIGSTOP)  # the bridge goes on handing tasks to Redis
-        try:
-            wait_until(
-                lambda: len(system.redis.queued_chain_orders(queue)) >= 10,
-                timeout=60,
-                interval=0.2,
-                message="no backlog of chain tasks in Redis",
-            )
-            # These tasks are in Redis only: killing it destroys the only copy of the work.
-            lost.update(system.redis.queued_chain_orders(queue))
-            system.redis.kill()
-            system.redis.start()
-            assert system.redis.queue_length(queue) == 0
-        finally:
-            system.signal("worker", signal.SIGCONT)
-        if (code := supervise_worker(system, connections_before=connections_before)) is not None:
-            exits.append(code)
+        lost.update(lose_redis_with_a_backlog(system, backlog=backlog, exits=exits))
 
     run_fault(system, redis_fault_name("Celery broker (Redis) SIGKILL with a backlog queued, started empty", exits), inject)
     print(f"{len(lost)} orders had their chain task in the lost backlog")
@@ -534,30 +557,22 @@ def assert_refunded_as_asked(expected: dict[str, tuple[str, Decimal]]) -> None:
 
 def test_worker_killed_during_a_refund_and_another_started(system):
     expected: dict[str, tuple[str, Decimal]] = {}
-    in_flight: set[str] = set()
 
     def refunds_under_way() -> set[str]:
         """Keys of refunds the gateway recorded but whose answer no worker has yet (it takes 150 ms)."""
         keys = Refund.objects.filter(order_id__in=list(expected), status=RefundStatus.REQUESTED).values_list("idempotency_key", flat=True)
         return set(SimulatedRefund.objects.filter(idempotency_key__in=list(keys)).values_list("idempotency_key", flat=True))
 
-    def inject(load):
+    def in_flight(load) -> set[str]:
         expected.update(refund_orders(system, paid_orders(load, 10)))
-        in_flight.update(wait_until(refunds_under_way, timeout=30, interval=0.01, message="no refund in flight"))
-        system.kill("worker")
-        system.start("worker_b", command="worker")
+        return wait_until(refunds_under_way, timeout=30, interval=0.01, message="no refund in flight")
 
-    try:
-        run_fault(system, "worker SIGKILL during a refund", inject)
-    finally:
-        system.stop("worker_b")
-        system.start("worker")
+    in_flight_keys = kill_worker_mid_call(system, "worker SIGKILL during a refund", in_flight=in_flight, task=REFUND_PAYMENT)
     assert_refunded_as_asked(expected)
     # The killed worker's refund was made again under its key by the other worker: the gateway
     # answered with the refund it had recorded, and made no second one.
-    calls = dict(SimulatedRefund.objects.filter(idempotency_key__in=in_flight).values_list("idempotency_key", "calls"))
+    calls = dict(SimulatedRefund.objects.filter(idempotency_key__in=in_flight_keys).values_list("idempotency_key", "calls"))
     assert max(calls.values()) >= 2, calls
-    assert any(e["event"] == "task_received" and e["task"] == REFUND_PAYMENT for e in system.log_events("worker_b"))
 
 
 def test_redis_killed_and_started_empty_while_refunds_are_queued(system):
@@ -566,26 +581,17 @@ def test_redis_killed_and_started_empty_while_refunds_are_queued(system):
     lost: set[str] = set()
     exits: list[int] = []
 
+    def queued_refunds() -> set[str] | None:
+        orders = system.redis.queued_chain_orders(queue, tasks=(REFUND_PAYMENT,))
+        return orders if orders >= set(expected) else None
+
     def inject(load):
         orders = paid_orders(load, 8)
-        connections_before = broker_connections(system)
-        system.signal("worker", signal.SIGSTOP)  # the refunds' tasks wait in Redis
-        try:
+
+        def ask_refunds():
             expected.update(refund_orders(system, orders))
-            queued = wait_until(
-                lambda: set(orders) <= system.redis.queued_chain_orders(queue, tasks=(REFUND_PAYMENT,)) and set(orders),
-                timeout=60,
-                interval=0.2,
-                message="the refunds' tasks did not reach Redis",
-            )
-            lost.update(queued)  # Redis holds the only copy of these refunds' work
-            system.redis.kill()
-            system.redis.start()
-            assert system.redis.queue_length(queue) == 0
-        finally:
-            system.signal("worker", signal.SIGCONT)
-        if (code := supervise_worker(system, connections_before=connections_before)) is not None:
-            exits.append(code)
+
+        lost.update(lose_redis_with_a_backlog(system, backlog=queued_refunds, exits=exits, meanwhile=ask_refunds))
 
     run_fault(system, redis_fault_name("Celery broker (Redis) SIGKILL with refunds queued, started empty", exits), inject)
     # Every refund completed: the reconciler re-drove each lost REFUND_REQUESTED.
