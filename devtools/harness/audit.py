@@ -8,9 +8,8 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
 from decimal import Decimal
+from typing import Any
 
 from django.db.models import Count, Sum
 
@@ -18,7 +17,7 @@ from devtools.harness.waiting import wait_until
 from events.contract import CUSTOMER_EVENTS, ORDER_REFUNDED, REFUND_FAILED, REFUND_REQUESTED
 from events.models import OutboxEvent
 from notifications.models import Notification
-from orders.models import Order, OrderStatus
+from orders.models import Order, OrderStatus, OrderTimelineEntry
 from orders.services import RECORD_PAYMENT, RECORD_REFUND, TERMINAL_STATUSES
 from payments.models import Payment, PaymentStatus, Refund, RefundStatus, SimulatedCharge, SimulatedRefund
 
@@ -70,7 +69,10 @@ def audit(order_ids: list[str], *, logs: Iterable[Path], gateway) -> dict[str, A
     and ``money``: where the gateway's ledger and the orders disagree (``money_audit``)."""
     orders = {str(o.id): o for o in Order.objects.filter(pk__in=order_ids)}
     missing = [order_id for order_id in order_ids if order_id not in orders]
-    refunding = {str(pk) for pk in Refund.objects.filter(order_id__in=order_ids, status=RefundStatus.REQUESTED).values_list("order_id", flat=True)}
+    refunding = {
+        str(pk)
+        for pk in Refund.objects.filter(order_id__in=order_ids, status=RefundStatus.REQUESTED).values_list("order_id", flat=True)
+    }
     unfinished = [o for o in orders.values() if o.status not in OUTCOMES or str(o.id) in refunding]
     wrong_outcome = [
         o
@@ -81,7 +83,15 @@ def audit(order_ids: list[str], *, logs: Iterable[Path], gateway) -> dict[str, A
     sent = set(
         Notification.objects.filter(order_id__in=order_ids, status="SENT").values_list("source_event_id", flat=True)
     )
-    unnotified = [o for o in orders.values() if set(_customer_events(o)) - sent]
+    # Each event the customer is to be told of (a status change they care about) was told.
+    untold = {
+        str(order_id)
+        for order_id, event_id in OrderTimelineEntry.objects.filter(
+            order_id__in=order_ids, event_type__in=CUSTOMER_EVENTS, event_id__isnull=False
+        ).values_list("order_id", "event_id")
+        if event_id not in sent
+    }
+    unnotified = [o for order_id, o in orders.items() if order_id in untold]
     charges = Counter()
     for key in SimulatedCharge.objects.filter(approved=True).values_list("idempotency_key", flat=True):
         charges[key.split(":")[0]] += 1
@@ -121,13 +131,6 @@ def audit(order_ids: list[str], *, logs: Iterable[Path], gateway) -> dict[str, A
     }
 
 
-def _customer_events(order: Order) -> list:
-    """The ids of the events the customer is to be told of (each status change they care about)."""
-    return list(
-        order.timeline.filter(event_type__in=CUSTOMER_EVENTS, event_id__isnull=False).values_list("event_id", flat=True)
-    )
-
-
 def money_audit(order_ids: list[str]) -> list[str]:
     """Where the simulated gateway's ledger and the orders disagree, one line each (none: the money
     adds up): for every order, its approved charges less the approved refunds of them equal what
@@ -148,7 +151,9 @@ def money_audit(order_ids: list[str]) -> list[str]:
     ledger_kept = defaultdict(Decimal)
     for charge in charges:
         if given_back[charge.reference] > charge.amount:
-            problems.append(f"charge {charge.reference} of order {charge.order_id}: {given_back[charge.reference]} refunded of {charge.amount}")
+            problems.append(
+                f"charge {charge.reference} of order {charge.order_id}: {given_back[charge.reference]} refunded of {charge.amount}"
+            )
         ledger_kept[charge.order_id] += charge.amount - given_back[charge.reference]
     payments = {
         str(p.order_id): p.amount - p.refunded_amount
