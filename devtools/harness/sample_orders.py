@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import urllib.error
 import urllib.request
 from decimal import Decimal
 
@@ -72,13 +73,21 @@ def create_test_orders(count: int, *, prefix: str, price: str = "1.00") -> list[
     ]
 
 
+def post_json(url: str, body: dict, *, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """POST ``body`` as JSON to ``url``: the answer's status and JSON body, errors (4xx) included."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
 def post_order(base_url: str, *, user_id: str, correlation_id: str | None = None) -> str:
     """POST the seed's order, for ``user_id``, to web at ``base_url``; the new order's id."""
     body = {**copy.deepcopy(SEED_ORDER), "user_id": user_id, "email": f"{user_id}@example.com"}
-    headers = {"Content-Type": "application/json"}
-    if correlation_id:
-        headers["X-Correlation-ID"] = correlation_id
-    request = urllib.request.Request(f"{base_url}/orders", data=json.dumps(body).encode(), headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 201
-        return json.load(response)["order_id"]
+    status, answer = post_json(f"{base_url}/orders", body, headers={"X-Correlation-ID": correlation_id} if correlation_id else None)
+    assert status == 201, answer
+    return answer["order_id"]

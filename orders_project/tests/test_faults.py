@@ -20,10 +20,14 @@ import random
 import shutil
 import signal
 import subprocess
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
+from decimal import ROUND_UP, Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -38,13 +42,16 @@ from devtools.harness.faults import inbox_redeliveries as redeliveries
 from devtools.harness.load import OrderLoad
 from devtools.harness.object_store import ObjectStore
 from devtools.harness.process_group import ProcessGroup
+from devtools.harness.sample_orders import post_json, post_order
 from devtools.harness.topics import BRIDGE_PARTITIONS
 from devtools.harness.waiting import wait_until
-from events.contract import TOPIC_ORDERS
+from events.contract import REFUND_REQUESTED, TOPIC_ORDERS
 from events.models import DeadLetter, OutboxEvent
-from messaging.routes import CHARGE_PAYMENT, PROCESS_ORDER
+from messaging.routes import CHARGE_PAYMENT, PROCESS_ORDER, REFUND_PAYMENT
+from orders.models import Order, OrderStatus, OrderTimelineEntry
+from payments.models import Cancellation, Payment, Refund, RefundStatus, SimulatedRefund
 from payments.simulator import SimulatedGateway
-from payments.models import Payment
+from recovery.models import Redrive
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.fault]
 
@@ -60,6 +67,7 @@ RECOVERY_BOUND = 120.0
 CHAOS_SECONDS = 120.0
 CHAOS_SEED = int(os.environ.get("FAULT_CHAOS_SEED", "20261125"))
 CHAOS_VICTIMS = ("relay", "bridge", "worker", "kafka")
+T = TypeVar("T")
 
 
 class RedisServer:
@@ -111,12 +119,13 @@ class RedisServer:
     def queue_length(self, queue: str) -> int:
         return self.client().llen(queue)
 
-    def queued_chain_orders(self, queue: str) -> set[str]:
-        """The orders whose process_order or charge_payment task waits in ``queue`` now."""
+    def queued_chain_orders(self, queue: str, *, tasks: tuple[str, ...] = (PROCESS_ORDER, CHARGE_PAYMENT)) -> set[str]:
+        """The orders whose process_order or charge_payment task (or one of ``tasks``) waits in
+        ``queue`` now."""
         orders = set()
         for raw in self.client().lrange(queue, 0, -1):
             message = json.loads(raw)
-            if message.get("headers", {}).get("task") not in (PROCESS_ORDER, CHARGE_PAYMENT):
+            if message.get("headers", {}).get("task") not in tasks:
                 continue
             body = message["body"]
             if message.get("properties", {}).get("body_encoding") == "base64":
@@ -194,12 +203,20 @@ def audit(system, order_ids: list[str]) -> dict:
 
 
 def run_fault(
-    system, name: str | Callable[[], str], inject, *, before: float = 3.0, after: float = 3.0, recover_within: float = RECOVERY_BOUND
+    system,
+    name: str | Callable[[], str],
+    inject,
+    *,
+    before: float = 3.0,
+    after: float = 3.0,
+    recover_within: float = RECOVERY_BOUND,
+    orders: tuple[str, ...] = (),
 ) -> dict:
     """Post orders, inject the fault (``inject`` returns when the fault is over: its recovery
     action is done), keep posting a little, then wait for every accepted order to finish and
     audit them. Every accepted order must be complete within ``recover_within`` seconds of the
-    end of the fault; the wait goes on twice as long, so that the table says how late it was."""
+    end of the fault; the wait goes on twice as long, so that the table says how late it was.
+    ``orders``: the test's own (paid before the fault, say), audited too, outside the table's row."""
     redelivered_before = redeliveries()
     load = OrderLoad(base_url=system.base_url, rate=RATE, body=order_body).start()
     time.sleep(before)
@@ -210,7 +227,7 @@ def run_fault(
     connection.close()  # the test's own connection may predate a database restart
 
     def finished():
-        result = audit(system, load.accepted)
+        result = audit(system, [*load.accepted, *orders])
         return result if not result["unfinished"] and not result["unnotified"] and not result["missing"] else None
 
     try:
@@ -228,9 +245,11 @@ def run_fault(
     )
     FAULT_REPORT.append(row)
     assert not load.unaccepted, f"orders the API never accepted: {len(load.unaccepted)}"
-    assert result["lost"] == 0, {key: result[key][:5] for key in ("missing", "unfinished", "unnotified")}
-    assert result["duplicates"] == 0, row
-    assert not result["wrong_outcome"], [str(o.id) for o in result["wrong_outcome"][:5]]
+    for audited in (result, audit(system, list(orders))):
+        assert audited["lost"] == 0, {key: audited[key][:5] for key in ("missing", "unfinished", "unnotified")}
+        assert audited["duplicates"] == 0, row
+        assert not audited["wrong_outcome"], [str(o.id) for o in audited["wrong_outcome"][:5]]
+        assert not audited["money"], audited["money"][:5]
     assert recover_s <= recover_within, f"recovered {recover_s} s after the fault ended, more than {recover_within} s"
     assert row["posted"] >= RATE * (before + after) * 0.5, row
     return row
@@ -271,8 +290,30 @@ def test_bridge_killed_while_a_second_bridge_takes_over_its_partitions(system):
     wait_until(lambda: _assigned(system, "bridge", count=BRIDGE_PARTITIONS), timeout=60, message="bridge did not get its partitions back")
 
 
-def test_worker_killed_during_a_payment_and_another_started(system):
+def kill_worker_mid_call(
+    system, name: str, *, in_flight: Callable[[OrderLoad], T], task: str, orders: tuple[str, ...] = ()
+) -> T:
+    """The fault ``name``: once ``in_flight(load)`` returns (a gateway call is under way: it waits
+    for one), SIGKILL the worker and start another, which takes up the dead one's ``task`` when
+    Redis hands it back. Returns what ``in_flight`` did. ``orders``: the test's own, audited too."""
+    seen = []
+
     def inject(load):
+        seen.append(in_flight(load))
+        system.kill("worker")
+        system.start("worker_b", command="worker")
+
+    try:
+        run_fault(system, name, inject, orders=orders)
+    finally:
+        system.stop("worker_b")
+        system.start("worker")
+    assert any(e["event"] == "task_received" and e["task"] == task for e in system.log_events("worker_b"))
+    return seen[0]
+
+
+def test_worker_killed_during_a_payment_and_another_started(system):
+    def in_flight(load):
         # A charge is under way when its attempt is open (PENDING): the gateway takes 150 ms.
         wait_until(
             lambda: Payment.objects.filter(status="PENDING", order_id__in=load.accepted).exists(),
@@ -280,15 +321,8 @@ def test_worker_killed_during_a_payment_and_another_started(system):
             interval=0.01,
             message="no payment in flight",
         )
-        system.kill("worker")
-        system.start("worker_b", command="worker")
 
-    try:
-        run_fault(system, "worker SIGKILL during a payment", inject)
-    finally:
-        system.stop("worker_b")
-        system.start("worker")
-    assert any(e["event"] == "task_received" and e["task"] == "payments.charge_payment" for e in system.log_events("worker_b"))
+    kill_worker_mid_call(system, "worker SIGKILL during a payment", in_flight=in_flight, task=CHARGE_PAYMENT)
 
 
 def test_kafka_broker_stopped_and_started_while_the_api_keeps_taking_orders(system):
@@ -419,30 +453,38 @@ def redis_fault_name(name: str, exits: list[int]) -> Callable[[], str]:
     return lambda: name + ("; the worker exited on losing Redis and was restarted" if exits else "")
 
 
+def lose_redis_with_a_backlog(system, *, backlog: Callable[[], set[str] | None], exits: list[int], meanwhile=lambda: None) -> set[str]:
+    """Freeze the worker so that tasks pile up in Redis (after ``meanwhile()`` asked for more
+    work), wait until ``backlog()`` gives the orders whose tasks wait there, SIGKILL Redis and
+    start it empty, and let the worker go on (started again if it exited: its code in ``exits``).
+    Returns those orders: Redis held the only copy of their work."""
+    queue = system.env["CELERY_QUEUE"]
+    connections_before = broker_connections(system)
+    system.signal("worker", signal.SIGSTOP)  # the bridge goes on handing tasks to Redis
+    try:
+        meanwhile()
+        lost = wait_until(backlog, timeout=60, interval=0.2, message="no backlog of tasks in Redis")
+        system.redis.kill()
+        system.redis.start()
+        assert system.redis.queue_length(queue) == 0
+    finally:
+        system.signal("worker", signal.SIGCONT)
+    if (code := supervise_worker(system, connections_before=connections_before)) is not None:
+        exits.append(code)
+    return lost
+
+
 def test_redis_killed_and_started_empty_while_a_backlog_is_queued(system):
     queue = system.env["CELERY_QUEUE"]
     lost: set[str] = set()
     exits: list[int] = []
 
+    def backlog() -> set[str] | None:
+        orders = system.redis.queued_chain_orders(queue)
+        return orders if len(orders) >= 10 else None
+
     def inject(load):
-        connections_before = broker_connections(system)
-        system.signal("worker", signal.SIGSTOP)  # the bridge goes on handing tasks to Redis
-        try:
-            wait_until(
-                lambda: len(system.redis.queued_chain_orders(queue)) >= 10,
-                timeout=60,
-                interval=0.2,
-                message="no backlog of chain tasks in Redis",
-            )
-            # These tasks are in Redis only: killing it destroys the only copy of the work.
-            lost.update(system.redis.queued_chain_orders(queue))
-            system.redis.kill()
-            system.redis.start()
-            assert system.redis.queue_length(queue) == 0
-        finally:
-            system.signal("worker", signal.SIGCONT)
-        if (code := supervise_worker(system, connections_before=connections_before)) is not None:
-            exits.append(code)
+        lost.update(lose_redis_with_a_backlog(system, backlog=backlog, exits=exits))
 
     run_fault(system, redis_fault_name("Celery broker (Redis) SIGKILL with a backlog queued, started empty", exits), inject)
     print(f"{len(lost)} orders had their chain task in the lost backlog")
@@ -475,6 +517,216 @@ def test_redis_down_a_few_seconds_while_orders_flow(system):
     refused = refused_callback_orders(system) & set(load.accepted)
     print(f"lost with Redis: {len(lost)} queued chain tasks; refused callback publishes: {len(refused)}")
     assert_redriven(system, lost | refused)
+
+
+# --- Cancellations and refunds under faults (issue 22) --------------------------------------------
+# The audit above also checks the money of every order: what the gateway's ledger kept of it
+# (approved charges less approved refunds) is what the order says it kept, no refund is approved
+# twice or beyond its charge (devtools.harness.audit.money_audit).
+
+
+def paid_orders(system, count: int) -> tuple[str, ...]:
+    """``count`` orders posted and paid before the fault (the seeded gateway approves their charge)."""
+    order_ids = []
+    while len(approved := [o for o in order_ids if GATEWAY.would_approve(idempotency_key=f"{o}:1")]) < count:
+        order_ids.append(post_order(system.base_url, user_id=f"refunding_{len(order_ids)}"))
+    wait_until(
+        lambda: Order.objects.filter(pk__in=approved, status=OrderStatus.PAID).count() == count,
+        timeout=120,
+        interval=0.2,
+        message=f"{count} orders not paid",
+    )
+    return tuple(approved)
+
+
+def ask_refund(system, order_id: str, amount: Decimal | None = None) -> tuple[int, dict]:
+    return post_json(
+        f"{system.base_url}/orders/{order_id}/refunds",
+        {} if amount is None else {"amount": str(amount)},
+        headers={"Idempotency-Key": f"refund-{uuid.uuid4()}"},
+    )
+
+
+def refund_orders(system, order_ids: list[str]) -> dict[str, tuple[str, Decimal]]:
+    """Ask for a refund of each order over HTTP: every other one in full, the rest 10.00; what each
+    order is to end as, with the amount refunded."""
+    expected = {}
+    for index, order_id in enumerate(order_ids):
+        amount = None if index % 2 == 0 else Decimal("10.00")
+        status, answer = ask_refund(system, order_id, amount)
+        assert status == 202, answer
+        if amount is None:
+            expected[order_id] = (OrderStatus.REFUNDED, Payment.objects.get(order_id=order_id, status="APPROVED").amount)
+        else:
+            expected[order_id] = (OrderStatus.PARTIALLY_REFUNDED, amount)
+    return expected
+
+
+def assert_refunded_as_asked(expected: dict[str, tuple[str, Decimal]]) -> None:
+    """Each order ended as its refund asked, with exactly one refund in the gateway's ledger."""
+    for order_id, (status, amount) in expected.items():
+        payment = Payment.objects.select_related("order").get(order_id=order_id, status="APPROVED")
+        assert (payment.order.status, payment.refunded_amount) == (status, amount), order_id
+        assert SimulatedRefund.objects.filter(charge_reference=payment.gateway_reference).count() == 1, order_id
+
+
+def test_worker_killed_during_a_refund_and_another_started(system):
+    orders = paid_orders(system, 10)
+    expected: dict[str, tuple[str, Decimal]] = {}
+
+    def refunds_under_way() -> set[str]:
+        """Keys of refunds the gateway recorded but whose answer no worker has yet (it takes 150 ms)."""
+        keys = Refund.objects.filter(order_id__in=orders, status=RefundStatus.REQUESTED).values_list("idempotency_key", flat=True)
+        return set(SimulatedRefund.objects.filter(idempotency_key__in=list(keys)).values_list("idempotency_key", flat=True))
+
+    def in_flight(load) -> set[str]:
+        expected.update(refund_orders(system, orders))
+        return wait_until(refunds_under_way, timeout=30, interval=0.01, message="no refund in flight")
+
+    in_flight_keys = kill_worker_mid_call(
+        system, "worker SIGKILL during a refund", in_flight=in_flight, task=REFUND_PAYMENT, orders=orders
+    )
+    assert_refunded_as_asked(expected)
+    # The killed worker's refund was made again under its key by the other worker: the gateway
+    # answered with the refund it had recorded, and made no second one.
+    calls = dict(SimulatedRefund.objects.filter(idempotency_key__in=in_flight_keys).values_list("idempotency_key", "calls"))
+    assert max(calls.values()) >= 2, calls
+
+
+def test_redis_killed_and_started_empty_while_refunds_are_queued(system):
+    queue = system.env["CELERY_QUEUE"]
+    expected: dict[str, tuple[str, Decimal]] = {}
+    lost: set[str] = set()
+    exits: list[int] = []
+
+    def queued_refunds() -> set[str] | None:
+        orders = system.redis.queued_chain_orders(queue, tasks=(REFUND_PAYMENT,))
+        return orders if orders >= set(expected) else None
+
+    orders = paid_orders(system, 8)
+
+    def inject(load):
+        def ask_refunds():
+            expected.update(refund_orders(system, orders))
+
+        lost.update(lose_redis_with_a_backlog(system, backlog=queued_refunds, exits=exits, meanwhile=ask_refunds))
+
+    run_fault(
+        system, redis_fault_name("Celery broker (Redis) SIGKILL with refunds queued, started empty", exits), inject, before=1.0, orders=orders
+    )
+    # Every refund completed: the reconciler re-drove each lost REFUND_REQUESTED.
+    assert_refunded_as_asked(expected)
+    assert_redriven(system, lost)
+    redriven = Redrive.objects.filter(order_id__in=lost, event_type=REFUND_REQUESTED, requested_by="reconciler")
+    assert {str(order_id) for order_id in redriven.values_list("order_id", flat=True)} == lost
+
+
+# The slow gateway of the cancellation race: 600 ms a charge, so cancels can land all through it;
+# a worker with 8 threads keeps up with the load.
+RACE_LATENCY = 0.6
+RACE_ORDERS = 24
+# Each cancelled order's cancel arrives at one of these moments: right after the 201 (before any
+# charge), at 0 .. 1 of the charge's latency after its attempt was opened, or after its outcome.
+RACE_MOMENTS = (None, *(RACE_LATENCY * step / 9 for step in range(10)), RACE_LATENCY * 1.5)
+
+
+def restart_worker(system, **env: str) -> None:
+    """Stop the worker and start it with ``env``; returns once it is connected to Redis."""
+    connections_before = broker_connections(system)
+    system.stop("worker")
+    system.start("worker", **env)
+    wait_until(lambda: broker_connections(system) > connections_before, timeout=60, message="the worker did not connect to Redis")
+
+
+def test_cancels_arriving_at_every_moment_of_a_charge(system):
+    answers: dict[str, int] = {}
+
+    def cancel(order_id: str) -> None:
+        answers[order_id] = post_json(f"{system.base_url}/orders/{order_id}/cancel", {"reason": "changed my mind"})[0]
+
+    def inject(load):
+        first = len(load.accepted)
+        moments: dict[str, float | None] = {}  # the orders to cancel; None once their cancel is timed
+        timers: list[threading.Thread] = []
+
+        def time_cancels() -> bool:
+            for order_id in load.accepted[first : first + RACE_ORDERS]:
+                if order_id not in moments:
+                    moments[order_id] = RACE_MOMENTS[len(moments) % len(RACE_MOMENTS)]
+                    if moments[order_id] is None:
+                        timers.append(threading.Thread(target=cancel, args=(order_id,)))
+                        timers[-1].start()
+            waiting = [order_id for order_id, moment in moments.items() if moment is not None]
+            for order_id, opened in Payment.objects.filter(order_id__in=waiting, attempt=1).values_list("order_id", "created_at"):
+                # The attempt is committed just before the gateway is called: the charge's start.
+                delay = opened.timestamp() + moments[str(order_id)] - time.time()
+                timers.append(threading.Timer(max(0.0, delay), cancel, args=(str(order_id),)))
+                timers[-1].start()
+                moments[str(order_id)] = None
+            return len(moments) == RACE_ORDERS and all(moment is None for moment in moments.values())
+
+        wait_until(time_cancels, timeout=120, interval=0.02, message="the orders to cancel were not all charged")
+        for timer in timers:
+            timer.join()
+
+    restart_worker(system, PAYMENTS_LATENCY_MS=str(int(RACE_LATENCY * 1000)), CELERY_CONCURRENCY="8")
+    try:
+        run_fault(system, f"{RACE_ORDERS} orders cancelled at every moment of a {RACE_LATENCY:g} s charge", inject, before=1.0, after=1.0)
+    finally:
+        restart_worker(system)
+    assert len(answers) == RACE_ORDERS and set(answers.values()) <= {200, 202}, Counter(answers.values())
+    assert Counter(Order.objects.filter(pk__in=list(answers)).values_list("status", flat=True)) == {OrderStatus.CANCELLED: RACE_ORDERS}
+    # The race was run: cancels landed before the charge, while it was under way (the charge then
+    # approved and refunded in full, or declined), and after it.
+    cancellations = Cancellation.objects.filter(order_id__in=list(answers))
+    assert set(cancellations.values_list("answered_status", flat=True)) == {OrderStatus.CANCELLED, OrderStatus.CANCELLING}
+    assert cancellations.filter(from_status=OrderStatus.PAID).exists()
+    approved_while_cancelling = OrderTimelineEntry.objects.filter(
+        order_id__in=list(answers), event_type="PAYMENT_AFTER_CANCELLATION", message__startswith="Payment approved"
+    )
+    assert approved_while_cancelling.exists()
+    print(
+        "cancellations (from, answered):",
+        Counter(cancellations.values_list("from_status", "answered_status")),
+        f"charges approved after the cancel: {approved_while_cancelling.count()}",
+    )
+    assert Refund.objects.filter(order_id__in=list(answers), requested_by="cancellation", status=RefundStatus.SUCCEEDED).exists()
+
+
+CONCURRENT_REFUNDS = 20
+
+
+def test_concurrent_partial_refunds_whose_sum_exceeds_the_charge(system):
+    (order_id,) = paid_orders(system, 1)
+    charge = Payment.objects.get(order_id=order_id, status="APPROVED").amount
+    # Seven of these would cover the charge: twenty ask for about three times it.
+    amount = (charge / 7).quantize(Decimal("0.01"), rounding=ROUND_UP)
+    answers: list[tuple[int, dict]] = []
+
+    def inject(load):
+        start = threading.Barrier(CONCURRENT_REFUNDS)
+
+        def ask():
+            start.wait()
+            answers.append(ask_refund(system, order_id, amount))
+
+        clients = [threading.Thread(target=ask) for _ in range(CONCURRENT_REFUNDS)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join()
+
+    run_fault(system, f"{CONCURRENT_REFUNDS} concurrent partial refunds of one charge, 3x its amount", inject, before=1.0, orders=(order_id,))
+    # Every client got a definite answer; as many were accepted as fit in the charge, one after the other.
+    assert len(answers) == CONCURRENT_REFUNDS and {code for code, _body in answers} <= {202, 409}, answers
+    accepted = [body for code, body in answers if code == 202]
+    assert len(accepted) == charge // amount, (charge, amount, len(accepted))
+    assert {Decimal(body["amount"]) for body in accepted} == {amount}
+    payment = Payment.objects.select_related("order").get(order_id=order_id, status="APPROVED")
+    assert payment.refunded_amount == payment.refund_reserved == amount * len(accepted) <= charge
+    assert payment.order.status == (OrderStatus.REFUNDED if payment.refunded_amount == charge else OrderStatus.PARTIALLY_REFUNDED)
+    ledger = SimulatedRefund.objects.filter(charge_reference=payment.gateway_reference, approved=True)
+    assert ledger.count() == len(accepted) and sum(r.amount for r in ledger) == payment.refunded_amount
 
 
 def _sigkill_and_restart(system, victim: str, *, down: float) -> None:

@@ -69,6 +69,7 @@ def audit_recovery(name: str, load: OrderLoad, ended: float, *, logs: Callable[[
     assert result["emails_resent"] == 0, row
     assert result["duplicates"] == 0, row
     assert not result["wrong_outcome"], [str(o.id) for o in result["wrong_outcome"][:5]]
+    assert not result["money"], result["money"][:5]
     assert recover_s <= RECOVERY_BOUND, row
     assert row["posted"] >= RATE * 4.0 * 0.5, row
     return row
