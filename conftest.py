@@ -47,6 +47,9 @@ def own_celery(tmp_path):
             declared = app.amqp.queues[queue](connection.default_channel)
             declared.declare()
             declared.delete()
+
+
+@pytest.fixture
 def staff_client(client, django_user_model):
     """The test client logged in as a superuser, "operator", for the admin's pages."""
     user = django_user_model.objects.create_user("operator", password="pw", is_staff=True, is_superuser=True)
