@@ -22,6 +22,18 @@ def _answer(body, *, code: int, replayed: bool) -> Response:
     return Response(body, status=code, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
+# What each refusal of the services answers.
+REFUSALS = {
+    services.RequestKeyReused: status.HTTP_422_UNPROCESSABLE_ENTITY,
+    services.NotCancellable: status.HTTP_409_CONFLICT,
+    services.NotRefundable: status.HTTP_409_CONFLICT,
+}
+
+
+def _refusal(exc: Exception) -> Response:
+    return Response({"error": str(exc)}, status=REFUSALS[type(exc)])
+
+
 class OrderMoneyViewSet(OrderLookup, viewsets.GenericViewSet):
     """Cancel an order, refund it, list its refunds."""
 
@@ -59,10 +71,8 @@ class OrderMoneyViewSet(OrderLookup, viewsets.GenericViewSet):
                 request_key=client_scoped_key(request),
                 source=API_SOURCE,
             )
-        except services.RequestKeyReused as exc:
-            return Response({"error": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
-        except services.NotCancellable as exc:
-            return Response({"error": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except tuple(REFUSALS) as exc:
+            return _refusal(exc)
         cancellation = outcome.cancellation
         code = status.HTTP_200_OK if cancellation.answered_status == "CANCELLED" else status.HTTP_202_ACCEPTED
         return _answer(CancellationSerializer(cancellation).data, code=code, replayed=outcome.replayed)
@@ -92,10 +102,8 @@ class OrderMoneyViewSet(OrderLookup, viewsets.GenericViewSet):
                 request_key=client_scoped_key(request),
                 source=API_SOURCE,
             )
-        except services.RequestKeyReused as exc:
-            return Response({"error": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
-        except services.NotRefundable as exc:
-            return Response({"error": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except tuple(REFUSALS) as exc:
+            return _refusal(exc)
         return _answer(RefundSerializer(outcome.refund).data, code=status.HTTP_202_ACCEPTED, replayed=outcome.replayed)
 
     @extend_schema(
