@@ -90,6 +90,8 @@ def log_task_done_and_clear_context(state=None, **_kwargs) -> None:
 
 @worker_init.connect
 def prepare_worker(sender, **_kwargs) -> None:
+    if sender.app is not app:
+        return  # a worker of another Celery app in this process (a benchmark's no-op worker, say)
     from django.conf import settings
 
     # Imported here, not with this module: web's gunicorn.conf.py imports this package before it
