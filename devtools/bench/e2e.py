@@ -3,10 +3,13 @@ end-to-end measurements against it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.bench import cpu
+from devtools.bench.env import BASE_DIR
 from devtools.bench.httpload import PostLog, backlog_limited, closed_loop, paced
 from devtools.bench.stats import epoch, summary
 
@@ -22,6 +26,9 @@ TERMINAL = ("PAID", "PAYMENT_FAILED", "FAILED", "CANCELLED", "PARTIALLY_REFUNDED
 NOTIFICATIONS_PER_ORDER = 3  # email for ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED
 EVENTS_PER_ORDER = 6  # ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED, 3 x NOTIFICATION_SENT
 POSTERS = 4  # client threads of the saturation run
+WEBHOOK_WORKER = "webhook-worker"
+# The CPU session of the benchmark's webhook receiver: the shop's side, not the system's.
+WEBHOOK_RECEIVER = "webhook receiver"
 
 
 class System:
@@ -74,7 +81,8 @@ class System:
         )
 
     def wait_workers(self, timeout: float = 60) -> None:
-        for name in self.workers:
+        """The Celery workers started ready: the pipeline's, and the webhook worker if it runs."""
+        for name in [name for name in self.started if name in self.workers or name == WEBHOOK_WORKER]:
             self._wait(name, lambda: " ready." in self.group.log(name), timeout=timeout, what=f"{name} ready")
 
     def wait_relay(self, timeout: float = 60) -> None:
@@ -82,6 +90,19 @@ class System:
             "relay", lambda: any(e.get("event") == "relay_started" for e in self.group.log_events("relay")),
             timeout=timeout, what="relay_started",
         )
+
+    def start_webhook_receiver(self, timeout: float = 30) -> str:
+        """The receiver process of ``devtools.bench.webhook_sink`` (killed in stop()); its URL."""
+        process = self.started[WEBHOOK_RECEIVER] = subprocess.Popen(
+            [sys.executable, "-m", "devtools.bench.webhook_sink"], cwd=BASE_DIR, env=self.group.env,
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        if not select.select([process.stdout], [], [], timeout)[0]:
+            raise TimeoutError(f"the webhook receiver printed no port in {timeout:.0f} s")
+        port = process.stdout.readline().strip()
+        if not port.isdigit():
+            raise RuntimeError(f"the webhook receiver exited with {process.poll()} before listening")
+        return f"http://127.0.0.1:{port}/hooks"
 
     def stop(self) -> None:
         """SIGTERM each (clean stop), SIGKILL after 30 s, then SIGKILL whatever is left in their sessions."""
@@ -237,20 +258,46 @@ def pipeline_counts() -> dict[str, int]:
     return {"orders": orders, "terminal": terminal, "notifications": notifications, "unpublished": unpublished}
 
 
+def delivery_counts() -> dict[str, int]:
+    """Webhook deliveries by status (none without an endpoint)."""
+    from django.db.models import Count
+
+    from webhooks.models import WebhookDelivery
+
+    counts = dict.fromkeys(("PENDING", "SUCCEEDED", "FAILED"), 0)
+    counts.update(WebhookDelivery.objects.values_list("status").annotate(n=Count("id")).order_by())
+    return {f"deliveries_{status.lower()}": n for status, n in counts.items()}
+
+
+@contextlib.contextmanager
+def webhook_endpoint(*, url: str):
+    """One endpoint taking every order event of the benchmark's orders (posted without
+    credentials: their owner is none) for the block; removed after it with its deliveries."""
+    from webhooks import services
+
+    endpoint = services.create_endpoint(owner=None, url=url, event_types=[], description="benchmark")
+    try:
+        yield endpoint
+    finally:
+        services.delete_endpoint(endpoint=endpoint)
+
+
 def _done(counts: dict[str, int]) -> int:
     """Orders whose work is all done: terminal, and their notifications recorded."""
     return min(counts["terminal"], counts["notifications"] // NOTIFICATIONS_PER_ORDER)
 
 
 def drain(*, timeout: float) -> dict[str, Any]:
-    """Wait until every order is terminal, notified and every outbox row published."""
+    """Wait until every order is terminal, notified, every outbox row published and every webhook
+    delivery sent."""
     started = time.monotonic()
     while True:
-        counts = pipeline_counts()
+        counts = {**pipeline_counts(), **delivery_counts()}
         if (
             counts["terminal"] == counts["orders"]
             and counts["notifications"] >= NOTIFICATIONS_PER_ORDER * counts["orders"]
             and counts["unpublished"] == 0
+            and counts["deliveries_pending"] == 0
         ):
             time.sleep(1.0)  # the last NOTIFICATION_SENT events pass the bridge (no task)
             return {"drained": True, "seconds": time.monotonic() - started, **counts}
@@ -263,9 +310,12 @@ def _count_between(times: list[float], start: float, end: float) -> int:
     return sum(1 for t in times if start <= t < end)
 
 
-def saturation(system: System, *, warmup: float, window: float, backlog: int, broker_pid: int | None) -> dict[str, Any]:
+def saturation(system: System, *, warmup: float, window: float, backlog: int, broker_pid: int | None,
+               webhooks: bool = False) -> dict[str, Any]:
     """The max sustainable rate: post as fast as the pipeline drains (at most ``backlog`` orders
-    in flight), and count the orders that finish per second once it runs steadily."""
+    in flight), and count the orders that finish per second once it runs steadily. ``webhooks``:
+    an endpoint takes the orders' events; the webhook deliveries sent over the window are counted
+    too (an order finishes without waiting for its deliveries)."""
     from django.db import connection
 
     def done() -> int:
@@ -282,9 +332,11 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
     )
     load.start()
     time.sleep(warmup)
+    deliveries_a = delivery_counts() if webhooks else {}
     t_a, counts_a, cpu_a = time.time(), pipeline_counts(), system.cpu_snapshot(broker_pid=broker_pid)
     time.sleep(window)
     t_b, counts_b, cpu_b = time.time(), pipeline_counts(), system.cpu_snapshot(broker_pid=broker_pid)
+    deliveries_b = delivery_counts() if webhooks else {}
     load.join(timeout=window + 180)
     log = holder.get("log", PostLog())
     elapsed = t_b - t_a
@@ -312,6 +364,16 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
         "tasks_succeeded_rate": _count_between([r["end"] for r in system.task_runs()], t_a, t_b) / elapsed,
         **_cpu_fields(used, finished),
     }
+    if webhooks:
+        succeeded = deliveries_b["deliveries_succeeded"] - deliveries_a["deliveries_succeeded"]
+        result["webhooks"] = {
+            "deliveries_succeeded": succeeded,
+            "deliveries_succeeded_rate": succeeded / elapsed,
+            "deliveries_per_finished_order": succeeded / finished,
+            "deliveries_failed": deliveries_b["deliveries_failed"] - deliveries_a["deliveries_failed"],
+            "pending_at_start": deliveries_a["deliveries_pending"],
+            "pending_at_end": deliveries_b["deliveries_pending"],
+        }
     return result
 
 
