@@ -24,6 +24,7 @@ from devtools.bench.stats import epoch, summary
 
 TERMINAL = ("PAID", "PAYMENT_FAILED", "FAILED", "CANCELLED", "PARTIALLY_REFUNDED", "REFUNDED")
 NOTIFICATIONS_PER_ORDER = 3  # email for ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED
+WEBHOOKS_PER_ORDER = 3  # order.created, order.processing, order.paid/payment_failed
 EVENTS_PER_ORDER = 6  # ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED, 3 x NOTIFICATION_SENT
 POSTERS = 4  # client threads of the saturation run
 WEBHOOK_WORKER = "webhook-worker"
@@ -283,8 +284,14 @@ def webhook_endpoint(*, url: str):
 
 
 def _done(counts: dict[str, int]) -> int:
-    """Orders whose work is all done: terminal, and their notifications recorded."""
-    return min(counts["terminal"], counts["notifications"] // NOTIFICATIONS_PER_ORDER)
+    """Orders whose work is all done: terminal, their notifications recorded and, when counted,
+    their webhook deliveries sent."""
+    delivered = counts.get("deliveries_succeeded")
+    return min(
+        counts["terminal"],
+        counts["notifications"] // NOTIFICATIONS_PER_ORDER,
+        *([delivered // WEBHOOKS_PER_ORDER] if delivered is not None else []),
+    )
 
 
 def drain(*, timeout: float) -> dict[str, Any]:
@@ -314,12 +321,15 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
                webhooks: bool = False) -> dict[str, Any]:
     """The max sustainable rate: post as fast as the pipeline drains (at most ``backlog`` orders
     in flight), and count the orders that finish per second once it runs steadily. ``webhooks``:
-    an endpoint takes the orders' events; the webhook deliveries sent over the window are counted
-    too (an order finishes without waiting for its deliveries)."""
+    an endpoint takes the orders' events, and an order is finished once its deliveries are sent
+    too (else the rate would leave a growing queue of them behind, unpaid for in the CPU per order)."""
     from django.db import connection
 
+    def counts() -> dict[str, int]:
+        return {**pipeline_counts(), **(delivery_counts() if webhooks else {})}
+
     def done() -> int:
-        return _done(pipeline_counts())
+        return _done(counts())
 
     holder: dict[str, PostLog] = {}
     load = threading.Thread(
@@ -332,11 +342,9 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
     )
     load.start()
     time.sleep(warmup)
-    deliveries_a = delivery_counts() if webhooks else {}
-    t_a, counts_a, cpu_a = time.time(), pipeline_counts(), system.cpu_snapshot(broker_pid=broker_pid)
+    t_a, counts_a, cpu_a = time.time(), counts(), system.cpu_snapshot(broker_pid=broker_pid)
     time.sleep(window)
-    t_b, counts_b, cpu_b = time.time(), pipeline_counts(), system.cpu_snapshot(broker_pid=broker_pid)
-    deliveries_b = delivery_counts() if webhooks else {}
+    t_b, counts_b, cpu_b = time.time(), counts(), system.cpu_snapshot(broker_pid=broker_pid)
     load.join(timeout=window + 180)
     log = holder.get("log", PostLog())
     elapsed = t_b - t_a
@@ -349,8 +357,8 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
     result = {
         "method": (
             f"{POSTERS} client threads post whenever fewer than {backlog} accepted orders are unfinished; "
-            f"after {warmup:.0f} s of warm-up, orders finished (terminal and 3 notifications recorded) are counted "
-            f"over {window:.0f} s"
+            f"after {warmup:.0f} s of warm-up, orders finished (terminal and {NOTIFICATIONS_PER_ORDER} notifications recorded"
+            f"{f', {WEBHOOKS_PER_ORDER} webhook deliveries succeeded' if webhooks else ''}) are counted over {window:.0f} s"
         ),
         "backlog": backlog,
         "window_s": elapsed,
@@ -365,14 +373,14 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
         **_cpu_fields(used, finished),
     }
     if webhooks:
-        succeeded = deliveries_b["deliveries_succeeded"] - deliveries_a["deliveries_succeeded"]
+        succeeded = counts_b["deliveries_succeeded"] - counts_a["deliveries_succeeded"]
         result["webhooks"] = {
             "deliveries_succeeded": succeeded,
             "deliveries_succeeded_rate": succeeded / elapsed,
             "deliveries_per_finished_order": succeeded / finished,
-            "deliveries_failed": deliveries_b["deliveries_failed"] - deliveries_a["deliveries_failed"],
-            "pending_at_start": deliveries_a["deliveries_pending"],
-            "pending_at_end": deliveries_b["deliveries_pending"],
+            "deliveries_failed": counts_b["deliveries_failed"] - counts_a["deliveries_failed"],
+            "pending_at_start": counts_a["deliveries_pending"],
+            "pending_at_end": counts_b["deliveries_pending"],
         }
     return result
 

@@ -6,6 +6,7 @@ import operator
 from pathlib import Path
 from typing import Any
 
+from devtools.bench.e2e import WEBHOOKS_PER_ORDER
 from devtools.bench.stats import fmt
 
 # DB write transactions one order needs, counted from the code (the census measures the real count).
@@ -227,7 +228,7 @@ def _webhook_lines(results: dict[str, Any]) -> list[str]:
              " orders, its receiver a local process answering 204 unverified",
              *_saturation_lines(sat),
              f"    deliveries succeeded in the window: {hooks.get('deliveries_succeeded')} ({fmt(hooks.get('deliveries_succeeded_rate'))}/s,"
-             f" {fmt(hooks.get('deliveries_per_finished_order'), 2)} per finished order; 3 events per order), failed"
+             f" {fmt(hooks.get('deliveries_per_finished_order'), 2)} per finished order, of {WEBHOOKS_PER_ORDER} events each), failed"
              f" {hooks.get('deliveries_failed')}; pending at the window's start {hooks.get('pending_at_start')}, at its end"
              f" {hooks.get('pending_at_end')}",
              "  CPU ms per finished order at the max                       without       with   with/without",
