@@ -94,10 +94,11 @@ class System:
 
     def start_webhook_receiver(self, timeout: float = 30) -> str:
         """The receiver process of ``devtools.bench.webhook_sink`` (killed in stop()); its URL."""
-        process = self.started[WEBHOOK_RECEIVER] = subprocess.Popen(
-            [sys.executable, "-m", "devtools.bench.webhook_sink"], cwd=BASE_DIR, env=self.group.env,
-            stdout=subprocess.PIPE, text=True, start_new_session=True,
-        )
+        with (self.group.log_dir / "webhook-receiver.log").open("ab") as log:
+            process = self.started[WEBHOOK_RECEIVER] = subprocess.Popen(
+                [sys.executable, "-m", "devtools.bench.webhook_sink"], cwd=BASE_DIR, env=self.group.env,
+                stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+            )
         if not select.select([process.stdout], [], [], timeout)[0]:
             raise TimeoutError(f"the webhook receiver printed no port in {timeout:.0f} s")
         port = process.stdout.readline().strip()
