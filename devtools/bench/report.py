@@ -230,7 +230,8 @@ def _webhook_lines(results: dict[str, Any]) -> list[str]:
              f"    deliveries succeeded in the window: {hooks.get('deliveries_succeeded')} ({fmt(hooks.get('deliveries_succeeded_rate'))}/s,"
              f" {fmt(hooks.get('deliveries_per_finished_order'), 2)} per finished order, of {WEBHOOKS_PER_ORDER} events each), failed"
              f" {hooks.get('deliveries_failed')}; pending at the window's start {hooks.get('pending_at_start')}, at its end"
-             f" {hooks.get('pending_at_end')}",
+             f" {hooks.get('pending_at_end')} (at most {WEBHOOKS_PER_ORDER * (sat.get('backlog') or 0)}: the client waits on"
+             " them)",
              "  CPU ms per finished order at the max                       without       with   with/without",
              f"  {'max sustainable, orders/s finished':<57} {fmt(e2e.get('saturation', {}).get('max_sustainable_rate')):>9}"
              f" {fmt(sat.get('max_sustainable_rate')):>10} {_times(r.get('webhook_rate_ratio')):>14}",
@@ -424,7 +425,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"Order service benchmark - {meta['date']} - {meta['commit']} - {meta['cores']} cores - {meta['mode']}")
 
     ax = axes[0][0]
-    labels = ["ORM 1 proc", "ORM 2 procs", "API best", "E2E max", "E2E max + webhook", "E2E half-rate",
+    labels = ["ORM 1 proc", "ORM 2 procs", "API best", "E2E max", "E2E + webhook", "E2E half-rate",
               f"ORM / {TRANSACTIONS_PER_ORDER} tx", "peer max"]
     values = [
         base.get("orm_1", {}).get("rate"), base.get("orm_2", {}).get("rate"), api.get("best_throughput"),
