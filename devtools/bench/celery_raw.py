@@ -21,7 +21,9 @@ def run_noop_baseline(*, tasks: int, concurrency: int, log_dir: Path, run_id: st
     os.environ["BENCH_NOOP_QUEUE"] = queue
     from devtools.bench import noop  # reads the two variables above
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Without DJANGO_SETTINGS_MODULE Celery's Django fix-up stays off, so the product's app is not
+    # loaded: its worker_init handler would run for this app too and point it at the pipeline's queue.
+    env = {**{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}, "PYTHONUNBUFFERED": "1"}
     log_path = log_dir / "noop-worker.log"
     command = [
         sys.executable, "-m", "celery", "-A", "devtools.bench.noop", "worker", "--pool", "threads", "-c", str(concurrency),

@@ -3,10 +3,13 @@ end-to-end measurements against it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -15,13 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from devtools.bench import cpu
+from devtools.bench.env import BASE_DIR
 from devtools.bench.httpload import PostLog, backlog_limited, closed_loop, paced
 from devtools.bench.stats import epoch, summary
 
 TERMINAL = ("PAID", "PAYMENT_FAILED", "FAILED", "CANCELLED", "PARTIALLY_REFUNDED", "REFUNDED")
 NOTIFICATIONS_PER_ORDER = 3  # email for ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED
+WEBHOOKS_PER_ORDER = 3  # order.created, order.processing, order.paid/payment_failed
 EVENTS_PER_ORDER = 6  # ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED, 3 x NOTIFICATION_SENT
 POSTERS = 4  # client threads of the saturation run
+WEBHOOK_WORKER = "webhook-worker"
+# The CPU session of the benchmark's webhook receiver: the shop's side, not the system's.
+WEBHOOK_RECEIVER = "webhook receiver"
 
 
 class System:
@@ -74,7 +82,8 @@ class System:
         )
 
     def wait_workers(self, timeout: float = 60) -> None:
-        for name in self.workers:
+        """The Celery workers started ready: the pipeline's, and the webhook worker if it runs."""
+        for name in [name for name in self.started if name in self.workers or name == WEBHOOK_WORKER]:
             self._wait(name, lambda: " ready." in self.group.log(name), timeout=timeout, what=f"{name} ready")
 
     def wait_relay(self, timeout: float = 60) -> None:
@@ -82,6 +91,20 @@ class System:
             "relay", lambda: any(e.get("event") == "relay_started" for e in self.group.log_events("relay")),
             timeout=timeout, what="relay_started",
         )
+
+    def start_webhook_receiver(self, timeout: float = 30) -> str:
+        """The receiver process of ``devtools.bench.webhook_sink`` (killed in stop()); its URL."""
+        with (self.group.log_dir / "webhook-receiver.log").open("ab") as log:
+            process = self.started[WEBHOOK_RECEIVER] = subprocess.Popen(
+                [sys.executable, "-m", "devtools.bench.webhook_sink"], cwd=BASE_DIR, env=self.group.env,
+                stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+            )
+        if not select.select([process.stdout], [], [], timeout)[0]:
+            raise TimeoutError(f"the webhook receiver printed no port in {timeout:.0f} s")
+        port = process.stdout.readline().strip()
+        if not port.isdigit():
+            raise RuntimeError(f"the webhook receiver exited with {process.poll()} before listening")
+        return f"http://127.0.0.1:{port}/hooks"
 
     def stop(self) -> None:
         """SIGTERM each (clean stop), SIGKILL after 30 s, then SIGKILL whatever is left in their sessions."""
@@ -237,20 +260,52 @@ def pipeline_counts() -> dict[str, int]:
     return {"orders": orders, "terminal": terminal, "notifications": notifications, "unpublished": unpublished}
 
 
+def delivery_counts() -> dict[str, int]:
+    """Webhook deliveries by status (none without an endpoint)."""
+    from django.db.models import Count
+
+    from webhooks.models import WebhookDelivery
+
+    counts = dict.fromkeys(("PENDING", "SUCCEEDED", "FAILED"), 0)
+    counts.update(WebhookDelivery.objects.values_list("status").annotate(n=Count("id")).order_by())
+    return {f"deliveries_{status.lower()}": n for status, n in counts.items()}
+
+
+@contextlib.contextmanager
+def webhook_endpoint(*, url: str):
+    """One endpoint taking every order event of the benchmark's orders (posted without
+    credentials: their owner is none) for the block; removed after it with its deliveries."""
+    from webhooks import services
+
+    endpoint = services.create_endpoint(owner=None, url=url, event_types=[], description="benchmark")
+    try:
+        yield endpoint
+    finally:
+        services.delete_endpoint(endpoint=endpoint)
+
+
 def _done(counts: dict[str, int]) -> int:
-    """Orders whose work is all done: terminal, and their notifications recorded."""
-    return min(counts["terminal"], counts["notifications"] // NOTIFICATIONS_PER_ORDER)
+    """Orders whose work is all done: terminal, their notifications recorded and, when counted,
+    their webhook deliveries sent."""
+    delivered = counts.get("deliveries_succeeded")
+    return min(
+        counts["terminal"],
+        counts["notifications"] // NOTIFICATIONS_PER_ORDER,
+        *([delivered // WEBHOOKS_PER_ORDER] if delivered is not None else []),
+    )
 
 
 def drain(*, timeout: float) -> dict[str, Any]:
-    """Wait until every order is terminal, notified and every outbox row published."""
+    """Wait until every order is terminal, notified, every outbox row published and every webhook
+    delivery sent."""
     started = time.monotonic()
     while True:
-        counts = pipeline_counts()
+        counts = {**pipeline_counts(), **delivery_counts()}
         if (
             counts["terminal"] == counts["orders"]
             and counts["notifications"] >= NOTIFICATIONS_PER_ORDER * counts["orders"]
             and counts["unpublished"] == 0
+            and counts["deliveries_pending"] == 0
         ):
             time.sleep(1.0)  # the last NOTIFICATION_SENT events pass the bridge (no task)
             return {"drained": True, "seconds": time.monotonic() - started, **counts}
@@ -263,13 +318,19 @@ def _count_between(times: list[float], start: float, end: float) -> int:
     return sum(1 for t in times if start <= t < end)
 
 
-def saturation(system: System, *, warmup: float, window: float, backlog: int, broker_pid: int | None) -> dict[str, Any]:
+def saturation(system: System, *, warmup: float, window: float, backlog: int, broker_pid: int | None,
+               webhooks: bool = False) -> dict[str, Any]:
     """The max sustainable rate: post as fast as the pipeline drains (at most ``backlog`` orders
-    in flight), and count the orders that finish per second once it runs steadily."""
+    in flight), and count the orders that finish per second once it runs steadily. ``webhooks``:
+    an endpoint takes the orders' events, and an order is finished once its deliveries are sent
+    too (else the rate would leave a growing queue of them behind, unpaid for in the CPU per order)."""
     from django.db import connection
 
+    def counts() -> dict[str, int]:
+        return {**pipeline_counts(), **(delivery_counts() if webhooks else {})}
+
     def done() -> int:
-        return _done(pipeline_counts())
+        return _done(counts())
 
     holder: dict[str, PostLog] = {}
     load = threading.Thread(
@@ -282,9 +343,9 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
     )
     load.start()
     time.sleep(warmup)
-    t_a, counts_a, cpu_a = time.time(), pipeline_counts(), system.cpu_snapshot(broker_pid=broker_pid)
+    t_a, counts_a, cpu_a = time.time(), counts(), system.cpu_snapshot(broker_pid=broker_pid)
     time.sleep(window)
-    t_b, counts_b, cpu_b = time.time(), pipeline_counts(), system.cpu_snapshot(broker_pid=broker_pid)
+    t_b, counts_b, cpu_b = time.time(), counts(), system.cpu_snapshot(broker_pid=broker_pid)
     load.join(timeout=window + 180)
     log = holder.get("log", PostLog())
     elapsed = t_b - t_a
@@ -297,8 +358,8 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
     result = {
         "method": (
             f"{POSTERS} client threads post whenever fewer than {backlog} accepted orders are unfinished; "
-            f"after {warmup:.0f} s of warm-up, orders finished (terminal and 3 notifications recorded) are counted "
-            f"over {window:.0f} s"
+            f"after {warmup:.0f} s of warm-up, orders finished (terminal and {NOTIFICATIONS_PER_ORDER} notifications recorded"
+            f"{f', {WEBHOOKS_PER_ORDER} webhook deliveries succeeded' if webhooks else ''}) are counted over {window:.0f} s"
         ),
         "backlog": backlog,
         "window_s": elapsed,
@@ -312,6 +373,16 @@ def saturation(system: System, *, warmup: float, window: float, backlog: int, br
         "tasks_succeeded_rate": _count_between([r["end"] for r in system.task_runs()], t_a, t_b) / elapsed,
         **_cpu_fields(used, finished),
     }
+    if webhooks:
+        succeeded = counts_b["deliveries_succeeded"] - counts_a["deliveries_succeeded"]
+        result["webhooks"] = {
+            "deliveries_succeeded": succeeded,
+            "deliveries_succeeded_rate": succeeded / elapsed,
+            "deliveries_per_finished_order": succeeded / finished,
+            "deliveries_failed": counts_b["deliveries_failed"] - counts_a["deliveries_failed"],
+            "pending_at_start": counts_a["deliveries_pending"],
+            "pending_at_end": counts_b["deliveries_pending"],
+        }
     return result
 
 

@@ -39,6 +39,10 @@ ORDER_TABLES = [
     "payments_payment",
     "payments_simulatedcharge",
     "notifications_notification",
+    "webhooks_webhookattempt",
+    "webhooks_webhookdelivery",
+    # The end-to-end phase's endpoint: a run stopped during that phase leaves none behind.
+    "webhooks_webhookendpoint",
 ]
 
 
@@ -65,6 +69,10 @@ def app_environment(*, kafka_brokers: str, run_id: str, http_port: int) -> dict[
         "DATABASE_URL": DATABASE_URL,
         "CELERY_BROKER_URL": REDIS_URL,
         "CELERY_QUEUE": f"bench-pipeline-{run_id}",
+        "WEBHOOKS_QUEUE": f"bench-webhooks-{run_id}",
+        # The end-to-end phase's receiver is a plain-HTTP process on loopback.
+        "WEBHOOKS_ALLOW_HTTP": "true",
+        "WEBHOOKS_ALLOW_LOOPBACK": "true",
         **CLIENT_ENV,
         "KAFKA_BROKERS": kafka_brokers,
         "KAFKA_GROUP_ID": f"bench-bridge-{run_id}",

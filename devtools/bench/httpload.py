@@ -254,8 +254,10 @@ def backlog_limited(
             client.close()
 
     def controller() -> None:
-        # Releases one permit per order that finished since the last look.
+        # Releases one permit per order that finished since the last look; orders an earlier
+        # measurement left finished in the tables release none.
         try:
+            state["done"] = done()
             while time.time() < stop_at + 1:
                 finished = done()
                 with state_lock:

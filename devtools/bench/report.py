@@ -6,6 +6,7 @@ import operator
 from pathlib import Path
 from typing import Any
 
+from devtools.bench.e2e import WEBHOOKS_PER_ORDER
 from devtools.bench.stats import fmt
 
 # DB write transactions one order needs, counted from the code (the census measures the real count).
@@ -32,8 +33,9 @@ TARGETS = {
 }
 _COMPARISONS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge}
 
-# CPU that is not the system under test's: the benchmark's own client, and the rest of the machine.
-NOT_THE_SYSTEM = ("benchmark client", "other")
+# CPU that is not the system under test's: the benchmark's own client, the webhook receiver standing
+# for a shop's, and the rest of the machine.
+NOT_THE_SYSTEM = ("benchmark client", "webhook receiver", "other")
 
 
 # Ratios printed without a target: the pipeline against the API, then the parts' utilisation.
@@ -100,6 +102,12 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     out["cpu_vs_peer"] = ratio(out["cpu_ms_per_order"]["pipeline"], out["cpu_ms_per_order"]["peer"])
     out["cpu_vs_orm"] = ratio(out["cpu_ms_per_order"]["pipeline"], out["cpu_ms_per_order"]["orm_only"])
     out["e2e_vs_peer"] = ratio(e2e_rate, peer_sat.get("max_sustainable_rate"))
+    # The same maximum with one webhook endpoint taking every order event.
+    webhook_sat = e2e.get("webhook", {}).get("saturation", {})
+    out["webhook_cpu_ms_per_order"] = {"without": out["cpu_ms_per_order"]["pipeline"],
+                                       "with": system_cpu_ms(webhook_sat.get("cpu_ms_per_order", {}))}
+    out["webhook_cpu_ratio"] = ratio(out["webhook_cpu_ms_per_order"]["with"], out["webhook_cpu_ms_per_order"]["without"])
+    out["webhook_rate_ratio"] = ratio(webhook_sat.get("max_sustainable_rate"), e2e_rate)
     out["pass"] = {key: out[key] is not None and _COMPARISONS[comparison](out[key], threshold)
                    for key, (comparison, threshold) in TARGETS.items()}
     return out
@@ -202,6 +210,39 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _webhook_lines(results: dict[str, Any]) -> list[str]:
+    """The maximum with one webhook endpoint against the one without: rate, CPU per process, deliveries."""
+    e2e = results.get("e2e", {})
+    sat = e2e.get("webhook", {}).get("saturation", {})
+    if not sat:
+        return []
+    r = results.get("ratios", {})
+    cpu = {"without": e2e.get("saturation", {}).get("cpu_ms_per_order", {}), "with": sat.get("cpu_ms_per_order", {})}
+    processes = sorted({p for c in cpu.values() for p in c}, key=lambda p: -cpu["with"].get(p, 0))
+
+    def ratio(a, b) -> str:
+        return _times(a / b) if a is not None and b else "-"
+
+    hooks = sat.get("webhooks", {})
+    lines = ["WITH ONE WEBHOOK ENDPOINT  the same maximum, one endpoint taking every order event of the benchmark's"
+             " orders, its receiver a local process answering 204 unverified",
+             *_saturation_lines(sat),
+             f"    deliveries succeeded in the window: {hooks.get('deliveries_succeeded')} ({fmt(hooks.get('deliveries_succeeded_rate'))}/s,"
+             f" {fmt(hooks.get('deliveries_per_finished_order'), 2)} per finished order, of {WEBHOOKS_PER_ORDER} events each), failed"
+             f" {hooks.get('deliveries_failed')}; pending at the window's start {hooks.get('pending_at_start')}, at its end"
+             f" {hooks.get('pending_at_end')} (at most {WEBHOOKS_PER_ORDER * (sat.get('backlog') or 0)}: the client waits on"
+             " them)",
+             "  CPU ms per finished order at the max                       without       with   with/without",
+             f"  {'max sustainable, orders/s finished':<57} {fmt(e2e.get('saturation', {}).get('max_sustainable_rate')):>9}"
+             f" {fmt(sat.get('max_sustainable_rate')):>10} {_times(r.get('webhook_rate_ratio')):>14}",
+             f"  {'all processes of the system':<57} {fmt(r.get('webhook_cpu_ms_per_order', {}).get('without'), 2):>9}"
+             f" {fmt(r.get('webhook_cpu_ms_per_order', {}).get('with'), 2):>10} {_times(r.get('webhook_cpu_ratio')):>14}"]
+    lines.extend(f"    {process:<55} {fmt(cpu['without'].get(process), 2):>9} {fmt(cpu['with'].get(process), 2):>10}"
+                 f" {ratio(cpu['with'].get(process), cpu['without'].get(process)):>14}" for process in processes)
+    lines.append("  (all processes: every one measured but the benchmark client, the webhook receiver and \"other\")")
+    return lines
+
+
 def _orm_cpu(baseline: dict[str, Any]) -> str:
     cpu_ms = orm_cpu_ms(baseline)
     return f"{fmt(cpu_ms, 2)} CPU ms/order (load processes + PostgreSQL)" if cpu_ms is not None else ""
@@ -216,7 +257,8 @@ def table(results: dict[str, Any]) -> str:
         f" - mode {meta['mode']}")
     add(f"Machine: {meta['cores']} cores, {meta.get('postgres', 'PostgreSQL')}, Redis db 5, Kafka-protocol broker Tansu (in memory), all on this host")
     add(f"System: web gunicorn {meta['http_workers']} workers x {meta['http_threads']} threads (gthread); relay; bridge; "
-        f"Celery worker {meta.get('worker_processes', 1)} process(es) x threads -c {meta['celery_concurrency']} prefetch {meta['celery_prefetch']}")
+        f"Celery worker {meta.get('worker_processes', 1)} process(es) x threads -c {meta['celery_concurrency']} prefetch {meta['celery_prefetch']};"
+        " webhook worker 1 process (its own queue)")
     add(f"Load average (1, 5, 15 min) at start {meta.get('load_average_at_start')}, at end {meta.get('load_average_at_end')}"
         " (anything else running on the host competes for the same 2 cores)")
     add(f"Env: DJANGO_DEBUG={meta['django_debug']}, DJANGO_LOG_LEVEL={meta['log_level']} (every process writes a JSON line"
@@ -275,6 +317,10 @@ def table(results: dict[str, Any]) -> str:
             add(f"    bridge: {pauses['count']} pauses of more than 1 s between two dispatches while orders kept coming,"
                 f" {pauses['total_s']} s in all ({_pct(pauses['share_of_run'])} of the run), longest {pauses['longest_s']} s")
     add("")
+    webhook = _webhook_lines(results)
+    if webhook:
+        lines.extend(webhook)
+        add("")
     peer = results.get("peer", {})
     if peer:
         add("PEER  the usual Django design (devtools/bench/peer): POST commits order + items + timeline and, on commit, queues"
@@ -379,14 +425,15 @@ def chart(results: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"Order service benchmark - {meta['date']} - {meta['commit']} - {meta['cores']} cores - {meta['mode']}")
 
     ax = axes[0][0]
-    labels = ["ORM 1 proc", "ORM 2 procs", "API best", "E2E max", "E2E half-rate", f"ORM / {TRANSACTIONS_PER_ORDER} tx",
-              "peer max"]
+    labels = ["ORM 1 proc", "ORM 2 procs", "API best", "E2E max", "E2E + webhook", "E2E half-rate",
+              f"ORM / {TRANSACTIONS_PER_ORDER} tx", "peer max"]
     values = [
         base.get("orm_1", {}).get("rate"), base.get("orm_2", {}).get("rate"), api.get("best_throughput"),
-        sat.get("max_sustainable_rate"), sus.get("terminal_rate"), r.get("orm_per_order_pipeline"),
-        peer_sat.get("max_sustainable_rate"),
+        sat.get("max_sustainable_rate"), e2e.get("webhook", {}).get("saturation", {}).get("max_sustainable_rate"),
+        sus.get("terminal_rate"), r.get("orm_per_order_pipeline"), peer_sat.get("max_sustainable_rate"),
     ]
-    ax.bar(labels, [v or 0 for v in values], color=["#888", "#888", "#1f77b4", "#2ca02c", "#98df8a", "#ccc", "#ff7f0e"])
+    ax.bar(labels, [v or 0 for v in values],
+           color=["#888", "#888", "#1f77b4", "#2ca02c", "#17becf", "#98df8a", "#ccc", "#ff7f0e"])
     for i, v in enumerate(values):
         ax.text(i, (v or 0), fmt(v), ha="center", va="bottom", fontsize=8)
     ax.set_title("Orders per second")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -353,20 +354,23 @@ def _celery_phase(run: Run) -> None:
 
 
 def _pipeline_phases(run: Run) -> None:
-    """The API, then the pipeline end to end, on one system (web, bridge, workers; the relay after
-    the API phase), with two warm ORM-only processes for the paired rounds and brackets."""
+    """The API, then the pipeline end to end, on one system (web, bridge, workers, the webhook
+    worker; the relay after the API phase), with two warm ORM-only processes for the paired rounds
+    and brackets."""
     from devtools.bench import e2e, orm
     from devtools.bench import env as bench_env
 
     system = e2e.System(env={**os.environ, **run.app_env}, log_dir=run.run_dir, http_port=run.http_port,
                         workers=run.args.workers)
     _RUNNING["system"] = system
-    run.progress(f"starting web, bridge and {run.args.workers} worker(s) (relay after the API phase)")
-    system.start("web", "bridge", *system.workers)
+    run.progress(f"starting web, bridge, {run.args.workers} worker(s) and the webhook worker (relay after the API phase)")
+    # The webhook worker runs in every end-to-end measurement: without an endpoint it still takes
+    # each bridge batch's task (which finds no delivery), as in production.
+    system.start("web", "bridge", *system.workers, e2e.WEBHOOK_WORKER)
     system.wait_web(timeout=60)
     system.wait_workers(timeout=90)
     system.wait_bridge(timeout=120)
-    run.progress("  web healthy, worker ready, bridge has its partitions")
+    run.progress("  web healthy, workers ready, bridge has its partitions")
     # Two warm ORM-only processes for the paired API rounds and the brackets around the
     # end-to-end maximum; idle, they use no CPU.
     orm_load = _RUNNING["orm_load"] = orm.OrmLoad(2)
@@ -377,7 +381,7 @@ def _pipeline_phases(run: Run) -> None:
     if "e2e" in run.phases:
         _e2e_phase(run, system, orm_load, broker_pid=broker_pid)
     _RUNNING.pop("system")
-    run.progress("stopping web, relay, bridge, worker")
+    run.progress("stopping web, relay, bridge, workers, webhook worker and receiver")
     system.stop()
 
 
@@ -406,7 +410,8 @@ def _api_phase(run: Run, system, orm_load, *, broker_pid: int | None) -> None:
 
 
 def _e2e_phase(run: Run, system, orm_load, *, broker_pid: int | None) -> None:
-    """The relay started; the pipeline's maximum, bracketed by ORM-only rates, then half of it sustained."""
+    """The relay started; the pipeline's maximum, bracketed by ORM-only rates, then the maximum
+    again with one webhook endpoint, then half of the first sustained."""
     d, progress = run.d, run.progress
     system.start("relay")
     system.wait_relay(timeout=60)
@@ -418,6 +423,10 @@ def _e2e_phase(run: Run, system, orm_load, *, broker_pid: int | None) -> None:
         e2e_results["orm_bracket"] = {"rates": [round(rate, 1) for rate in bracket],
                                       "rate": sum(bracket) / len(bracket), "slice_s": d.paired_slice}
         progress(f"  ORM-only (2 processes) just before and after: {bracket[0]:.1f} and {bracket[1]:.1f} orders/s")
+        # Right after the maximum without it, so that the host's drift between the two stays small.
+        webhook_url = system.start_webhook_receiver()
+        _saturate("E2E with one webhook endpoint", system, d, e2e_results.setdefault("webhook", {}), run.results,
+                  progress, broker_pid=broker_pid, webhook_url=webhook_url)
         _sustain("E2E", system, d, e2e_results, run.results, progress, broker_pid=broker_pid)
 
 
@@ -457,18 +466,25 @@ def _profile_phase(run: Run) -> None:
     bench_env.truncate_order_tables()
 
 
-def _saturate(label: str, system, d: Durations, into: dict, results, progress, *, broker_pid: int | None) -> dict | None:
-    """``system``'s max sustainable rate into ``into["saturation"]``, then waits until its orders are done."""
+def _saturate(label: str, system, d: Durations, into: dict, results, progress, *, broker_pid: int | None,
+              webhook_url: str | None = None) -> dict | None:
+    """``system``'s max sustainable rate into ``into["saturation"]``, then waits until its orders are done.
+    ``webhook_url``: with one endpoint there taking every order event, for the measurement and the drain."""
     from devtools.bench import e2e
 
-    sat = _phase(f"{label} max sustainable rate ({d.saturation_warmup:.0f} s warm-up + {d.saturation_window:.0f} s)",
-                 results, progress, e2e.saturation, system, warmup=d.saturation_warmup,
-                 window=d.saturation_window, backlog=d.saturation_backlog, broker_pid=broker_pid)
-    if sat:
-        into["saturation"] = sat
-        progress(f"  max sustainable {sat['max_sustainable_rate']:.1f} orders/s (terminal {sat['terminal_rate']:.1f}/s)")
-        drained = into["saturation_drain"] = e2e.drain(timeout=d.drain_timeout)
-        progress(f"  drained in {drained['seconds']:.1f} s ({drained})")
+    endpoint = e2e.webhook_endpoint(url=webhook_url) if webhook_url else contextlib.nullcontext()
+    with endpoint:
+        sat = _phase(f"{label} max sustainable rate ({d.saturation_warmup:.0f} s warm-up + {d.saturation_window:.0f} s)",
+                     results, progress, e2e.saturation, system, warmup=d.saturation_warmup,
+                     window=d.saturation_window, backlog=d.saturation_backlog, broker_pid=broker_pid,
+                     webhooks=bool(webhook_url))
+        if sat:
+            into["saturation"] = sat
+            progress(f"  max sustainable {sat['max_sustainable_rate']:.1f} orders/s (terminal {sat['terminal_rate']:.1f}/s)")
+            if webhook_url:
+                progress(f"  webhook deliveries: {sat['webhooks']}")
+            drained = into["saturation_drain"] = e2e.drain(timeout=d.drain_timeout)
+            progress(f"  drained in {drained['seconds']:.1f} s ({drained})")
     return sat
 
 
