@@ -54,9 +54,10 @@ def order_total(*, items: list[dict[str, Any]]) -> Decimal:
     return sum((item["price"] * item["quantity"] for item in items), Decimal("0.00"))
 
 
-def request_fingerprint(*, user_id: str, email: str, items: list[dict[str, Any]]) -> str:
-    canonical = json.dumps({"user_id": user_id, "email": email, "items": items}, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def request_fingerprint(**request: Any) -> str:
+    """A digest of a request's fields, whose Idempotency-Key a replay must match (an order's, a
+    cancellation's, a refund's)."""
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _replay(*, idempotency_key: str, fingerprint: str) -> OrderCreation | None:

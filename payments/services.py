@@ -3,8 +3,6 @@ it at most once per request and never more than was charged."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -170,10 +168,6 @@ class RefundRequest:
     replayed: bool = False
 
 
-def request_fingerprint(**request) -> str:
-    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def refund_details(refund: Refund, **more) -> dict:
     """What a refund event carries about its refund (``events.contract.Event.refund``)."""
     return {"refund": {"id": str(refund.id), "amount": str(refund.amount), "reason": refund.reason, **more}}
@@ -261,7 +255,7 @@ def cancel_order(
     while CANCELLING, or with the first request's Idempotency-Key, it returns the first
     cancellation and does nothing more; ``NotCancellable`` otherwise for a cancelled or refunded order.
     """
-    fingerprint = request_fingerprint(order_id=str(order_id), action="cancel", reason=reason)
+    fingerprint = order_services.request_fingerprint(order_id=str(order_id), action="cancel", reason=reason)
     with _key_taken_meanwhile(Cancellation, request_key=request_key), transaction.atomic():
         order = order_services.lock_order(order_id)
         replay = _replayed_request(Cancellation, request_key=request_key, fingerprint=fingerprint)
@@ -331,7 +325,7 @@ def request_refund(
     """Refund ``amount`` (default: all that remains) of a paid order's charge: recorded, reserved
     and announced now, given back by the pipeline. ``NotRefundable`` (nothing written) if the order
     is not paid or the amount is more than remains of the charge after the refunds before it."""
-    fingerprint = request_fingerprint(order_id=str(order_id), action="refund", amount=amount, reason=reason)
+    fingerprint = order_services.request_fingerprint(order_id=str(order_id), action="refund", amount=amount, reason=reason)
     with _key_taken_meanwhile(Refund, request_key=request_key), transaction.atomic():
         order = order_services.lock_order(order_id)
         replay = _replayed_request(Refund, request_key=request_key, fingerprint=fingerprint)
