@@ -24,7 +24,7 @@ import structlog
 import urllib3
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -161,8 +161,12 @@ def record_deliveries(*, event: OutboxEvent, **_signal) -> int:
     Returns how many endpoints take it."""
     if event.event_type not in WEBHOOK_TYPES:
         return 0
-    owner_id = Order.objects.filter(pk=event.key).values_list("owner_id", flat=True).first()
-    endpoints = WebhookEndpoint.objects.filter(enabled=True, owner_id=owner_id)
+    # One query on every event's path: the endpoints whose owner is the order's (both none included).
+    order = Order.objects.filter(pk=event.key)
+    same_owner = Exists(order.filter(owner_id=OuterRef("owner_id"))) | (
+        Q(owner__isnull=True) & Exists(order.filter(owner__isnull=True))
+    )
+    endpoints = WebhookEndpoint.objects.filter(same_owner, enabled=True)
     wanted = [
         endpoint
         for endpoint in endpoints.only("id", "event_types")
