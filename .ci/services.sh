@@ -36,3 +36,12 @@ ensure_redis() {
   echo "Redis did not come up" >&2
   return 1
 }
+
+ensure_rabbitmq() {
+  if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then return; fi
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  rabbitmq-server -detached
+  for _ in $(seq 1 60); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && return; sleep 1; done
+  echo "RabbitMQ did not come up" >&2
+  return 1
+}

@@ -30,3 +30,8 @@ def applied(*, handlers: list[str], event_ids: set[str]) -> set[tuple[str, str]]
     # Filtered by handler too, so the (handler, event_id) unique index serves the lookup.
     entries = InboxEntry.objects.filter(handler__in=handlers, event_id__in=event_ids)
     return {(handler, str(event_id)) for handler, event_id in entries.values_list("handler", "event_id")}
+
+
+def last_applied_id() -> int:
+    """The newest inbox entry's id: it grows whenever a handler applies an event."""
+    return InboxEntry.objects.order_by("-id").values_list("id", flat=True).first() or 0

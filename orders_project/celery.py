@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging.config
 import os
+import time
 
 import click
 import structlog
@@ -17,6 +18,7 @@ from celery.signals import before_task_publish, setup_logging, task_postrun, tas
 from kombu.transport import sqlalchemy as sql_transport
 
 from common.tracing import setup_tracing
+from messaging.progress import SENT_AT_HEADER
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orders_project.settings")
 
@@ -59,6 +61,7 @@ def use_django_logging(**_kwargs) -> None:
 
 @before_task_publish.connect
 def carry_log_context(headers: dict, **_kwargs) -> None:
+    headers[SENT_AT_HEADER] = time.time()  # how long it waited in the queue (messaging.progress)
     bound = structlog.contextvars.get_contextvars()
     for key in LOG_CONTEXT_KEYS:
         if key in bound:

@@ -19,6 +19,14 @@ NOTIFICATIONS_GIVEN_UP = Counter(
 )
 EVENTS_COMPLETED = Counter("reconciler_events_completed_total", "Outbox events found complete (every handler applied them)")
 ROWS_PURGED = Counter("reconciler_rows_purged_total", "History rows deleted after the retention period", ["table"])
+QUEUED_TASKS = Gauge("celery_queued_tasks", "Tasks waiting in each Celery queue, taken by no worker yet", ["queue"])
+OLDEST_QUEUED_AGE = Gauge(
+    "celery_oldest_queued_task_age_seconds", "Time the oldest task waiting in each Celery queue has waited", ["queue"]
+)
+DOWNSTREAM_STILL = Gauge(
+    "reconciler_downstream_still_seconds",
+    "Time since the work downstream of the outbox last moved (bridge offsets, inbox, pipeline queue)",
+)
 LAST_PASS = Gauge("reconciler_last_pass_timestamp_seconds", "When the reconciler last finished a pass (Unix time)")
 
 # Every label value from the start, at 0: an alert on rate() or increase() sees a series before the

@@ -35,8 +35,10 @@ class RedrivePolicy:
     backoff: float
     backoff_max: float
     # Seconds a published event may stay in flight (ahead of the bridge, or handed to a queue
-    # with a backlog) before it is re-driven anyway: a broker may have lost it.
+    # with a backlog) before it is re-driven anyway, however well the backlog drains.
     max_wait_in_flight: float
+    # Seconds without any movement downstream after which nothing published counts as in flight.
+    stalled_after: float = 60.0
     batch_size: int = 500
 
     def wait_after(self, *, redrives: int) -> float:
@@ -139,31 +141,52 @@ def is_waiting_in_outbox(*, event_id) -> bool:
 
 @dataclass(frozen=True)
 class Downstream:
-    """What the reconciler reads beyond the database at the start of a pass: how far the work
-    downstream of the outbox has got."""
+    """What the reconciler knows at the start of a pass about the work downstream of the outbox:
+    how far it has got, and whether anything there has moved lately. The defaults: nothing held
+    downstream (a test's world without Kafka and Celery)."""
 
     # The bridge's consumer group's committed offset (the next it reads) per (topic, partition);
-    # empty: unknown.
-    bridge_offsets: Mapping[tuple[str, int], int] = field(default_factory=dict)
-    # Tasks waiting in the pipeline's Celery queue; None: unknown.
-    queued_tasks: int | None = None
+    # None: Kafka did not answer.
+    bridge_offsets: Mapping[tuple[str, int], int] | None = field(default_factory=dict)
+    # Tasks waiting in the pipeline's Celery queue; None: the broker did not answer.
+    queued_tasks: int | None = 0
+    # When the Celery broker last started; None: unknown.
+    broker_started_at: dt.datetime | None = None
+    # Seconds since the reconciler last saw the work downstream move (the bridge's offsets
+    # advance, a handler apply an event, the queue get shorter).
+    stalled_for: float = 0.0
 
 
 def is_in_flight(*, event_id, downstream: Downstream, policy: RedrivePolicy, now: dt.datetime) -> bool:
-    """True while a copy of the event may still be on its way: not yet published (the relay's
-    work), or published less than ``policy.max_wait_in_flight`` s ago and either still ahead of
-    the bridge in Kafka (the group has not committed past its offset) or handed to a Celery queue
-    that holds a backlog. Late work is not lost work: a re-driven copy would queue behind it.
-    Past that wait, or with nothing known downstream, a published copy counts as delivered."""
-    recent = now - dt.timedelta(seconds=policy.max_wait_in_flight)
-    copies = OutboxEvent.objects.filter(event_id=event_id).filter(Q(published_at__isnull=True) | Q(published_at__gte=recent))
+    """True while a copy of the event is late rather than lost, so that a re-driven copy would
+    only queue behind it: not yet published (the relay's work); or published, with the work
+    downstream still moving, and either ahead of the bridge in Kafka (the group has not committed
+    past its offset; or Kafka does not answer) or handed to a Celery queue that still holds tasks
+    (or whose broker does not answer) and has not restarted since.
+
+    The evidence of loss, each enough for a copy: nothing downstream has moved for
+    ``policy.stalled_after`` s; the bridge has passed the copy and the queue is empty; the
+    broker started after the copy was published; the copy was published more than
+    ``policy.max_wait_in_flight`` s ago (a last resort: a backlog that drains is waited for
+    however long it takes, up to that). A copy whose offset is not recorded counts as delivered.
+    """
+    stalled = downstream.stalled_for >= policy.stalled_after
+    oldest = now - dt.timedelta(seconds=policy.max_wait_in_flight)
+    copies = OutboxEvent.objects.filter(event_id=event_id).filter(Q(published_at__isnull=True) | Q(published_at__gte=oldest))
     for published_at, topic, partition, offset in copies.values_list("published_at", "topic", "kafka_partition", "kafka_offset"):
         if published_at is None:
+            return True
+        if stalled:
+            continue
+        if downstream.bridge_offsets is None:
             return True
         committed = downstream.bridge_offsets.get((topic, partition))
         if committed is None or offset is None:
             continue  # where Kafka put it, or how far the bridge got, is not known
-        if committed <= offset or downstream.queued_tasks:
+        if committed <= offset:
+            return True
+        broker_restarted = downstream.broker_started_at is not None and downstream.broker_started_at > published_at
+        if not broker_restarted and downstream.queued_tasks != 0:
             return True
     return False
 

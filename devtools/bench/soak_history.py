@@ -139,7 +139,7 @@ def soak(*, rounds: int, orders: int, retention: float) -> list[dict]:
     # Events complete as soon as their handlers applied them (no deadline); nothing is stuck here.
     policy = RedrivePolicy(
         stuck_after={OrderStatus.CREATED: 30.0, OrderStatus.PROCESSING: 45.0, OrderStatus.CANCELLING: 45.0},
-        event_deadline=0.0, max_redrives=10, backoff=15.0, backoff_max=60.0, max_wait_in_flight=120.0,
+        event_deadline=0.0, max_redrives=10, backoff=15.0, backoff_max=60.0, max_wait_in_flight=1800.0, stalled_after=60.0,
     )
     print(f"{'round':>5} {'orders/s':>9} {'pass s':>7} {'outbox':>7} {'inbox':>7} {'purged':>7} {'orders':>7} {'MB':>6}", flush=True)
     rows, cursor = [], 0

@@ -21,8 +21,8 @@ from recovery.models import Redrive
 from recovery.redrives import RedriveOutcome
 from recovery.selectors import Downstream, RedrivePolicy
 
-# Kafka and the Celery broker told the reconciler nothing: what it did before it asked them.
-NOTHING_KNOWN = Downstream()
+# Nothing held downstream: Kafka's offsets unrecorded, the Celery queue empty.
+NOTHING_DOWNSTREAM = Downstream()
 # Refunds as charges: decided by the ledger alone, never timing out nor refused as unavailable.
 NO_REFUND_FAULTS = {"refund_timeout_rate": 0.0, "refund_failure_rate": 0.0}
 APPROVE = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, seed="recovery", **NO_REFUND_FAULTS)
@@ -37,7 +37,8 @@ def default_policy(*, max_redrives: int) -> RedrivePolicy:
         max_redrives=max_redrives,
         backoff=15.0,
         backoff_max=60.0,
-        max_wait_in_flight=120.0,
+        max_wait_in_flight=1800.0,
+        stalled_after=60.0,
     )
 
 
@@ -62,7 +63,7 @@ ONE_REDRIVE = default_policy(max_redrives=1)
 
 
 def reconcile(
-    policy: RedrivePolicy = POLICY, *, downstream: Downstream = NOTHING_KNOWN, retention_days: float = 7.0
+    policy: RedrivePolicy = POLICY, *, downstream: Downstream = NOTHING_DOWNSTREAM, retention_days: float = 7.0
 ) -> reconciler.PassResult:
     """One pass of the reconciler."""
     return reconciler.reconcile(

@@ -3,6 +3,8 @@ parks; and the operator's re-drive now."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import threading
 
 import pytest
@@ -22,7 +24,7 @@ from recovery.selectors import Downstream
 from recovery.tests.support import (
     APPROVE,
     DECLINE,
-    NOTHING_KNOWN,
+    NOTHING_DOWNSTREAM,
     POLICY,
     age,
     copies,
@@ -92,15 +94,51 @@ def test_an_event_the_bridge_read_past_is_re_driven_unless_the_celery_queue_hold
     assert copies(event_id) == 2
 
 
-def test_an_event_in_flight_for_too_long_is_re_driven_as_a_broker_may_have_lost_it():
+def test_a_backlog_that_moves_is_waited_for_long_past_the_deadlines():
     event_id = stuck_with_its_event_at(partition=1, offset=41)
-    ahead = Downstream(bridge_offsets={("orders", 1): 41}, queued_tasks=350)
+    moving = Downstream(bridge_offsets={("orders", 1): 42}, queued_tasks=350, stalled_for=5.0)
     age(seconds=POLICY.max_wait_in_flight - 61)
-    assert reconcile(downstream=ahead).orders == {RedriveOutcome.SKIPPED: 1}
+    assert reconcile(downstream=moving).orders == {RedriveOutcome.SKIPPED: 1}
+    assert copies(event_id) == 1
 
-    age(seconds=2)
+
+def test_past_the_last_resort_an_event_in_flight_is_re_driven_however_its_backlog_moves():
+    event_id = stuck_with_its_event_at(partition=1, offset=41)
+    ahead = Downstream(bridge_offsets={("orders", 1): 41}, queued_tasks=350, stalled_for=5.0)
+    age(seconds=POLICY.max_wait_in_flight - 59)
     assert reconcile(downstream=ahead).orders == {RedriveOutcome.REDRIVEN: 1}
     assert copies(event_id) == 2
+
+
+@pytest.mark.parametrize("offsets", [{("orders", 1): 41}, {("orders", 1): 42}, None], ids=["ahead", "queued", "kafka away"])
+def test_a_backlog_that_stays_still_is_evidence_of_loss(offsets):
+    event_id = stuck_with_its_event_at(partition=1, offset=41)
+    still = Downstream(bridge_offsets=offsets, queued_tasks=350, stalled_for=POLICY.stalled_after - 1)
+    assert reconcile(downstream=still).orders == {RedriveOutcome.SKIPPED: 1}
+    still = Downstream(bridge_offsets=offsets, queued_tasks=350, stalled_for=POLICY.stalled_after)
+    assert reconcile(downstream=still).orders == {RedriveOutcome.REDRIVEN: 1}
+    assert copies(event_id) == 2
+
+
+def test_an_event_handed_to_a_celery_broker_that_restarted_since_is_re_driven_despite_a_backlog():
+    event_id = stuck_with_its_event_at(partition=1, offset=41)
+    published_at = OutboxEvent.objects.get(event_id=event_id).published_at
+    passed = {("orders", 1): 42}
+    before = Downstream(bridge_offsets=passed, queued_tasks=350, broker_started_at=published_at - dt.timedelta(seconds=1))
+    assert reconcile(downstream=before).orders == {RedriveOutcome.SKIPPED: 1}
+    since = Downstream(bridge_offsets=passed, queued_tasks=350, broker_started_at=published_at + dt.timedelta(seconds=1))
+    assert reconcile(downstream=since).orders == {RedriveOutcome.REDRIVEN: 1}
+    assert copies(event_id) == 2
+
+
+@pytest.mark.parametrize("downstream", [
+    Downstream(bridge_offsets=None, queued_tasks=0),
+    Downstream(bridge_offsets={("orders", 1): 42}, queued_tasks=None),
+], ids=["kafka away", "celery broker away"])
+def test_while_kafka_or_the_celery_broker_does_not_answer_nothing_published_is_re_driven(downstream):
+    event_id = stuck_with_its_event_at(partition=1, offset=41)
+    assert reconcile(downstream=downstream).orders == {RedriveOutcome.SKIPPED: 1}
+    assert copies(event_id) == 1
 
 
 def test_re_drives_back_off_then_the_order_is_parked_with_a_dead_letter():
@@ -196,14 +234,14 @@ def test_a_second_reconciler_skips_the_order_the_first_one_holds():
     holder.start()
     try:
         assert held.wait(10)
-        assert redrive_stuck_order(order_id=order.pk, policy=POLICY, downstream=NOTHING_KNOWN, now=timezone.now()) == RedriveOutcome.SKIPPED
+        assert redrive_stuck_order(order_id=order.pk, policy=POLICY, downstream=NOTHING_DOWNSTREAM, now=timezone.now()) == RedriveOutcome.SKIPPED
     finally:
         release.set()
         holder.join()
     assert not Redrive.objects.exists()
-    assert redrive_stuck_order(order_id=order.pk, policy=POLICY, downstream=NOTHING_KNOWN, now=timezone.now()) == RedriveOutcome.REDRIVEN
+    assert redrive_stuck_order(order_id=order.pk, policy=POLICY, downstream=NOTHING_DOWNSTREAM, now=timezone.now()) == RedriveOutcome.REDRIVEN
     # The re-drive it committed is seen by the next reconciler, which waits out the backoff.
-    assert redrive_stuck_order(order_id=order.pk, policy=POLICY, downstream=NOTHING_KNOWN, now=timezone.now()) == RedriveOutcome.SKIPPED
+    assert redrive_stuck_order(order_id=order.pk, policy=POLICY, downstream=NOTHING_DOWNSTREAM, now=timezone.now()) == RedriveOutcome.SKIPPED
 
 
 def test_an_operator_re_drives_at_once_and_is_told_what_to_do_when_nothing_can_be():

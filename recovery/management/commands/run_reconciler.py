@@ -5,14 +5,17 @@ from django.core.management.base import BaseCommand
 
 from common.lifecycle import stop_on_signals
 from common.tracing import setup_tracing
-from messaging.progress import BridgeProgress, queued_tasks
+from django.utils import timezone
+
+from messaging.progress import BridgeProgress, CeleryQueues
 from messaging.routes import TOPICS_READ
+from recovery.downstream import DownstreamWatch, publish_queue_gauges
 from recovery.reconciler import run_reconciler
 from recovery.selectors import Downstream, RedrivePolicy
 
 
-# Seconds a pass waits for the bridge's committed offsets or the Celery queue's length before it
-# goes on without them (then nothing counts as in flight).
+# Seconds a pass waits for the bridge's committed offsets or a Celery queue's state before it goes
+# on without them (then what they would have said is unknown).
 BROKER_READ_TIMEOUT = 2.0
 # Rows examined per query while looking for unfinished events.
 SCAN_BATCH_SIZE = 500
@@ -34,15 +37,16 @@ class Command(BaseCommand):
             timeout=BROKER_READ_TIMEOUT,
         )
 
+        celery_queues = CeleryQueues(broker_url=settings.CELERY_BROKER_URL, timeout=BROKER_READ_TIMEOUT)
+        pipeline_queue = settings.CELERY_TASK_DEFAULT_QUEUE
+        watch = DownstreamWatch()
+
         def read_downstream() -> Downstream:
-            return Downstream(
-                bridge_offsets=bridge.committed_offsets(),
-                queued_tasks=queued_tasks(
-                    broker_url=settings.CELERY_BROKER_URL,
-                    queue=settings.CELERY_TASK_DEFAULT_QUEUE,
-                    timeout=BROKER_READ_TIMEOUT,
-                ),
-            )
+            now = timezone.now()
+            offsets = bridge.committed_offsets()
+            queues = {name: celery_queues.read(queue=name, now=now) for name in (pipeline_queue, settings.WEBHOOKS["queue"])}
+            publish_queue_gauges(queues=queues)
+            return watch.observe(bridge_offsets=offsets, pipeline_queue=queues[pipeline_queue], now=now)
 
         run_reconciler(
             stop=stop_on_signals(),
@@ -53,6 +57,7 @@ class Command(BaseCommand):
                 backoff=config["redrive_backoff"],
                 backoff_max=config["redrive_backoff_max"],
                 max_wait_in_flight=config["max_wait_in_flight"],
+                stalled_after=config["stalled_after"],
                 batch_size=SCAN_BATCH_SIZE,
             ),
             read_downstream=read_downstream,
@@ -63,3 +68,4 @@ class Command(BaseCommand):
             metrics_port=settings.METRICS["reconciler_port"],
         )
         bridge.close()
+        celery_queues.close()
