@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from events import selectors as event_selectors
 from messaging.progress import QueueState
-from recovery.metrics import DOWNSTREAM_STILL, OLDEST_QUEUED_AGE, QUEUED_TASKS
+from recovery.metrics import BACKLOG_STILL, OLDEST_QUEUED_AGE, QUEUED_TASKS
 from recovery.selectors import Downstream
 
 
@@ -45,7 +45,7 @@ class DownstreamWatch:
         if pipeline_queue.depth is not None:
             self._depth = pipeline_queue.depth
         still_for = (now - self._moved_at).total_seconds()
-        DOWNSTREAM_STILL.set(still_for)
+        BACKLOG_STILL.set(still_for if pipeline_queue.depth else 0.0)
         return Downstream(
             bridge_offsets=bridge_offsets,
             queued_tasks=pipeline_queue.depth,

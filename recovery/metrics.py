@@ -23,9 +23,9 @@ QUEUED_TASKS = Gauge("celery_queued_tasks", "Tasks waiting in each Celery queue,
 OLDEST_QUEUED_AGE = Gauge(
     "celery_oldest_queued_task_age_seconds", "Time the oldest task waiting in each Celery queue has waited", ["queue"]
 )
-DOWNSTREAM_STILL = Gauge(
-    "reconciler_downstream_still_seconds",
-    "Time since the work downstream of the outbox last moved (bridge offsets, inbox, pipeline queue)",
+BACKLOG_STILL = Gauge(
+    "pipeline_backlog_still_seconds",
+    "Time the tasks waiting in the pipeline's Celery queue have stood still (no event applied, the queue no shorter, the bridge no further); 0 with none waiting",
 )
 LAST_PASS = Gauge("reconciler_last_pass_timestamp_seconds", "When the reconciler last finished a pass (Unix time)")
 

@@ -49,6 +49,7 @@ def test_alert_rules_point_the_operator_at_what_to_look_at():
     assert "Webhook endpoints" in descriptions["WebhookEndpointsDisabled"]
     assert "Webhook deliveries" in descriptions["WebhookDeliveriesFailing"]
     assert "Retry refund" in descriptions["RefundsFailed"]
+    assert "Celery backlog" in descriptions["PipelineBacklogNotMoving"] and "Celery backlog" in descriptions["PipelineBacklogOld"]
 
 
 def test_promtool_accepts_the_rules():
@@ -97,6 +98,14 @@ CASES: dict[str, dict[str, dict[str, str]]] = {
     "ReconcilerAbsent": {
         FIRES: {"outbox_backlog": "0x10"},
         QUIET: {"reconciler_last_pass_timestamp_seconds": "0+60x10"},
+    },
+    "PipelineBacklogNotMoving": {
+        FIRES: {"pipeline_backlog_still_seconds": "0+60x10"},
+        QUIET: {"pipeline_backlog_still_seconds": "0 5 0 5 0 5 0 5 0 5 0"},
+    },
+    "PipelineBacklogOld": {
+        FIRES: {'celery_oldest_queued_task_age_seconds{queue="orders-pipeline"}': "300+60x10"},
+        QUIET: {'celery_oldest_queued_task_age_seconds{queue="orders-pipeline"}': "5x10"},
     },
     "OutboxNotDraining": {
         FIRES: {"outbox_oldest_unpublished_age_seconds": "0+60x10"},

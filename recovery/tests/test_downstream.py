@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from events.models import InboxEntry
 from messaging.progress import QueueState
@@ -67,3 +68,11 @@ def test_the_broker_start_is_passed_on():
         bridge_offsets=OFFSETS, pipeline_queue=QueueState(depth=3, broker_started_at=started), now=at(1)
     )
     assert downstream.broker_started_at == started
+
+
+def test_the_backlog_still_gauge_counts_only_while_tasks_wait():
+    watch = watching(depth=0)
+    assert watch.observe(bridge_offsets=OFFSETS, pipeline_queue=QueueState(depth=0), now=at(45)).stalled_for == 45
+    assert REGISTRY.get_sample_value("pipeline_backlog_still_seconds") == 0
+    watch.observe(bridge_offsets=OFFSETS, pipeline_queue=QueueState(depth=5), now=at(50))
+    assert REGISTRY.get_sample_value("pipeline_backlog_still_seconds") == 50
