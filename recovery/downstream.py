@@ -26,6 +26,7 @@ class DownstreamWatch:
         self._applied_through = 0
         self._depth: int | None = None
         self._moved_at: dt.datetime | None = None
+        self._empty_since: dt.datetime | None = None
 
     def observe(
         self, *, bridge_offsets: Mapping[tuple[str, int], int] | None, pipeline_queue: QueueState, now: dt.datetime
@@ -44,6 +45,10 @@ class DownstreamWatch:
             self._offsets = {**self._offsets, **bridge_offsets}
         if pipeline_queue.depth is not None:
             self._depth = pipeline_queue.depth
+            if pipeline_queue.depth:
+                self._empty_since = None
+            elif self._empty_since is None:
+                self._empty_since = now
         still_for = (now - self._moved_at).total_seconds()
         BACKLOG_STILL.set(still_for if pipeline_queue.depth else 0.0)
         return Downstream(
@@ -51,6 +56,7 @@ class DownstreamWatch:
             queued_tasks=pipeline_queue.depth,
             broker_started_at=pipeline_queue.broker_started_at,
             stalled_for=still_for,
+            queue_empty_for=(now - self._empty_since).total_seconds() if self._empty_since else 0.0,
         )
 
 

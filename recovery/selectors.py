@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -155,6 +156,13 @@ class Downstream:
     # Seconds since the reconciler last saw the work downstream move (the bridge's offsets
     # advance, a handler apply an event, the queue get shorter).
     stalled_for: float = 0.0
+    # Seconds the queue has been seen empty without a break; 0 while it holds tasks.
+    queue_empty_for: float = math.inf
+
+
+# Tasks a worker took before its queue emptied are still being run: an empty queue is evidence of
+# loss once it has stayed empty this long (two of the reconciler's passes).
+EMPTY_QUEUE_GRACE = 10.0
 
 
 def is_in_flight(*, event_id, downstream: Downstream, policy: RedrivePolicy, now: dt.datetime) -> bool:
@@ -165,7 +173,8 @@ def is_in_flight(*, event_id, downstream: Downstream, policy: RedrivePolicy, now
     (or whose broker does not answer) and has not restarted since.
 
     The evidence of loss, each enough for a copy: nothing downstream has moved for
-    ``policy.stalled_after`` s; the bridge has passed the copy and the queue is empty; the
+    ``policy.stalled_after`` s; the bridge has passed the copy and the queue has stayed empty
+    for ``EMPTY_QUEUE_GRACE`` s; the
     broker started after the copy was published; the copy was published more than
     ``policy.max_wait_in_flight`` s ago (a last resort: a backlog that drains is waited for
     however long it takes, up to that). A copy whose offset is not recorded counts as delivered.
@@ -186,7 +195,8 @@ def is_in_flight(*, event_id, downstream: Downstream, policy: RedrivePolicy, now
         if committed <= offset:
             return True
         broker_restarted = downstream.broker_started_at is not None and downstream.broker_started_at > published_at
-        if not broker_restarted and downstream.queued_tasks != 0:
+        drained = downstream.queued_tasks == 0 and downstream.queue_empty_for >= EMPTY_QUEUE_GRACE
+        if not broker_restarted and not drained:
             return True
     return False
 

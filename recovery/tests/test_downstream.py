@@ -76,3 +76,11 @@ def test_the_backlog_still_gauge_counts_only_while_tasks_wait():
     assert REGISTRY.get_sample_value("pipeline_backlog_still_seconds") == 0
     watch.observe(bridge_offsets=OFFSETS, pipeline_queue=QueueState(depth=5), now=at(50))
     assert REGISTRY.get_sample_value("pipeline_backlog_still_seconds") == 50
+
+
+def test_the_queue_counts_as_empty_from_the_first_pass_that_saw_it_so():
+    watch = watching(depth=3)
+    assert watch.observe(bridge_offsets=OFFSETS, pipeline_queue=QueueState(depth=0), now=at(5)).queue_empty_for == 0
+    assert watch.observe(bridge_offsets=OFFSETS, pipeline_queue=QueueState(depth=0), now=at(15)).queue_empty_for == 10
+    assert watch.observe(bridge_offsets=OFFSETS, pipeline_queue=QueueState(depth=1), now=at(20)).queue_empty_for == 0
+    assert watch.observe(bridge_offsets=OFFSETS, pipeline_queue=QueueState(depth=0), now=at(25)).queue_empty_for == 0

@@ -20,7 +20,7 @@ from orders.models import Order, OrderStatus, OrderTimelineEntry
 from payments import services as payment_services
 from recovery.models import Redrive, RedriveReason
 from recovery.redrives import REDRIVEN_ENTRY, NothingToRedrive, RedriveOutcome, redrive_now, redrive_stuck_order
-from recovery.selectors import Downstream
+from recovery.selectors import EMPTY_QUEUE_GRACE, Downstream
 from recovery.tests.support import (
     APPROVE,
     DECLINE,
@@ -91,6 +91,16 @@ def test_an_event_the_bridge_read_past_is_re_driven_unless_the_celery_queue_hold
     passed = {("orders", 1): 42}
     assert reconcile(downstream=Downstream(bridge_offsets=passed, queued_tasks=350)).orders == {RedriveOutcome.SKIPPED: 1}
     assert reconcile(downstream=Downstream(bridge_offsets=passed, queued_tasks=0)).orders == {RedriveOutcome.REDRIVEN: 1}
+    assert copies(event_id) == 2
+
+
+def test_a_queue_that_just_emptied_leaves_its_last_tasks_to_the_workers_that_took_them():
+    event_id = stuck_with_its_event_at(partition=1, offset=41)
+    passed = {("orders", 1): 42}
+    just_drained = Downstream(bridge_offsets=passed, queued_tasks=0, queue_empty_for=EMPTY_QUEUE_GRACE - 1)
+    assert reconcile(downstream=just_drained).orders == {RedriveOutcome.SKIPPED: 1}
+    drained = Downstream(bridge_offsets=passed, queued_tasks=0, queue_empty_for=EMPTY_QUEUE_GRACE)
+    assert reconcile(downstream=drained).orders == {RedriveOutcome.REDRIVEN: 1}
     assert copies(event_id) == 2
 
 
