@@ -76,13 +76,19 @@ def reconcile(
     events may still be on their way."""
     now = timezone.now()
     result = PassResult()
-    for order in selectors.stuck_orders(policy=policy, now=now, limit=STUCK_ORDERS_PER_PASS):
+    late_since = selectors.late_since(downstream=downstream, policy=policy, now=now)
+    for order in selectors.stuck_orders(policy=policy, now=now, limit=STUCK_ORDERS_PER_PASS, late_since=late_since):
         if policy.due(redrives=order.redrive_count, last_redrive_at=order.last_redrive_at, now=now):
             result.orders[redrive_stuck_order(order_id=order.pk, policy=policy, downstream=downstream, now=now)] += 1
     result.claims_taken_over = notification_services.finish_stale_claims(now=now, limit=STALE_CLAIMS_PER_PASS)
     result.webhooks_dispatched = dispatch_due_deliveries(now=now, limit=DUE_DELIVERIES_PER_PASS)
     settled = settle_events(
-        policy=policy, downstream=downstream, now=now, after_id=events_cursor, max_batches=max_event_batches
+        policy=policy,
+        downstream=downstream,
+        now=now,
+        after_id=events_cursor,
+        max_batches=max_event_batches,
+        late_since=late_since,
     )
     result.orders.update(settled.orders)
     result.events_completed, result.events_cursor = settled.completed, settled.cursor

@@ -68,13 +68,17 @@ def required_handlers(*, event_type: str) -> frozenset[str]:
 REDRIVE_COUNT = Count("redrives__created_at", distinct=True)
 
 
-def stuck_orders(*, policy: RedrivePolicy, now: dt.datetime, limit: int) -> list[Order]:
-    """Orders past their status's deadline, oldest first, with ``redrive_count`` and ``last_redrive_at``."""
+def stuck_orders(*, policy: RedrivePolicy, now: dt.datetime, limit: int, late_since: dt.datetime | None = None) -> list[Order]:
+    """Orders past their status's deadline, oldest first, with ``redrive_count`` and ``last_redrive_at``;
+    none created after ``late_since`` (``selectors.late_since``)."""
     past_deadline = Q()
     for status in UNFINISHED_STATUSES:
         past_deadline |= Q(status=status, updated_at__lt=policy.stuck_since(status=status, now=now))
+    orders = Order.objects.filter(past_deadline)
+    if late_since is not None:
+        orders = orders.filter(created_at__lte=late_since)
     return list(
-        Order.objects.filter(past_deadline)
+        orders
         .annotate(redrive_count=REDRIVE_COUNT, last_redrive_at=Max("redrives__created_at"))
         .order_by("updated_at")[:limit]
     )
@@ -199,6 +203,21 @@ def is_in_flight(*, event_id, downstream: Downstream, policy: RedrivePolicy, now
         if not broker_restarted and not drained:
             return True
     return False
+
+
+def late_since(*, downstream: Downstream, policy: RedrivePolicy, now: dt.datetime) -> dt.datetime | None:
+    """While a backlog drains (the pipeline's queue holds tasks, or just emptied, and the work
+    moves), every copy of an event published after the moment returned is in flight
+    (``is_in_flight``), and so is all work of an order created after it: a pass need not look at
+    them one by one, which is what makes a long backlog cheap to wait for. None: no such moment.
+    (A copy on a partition the bridge's group never committed on would count as delivered; it waits
+    until the backlog drains.)"""
+    if downstream.stalled_for >= policy.stalled_after:
+        return None
+    if downstream.queued_tasks == 0 and downstream.queue_empty_for >= EMPTY_QUEUE_GRACE:
+        return None
+    since = now - dt.timedelta(seconds=policy.max_wait_in_flight)
+    return max(since, downstream.broker_started_at) if downstream.broker_started_at else since
 
 
 def unhandled_events(*, events: list[OutboxEvent]) -> list[OutboxEvent]:

@@ -27,7 +27,13 @@ class SettledEvents:
 
 
 def settle_events(
-    *, policy: RedrivePolicy, downstream: Downstream, now: dt.datetime, after_id: int, max_batches: int
+    *,
+    policy: RedrivePolicy,
+    downstream: Downstream,
+    now: dt.datetime,
+    after_id: int,
+    max_batches: int,
+    late_since: dt.datetime | None = None,
 ) -> SettledEvents:
     """Go through the published events older than the event deadline not yet known complete,
     from outbox id ``after_id``, at most ``max_batches`` batches: mark complete those every
@@ -37,6 +43,8 @@ def settle_events(
     until an operator resumes or cancels the order.
 
     A large backlog of unchecked rows is worked through over several passes (the result's cursor).
+    Unhandled events created after ``late_since`` are in flight (``selectors.late_since``): they
+    are left for a later pass without a look.
     """
     older_than = now - dt.timedelta(seconds=policy.event_deadline)
     completed, outcomes = 0, Counter()
@@ -69,7 +77,8 @@ def settle_events(
         ).update(completed_at=now)
         by_order: dict[str, list[OutboxEvent]] = {}
         for event in unhandled.values():
-            by_order.setdefault(event.key, []).append(event)
+            if late_since is None or event.created_at <= late_since:
+                by_order.setdefault(event.key, []).append(event)
         for order_id, events in by_order.items():
             outcomes[
                 redrive_unhandled_events(order_id=order_id, events=events, policy=policy, downstream=downstream, now=now)

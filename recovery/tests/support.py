@@ -52,7 +52,7 @@ def publish_all(*, partition: int | None = None, offset: int | None = None) -> N
 def age(*, seconds: float) -> None:
     """Move every clock of the data ``seconds`` into the past, as if that much time went by."""
     delta = dt.timedelta(seconds=seconds)
-    clocks = ((Order, "updated_at"), (OutboxEvent, "created_at"), (OutboxEvent, "published_at"), (Redrive, "created_at"))
+    clocks = ((Order, "created_at"), (Order, "updated_at"), (OutboxEvent, "created_at"), (OutboxEvent, "published_at"), (Redrive, "created_at"))
     for model, field in clocks:
         model.objects.update(**{field: F(field) - delta})
 
