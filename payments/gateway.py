@@ -27,6 +27,7 @@ The contract an adapter keeps:
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from dataclasses import dataclass
 from decimal import Decimal
@@ -75,6 +76,33 @@ class PaymentGateway(Protocol):
         """Give back ``amount`` (in the charge's currency) of the charge ``charge_reference``, once per
         ``idempotency_key``; declined (a result) if it would take the charge's refunds over what it
         captured."""
+        ...
+
+
+@dataclass(frozen=True)
+class MoneyMoved:
+    """A charge or refund the provider made (approved): its side of the books."""
+
+    kind: str  # CHARGE or REFUND
+    idempotency_key: str
+    # The provider's id of it; a refund also names its charge.
+    reference: str
+    amount: Decimal
+    # The order a charge was for (its metadata at the provider); a refund's comes from its charge.
+    order_id: str = ""
+    charge_reference: str = ""
+
+
+CHARGE, REFUND = "charge", "refund"
+
+
+@runtime_checkable
+class ProviderRecords(Protocol):
+    """What a gateway that can list its records implements, for ``reconcile_payments``: the
+    provider's list of charges and refunds (Stripe's ``/v1/charges`` and ``/v1/refunds``, say)."""
+
+    def money_moved(self, *, since: dt.datetime) -> list[MoneyMoved]:
+        """Every charge and refund the provider approved for this shop since ``since``."""
         ...
 
 

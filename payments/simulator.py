@@ -14,6 +14,8 @@ refused as unavailable (2% each by default, so that tests and the demo meet them
 
 from __future__ import annotations
 
+import datetime as dt
+
 import hashlib
 import random
 import secrets
@@ -25,7 +27,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from payments.gateway import ChargeResult, GatewayTimeout, GatewayUnavailable, RefundResult
+from payments.gateway import CHARGE, REFUND, ChargeResult, GatewayTimeout, GatewayUnavailable, MoneyMoved, RefundResult
 from payments.models import SimulatedCharge, SimulatedRefund
 
 
@@ -173,6 +175,32 @@ class SimulatedGateway:
                 decline_reason=decline_reason,
                 calls=1,
             )
+
+    def money_moved(self, *, since: dt.datetime) -> list[MoneyMoved]:
+        charges = SimulatedCharge.objects.filter(approved=True, created_at__gte=since)
+        refunds = SimulatedRefund.objects.filter(approved=True, created_at__gte=since)
+        order_of = dict(
+            SimulatedCharge.objects.filter(reference__in=refunds.values("charge_reference")).values_list("reference", "order_id")
+        )
+        return [
+            *(
+                MoneyMoved(kind=CHARGE, idempotency_key=key, reference=reference, amount=amount, order_id=order_id)
+                for key, reference, amount, order_id in charges.values_list("idempotency_key", "reference", "amount", "order_id")
+            ),
+            *(
+                MoneyMoved(
+                    kind=REFUND,
+                    idempotency_key=key,
+                    reference=reference,
+                    amount=amount,
+                    order_id=order_of.get(charge_reference, ""),
+                    charge_reference=charge_reference,
+                )
+                for key, reference, amount, charge_reference in refunds.values_list(
+                    "idempotency_key", "reference", "amount", "charge_reference"
+                )
+            ),
+        ]
 
 
 def _reference(prefix: str, idempotency_key: str) -> str:

@@ -2,6 +2,7 @@
 
 from prometheus_client import Counter, Gauge
 
+from payments.selectors import UNRECONCILED_KINDS
 from recovery.models import RedriveReason
 
 # The tables recovery.retention.purge_history deletes old rows from (the label of ROWS_PURGED).
@@ -27,6 +28,11 @@ BACKLOG_STILL = Gauge(
     "pipeline_backlog_still_seconds",
     "Time the tasks waiting in the pipeline's Celery queue have stood still (no event applied, the queue no shorter, the bridge no further); 0 with none waiting",
 )
+UNRECONCILED_MONEY = Gauge(
+    "payments_unreconciled",
+    "Charges and refunds the payment provider made that the database does not know, at the last check",
+    ["kind"],
+)
 LAST_PASS = Gauge("reconciler_last_pass_timestamp_seconds", "When the reconciler last finished a pass (Unix time)")
 
 # Every label value from the start, at 0: an alert on rate() or increase() sees a series before the
@@ -35,3 +41,5 @@ for _reason in RedriveReason.values:
     REDRIVES.labels(_reason)
 for _table in PURGED_TABLES:
     ROWS_PURGED.labels(_table)
+for _kind in UNRECONCILED_KINDS:
+    UNRECONCILED_MONEY.labels(_kind)

@@ -1,5 +1,6 @@
 """The reconciler: one pass over the database composes the jobs of recovery (re-drives, settling
-events, stale notification claims, webhook deliveries due, retention), and its process runs a pass at a fixed interval.
+events, stale notification claims, webhook deliveries due, retention), and its process runs a pass at a fixed interval,
+holding the payment provider's records against the database now and then.
 
 Several may run on PostgreSQL (each order is locked with SKIP LOCKED while it is handled); run
 one on SQLite.
@@ -20,8 +21,10 @@ from django.utils import timezone
 
 from common.metrics import serve_process_metrics
 from notifications import services as notification_services
+from payments.gateway import get_gateway
 from recovery import selectors
 from recovery.metrics import LAST_PASS, OLDEST_UNFINISHED_AGE, STUCK_ORDERS, UNFINISHED_ORDERS
+from recovery.provider_records import check_provider_records
 from recovery.redrives import RedriveOutcome, redrive_stuck_order
 from recovery.retention import purge_history
 from recovery.selectors import Downstream, RedrivePolicy
@@ -36,6 +39,14 @@ STUCK_ORDERS_PER_PASS = 5000
 STALE_CLAIMS_PER_PASS = 100
 # Webhook deliveries handed to send tasks per pass, the longest due first.
 DUE_DELIVERIES_PER_PASS = 1000
+
+
+@dataclass(frozen=True)
+class ProviderCheck:
+    """How often the provider's records are held against the database, and how far back."""
+
+    interval: float
+    lookback: dt.timedelta
 
 
 @dataclass
@@ -113,9 +124,12 @@ def run_reconciler(
     purge_batch_size: int,
     purge_max_batches: int,
     metrics_port: int,
+    provider_check: ProviderCheck,
 ) -> None:
     """Pass over the database every ``interval`` seconds until ``stop`` is set; each pass starts by
-    reading how far the work downstream of the outbox has got (``read_downstream``)."""
+    reading how far the work downstream of the outbox has got (``read_downstream``). The first
+    pass, and one every ``provider_check.interval`` s, also hold the provider's records against
+    the database (``check_provider_records``)."""
     serve_process_metrics(port=metrics_port, process="reconciler")
     logger.info(
         "reconciler_started",
@@ -126,9 +140,13 @@ def run_reconciler(
         retention_days=retention.total_seconds() / 86400,
     )
     events_cursor = 0
+    provider_checked_at: float | None = None
     while not stop.is_set():
         started = time.monotonic()
         try:
+            if provider_checked_at is None or started - provider_checked_at >= provider_check.interval:
+                check_provider_records(gateway=get_gateway(), since=timezone.now() - provider_check.lookback)
+                provider_checked_at = started
             result = reconcile(
                 policy=policy,
                 downstream=read_downstream(),

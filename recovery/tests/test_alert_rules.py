@@ -49,6 +49,7 @@ def test_alert_rules_point_the_operator_at_what_to_look_at():
     assert "Webhook endpoints" in descriptions["WebhookEndpointsDisabled"]
     assert "Webhook deliveries" in descriptions["WebhookDeliveriesFailing"]
     assert "Retry refund" in descriptions["RefundsFailed"]
+    assert "reconcile_payments" in descriptions["PaymentsUnreconciled"]
     assert "Celery backlog" in descriptions["PipelineBacklogNotMoving"] and "Celery backlog" in descriptions["PipelineBacklogOld"]
 
 
@@ -98,6 +99,10 @@ CASES: dict[str, dict[str, dict[str, str]]] = {
     "ReconcilerAbsent": {
         FIRES: {"outbox_backlog": "0x10"},
         QUIET: {"reconciler_last_pass_timestamp_seconds": "0+60x10"},
+    },
+    "PaymentsUnreconciled": {
+        FIRES: {'payments_unreconciled{kind="charge_without_payment"}': "0 0 1 1 1 1 1 1 1 1 1", 'payments_unreconciled{kind="refund_unknown"}': "0x10"},
+        QUIET: {'payments_unreconciled{kind="charge_without_payment"}': "0x10", 'payments_unreconciled{kind="refund_unknown"}': "0x10"},
     },
     "PipelineBacklogNotMoving": {
         FIRES: {"pipeline_backlog_still_seconds": "0+60x10"},

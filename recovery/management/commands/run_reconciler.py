@@ -10,7 +10,7 @@ from django.utils import timezone
 from messaging.progress import BridgeProgress, CeleryQueues
 from messaging.routes import TOPICS_READ
 from recovery.downstream import DownstreamWatch, publish_queue_gauges
-from recovery.reconciler import run_reconciler
+from recovery.reconciler import ProviderCheck, run_reconciler
 from recovery.selectors import Downstream, RedrivePolicy
 
 
@@ -66,6 +66,10 @@ class Command(BaseCommand):
             purge_batch_size=PURGE_BATCH_SIZE,
             purge_max_batches=PURGE_MAX_BATCHES,
             metrics_port=settings.METRICS["reconciler_port"],
+            provider_check=ProviderCheck(
+                interval=config["provider_check_interval"],
+                lookback=dt.timedelta(days=config["provider_check_days"]),
+            ),
         )
         bridge.close()
         celery_queues.close()
