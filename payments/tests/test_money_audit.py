@@ -8,25 +8,12 @@ from decimal import Decimal
 import pytest
 
 from devtools.harness.audit import money_audit
-from events.models import OutboxEvent
 from orders.models import Order
-from payments import services
 from payments.models import Payment, Refund, SimulatedRefund
 from payments.simulator import SimulatedGateway
 
 pytestmark = pytest.mark.django_db
-SOURCE = "test"
 GATEWAY = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, refund_timeout_rate=0.0, refund_failure_rate=0.0, seed="audit")
-
-
-@pytest.fixture
-def refunded(processing_order) -> Refund:
-    """A paid order (30.03) with a refund of 10.00 made through the gateway."""
-    services.charge_order(order_id=processing_order.id, event_id=processing_order.created_event_id, source=SOURCE, gateway=GATEWAY)
-    refund = services.request_refund(order_id=processing_order.id, requested_by="client", amount=Decimal("10.00"), source=SOURCE).refund
-    event = OutboxEvent.objects.get(key=str(processing_order.id), event_type="REFUND_REQUESTED")
-    services.refund_payment(order_id=processing_order.id, event_id=event.event_id, refund_id=refund.id, source=SOURCE, gateway=GATEWAY)
-    return Refund.objects.select_related("payment").get(pk=refund.pk)
 
 
 def test_the_money_of_a_paid_and_partly_refunded_order_adds_up(refunded):

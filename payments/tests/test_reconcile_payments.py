@@ -7,15 +7,12 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from events.models import OutboxEvent
-from payments import services
 from payments.gateway import ChargeResult, RefundResult
 from payments.models import Payment, Refund, SimulatedCharge, SimulatedRefund
 from payments.selectors import CHARGE_WITHOUT_PAYMENT, REFUND_UNKNOWN
@@ -23,7 +20,6 @@ from payments.simulator import SimulatedGateway
 from recovery.provider_records import check_provider_records
 
 pytestmark = pytest.mark.django_db
-SOURCE = "test"
 GATEWAY = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, refund_timeout_rate=0.0, refund_failure_rate=0.0, seed="recon")
 SIMULATOR = {"gateway_class": "payments.simulator.SimulatedGateway", "success_rate": 1.0, "timeout_rate": 0.0,
              "refund_timeout_rate": 0.0, "refund_failure_rate": 0.0, "seed": "recon"}
@@ -38,15 +34,6 @@ class ChargeOnlyGateway:
     def refund(self, *, idempotency_key, charge_reference, amount):
         return RefundResult(approved=True, reference="y")
 
-
-@pytest.fixture
-def refunded(processing_order) -> Refund:
-    """A paid order (30.03) with a refund of 10.00, both made at the provider."""
-    services.charge_order(order_id=processing_order.id, event_id=processing_order.created_event_id, source=SOURCE, gateway=GATEWAY)
-    refund = services.request_refund(order_id=processing_order.id, requested_by="client", amount=Decimal("10.00"), source=SOURCE).refund
-    event = OutboxEvent.objects.get(key=str(processing_order.id), event_type="REFUND_REQUESTED")
-    services.refund_payment(order_id=processing_order.id, event_id=event.event_id, refund_id=refund.id, source=SOURCE, gateway=GATEWAY)
-    return Refund.objects.select_related("payment").get(pk=refund.pk)
 
 
 def reconcile_payments(*args: str) -> tuple[list[dict], str]:

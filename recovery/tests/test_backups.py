@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import threading
 import uuid
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
