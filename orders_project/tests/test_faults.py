@@ -41,6 +41,7 @@ from devtools.harness.faults import fault_order_body as order_body
 from devtools.harness.faults import inbox_redeliveries as redeliveries
 from devtools.harness.load import OrderLoad
 from devtools.harness.object_store import ObjectStore
+from devtools.harness.overload import THROTTLE, assert_waited_for_not_redriven, run_overload
 from devtools.harness.process_group import ProcessGroup
 from devtools.harness.sample_orders import post_json, post_order
 from devtools.harness.topics import BRIDGE_PARTITIONS
@@ -691,6 +692,17 @@ def test_cancels_arriving_at_every_moment_of_a_charge(system):
         f"charges approved after the cancel: {approved_while_cancelling.count()}",
     )
     assert Refund.objects.filter(order_id__in=list(answers), requested_by="cancellation", status=RefundStatus.SUCCEEDED).exists()
+
+
+def test_overload_at_three_times_the_pipelines_rate_is_waited_for_not_redriven(system):
+    """A backlog that outlives the reconciler's old 120 s limit on late work, on Redis: it drains,
+    and nothing is re-driven (devtools.harness.overload)."""
+    restart_worker(system, **THROTTLE)
+    try:
+        overload = run_overload(system, gateway=GATEWAY)
+    finally:
+        restart_worker(system)
+    assert_waited_for_not_redriven(overload)
 
 
 CONCURRENT_REFUNDS = 20
