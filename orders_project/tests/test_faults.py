@@ -175,6 +175,9 @@ def system(django_db_setup, django_db_blocker, kafka, redis_server, tmp_path_fac
         PAYMENTS_SEED=PAYMENT_SEED,
         # A charge takes a while, so a worker can be killed in the middle of one.
         PAYMENTS_LATENCY_MS="150",
+        # The worker's threads, as config.yaml's default: with 2, about 10 charges a second for
+        # 8 orders, a backlog left by a fault drained barely faster than orders came.
+        CELERY_CONCURRENCY="4",
         # A killed worker's tasks come back after 10 s (production: 60), retries wait at most 4 s.
         CELERY_VISIBILITY_TIMEOUT="10",
         CELERY_RETRY_BACKOFF_MAX="4.0",
