@@ -41,6 +41,7 @@ from devtools.harness.faults import fault_order_body as order_body
 from devtools.harness.faults import inbox_redeliveries as redeliveries
 from devtools.harness.load import OrderLoad
 from devtools.harness.object_store import ObjectStore
+from devtools.harness.overload import THROTTLE, assert_waited_for_not_redriven, run_overload
 from devtools.harness.process_group import ProcessGroup
 from devtools.harness.sample_orders import post_json, post_order
 from devtools.harness.topics import BRIDGE_PARTITIONS
@@ -174,6 +175,9 @@ def system(django_db_setup, django_db_blocker, kafka, redis_server, tmp_path_fac
         PAYMENTS_SEED=PAYMENT_SEED,
         # A charge takes a while, so a worker can be killed in the middle of one.
         PAYMENTS_LATENCY_MS="150",
+        # The worker's threads, as config.yaml's default: with 2, about 10 charges a second for
+        # 8 orders, a backlog left by a fault drained barely faster than orders came.
+        CELERY_CONCURRENCY="4",
         # A killed worker's tasks come back after 10 s (production: 60), retries wait at most 4 s.
         CELERY_VISIBILITY_TIMEOUT="10",
         CELERY_RETRY_BACKOFF_MAX="4.0",
@@ -691,6 +695,17 @@ def test_cancels_arriving_at_every_moment_of_a_charge(system):
         f"charges approved after the cancel: {approved_while_cancelling.count()}",
     )
     assert Refund.objects.filter(order_id__in=list(answers), requested_by="cancellation", status=RefundStatus.SUCCEEDED).exists()
+
+
+def test_overload_at_three_times_the_pipelines_rate_is_waited_for_not_redriven(system):
+    """A backlog that outlives the reconciler's old 120 s limit on late work, on Redis: it drains,
+    and nothing is re-driven (devtools.harness.overload)."""
+    restart_worker(system, **THROTTLE)
+    try:
+        overload = run_overload(system, gateway=GATEWAY)
+    finally:
+        restart_worker(system)
+    assert_waited_for_not_redriven(overload)
 
 
 CONCURRENT_REFUNDS = 20

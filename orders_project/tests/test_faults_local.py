@@ -26,6 +26,7 @@ from devtools.broker import free_port
 from devtools.harness.audit import audit_when_complete
 from devtools.harness.faults import FAULT_REPORT, fault_order_body, fault_row, inbox_redeliveries, redriven_orders
 from devtools.harness.load import OrderLoad
+from devtools.harness.overload import THROTTLE, assert_waited_for_not_redriven, run_overload
 from devtools.harness.process_group import ProcessGroup, database_url
 from devtools.harness.run_local import LocalStack
 from devtools.harness.waiting import wait_until
@@ -128,6 +129,19 @@ def test_worker_sigkilled_mid_payment_and_its_lost_tasks_redriven(kafka_broker, 
     finally:
         system.stop_all()
     assert_redriven(stranded, load.accepted, system.log_events("reconciler"))
+
+
+def test_overload_at_three_times_the_pipelines_rate_is_waited_for_not_redriven(kafka_broker, tmp_path):
+    """A backlog that outlives the reconciler's old 120 s limit on late work, on the SQL transport,
+    whose queue the reconciler reads without writing: it drains, and nothing is re-driven."""
+    port = free_port()
+    system = ProcessGroup.for_tests(kafka_brokers=kafka_broker.bootstrap_servers, work_dir=tmp_path, HTTP_PORT=str(port), **ENV, **THROTTLE)
+    try:
+        system.start_system(port=port)
+        overload = run_overload(system, gateway=GATEWAY)
+    finally:
+        system.stop_all()
+    assert_waited_for_not_redriven(overload)
 
 
 @pytest.fixture

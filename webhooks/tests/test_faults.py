@@ -50,7 +50,7 @@ def test_webhook_worker_killed_mid_delivery_and_restarted_the_delivery_lands_wit
     system.start_webhook_worker()
     wait_for_completion([order_id])
 
-    delivery = WebhookDelivery.objects.get(order_id=order_id)
+    delivery = WebhookDelivery.objects.get(order_id=order_id, endpoint=endpoint)
     wait_until(
         lambda: WebhookDelivery.objects.filter(pk=delivery.pk, status="SUCCEEDED").exists(),
         timeout=REDISPATCH_AFTER + 60,
