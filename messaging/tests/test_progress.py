@@ -17,6 +17,7 @@ from devtools.harness.sample_orders import create_test_orders
 from events.contract import TOPIC_ORDERS
 from events.models import OutboxEvent
 from devtools.harness.bridge import celery_broker, task_messages
+from devtools.harness.waiting import wait_until
 from messaging.progress import BridgeProgress, CeleryQueues
 from messaging.producer import build_producer
 from messaging.relay import publish_pending_events
@@ -111,8 +112,13 @@ def test_a_rabbitmq_queue_is_counted_and_a_missing_one_is_empty():
         for number in range(3):
             producer.publish({"n": number}, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue])
         try:
-            state = queues.read(queue=name, now=timezone.now())
-            assert (state.depth, state.oldest_age, state.broker_started_at) == (3, None, None)
+            # Published without confirms: the broker counts them once it has them.
+            def all_three_counted():
+                state = queues.read(queue=name, now=timezone.now())
+                return state if state.depth == 3 else None
+
+            state = wait_until(all_three_counted, timeout=10)
+            assert (state.oldest_age, state.broker_started_at) == (None, None)
         finally:
             queue(connection.default_channel).delete()
 
