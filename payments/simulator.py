@@ -15,7 +15,6 @@ refused as unavailable (2% each by default, so that tests and the demo meet them
 from __future__ import annotations
 
 import datetime as dt
-
 import hashlib
 import random
 import secrets

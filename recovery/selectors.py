@@ -39,7 +39,7 @@ class RedrivePolicy:
     # with a backlog) before it is re-driven anyway, however well the backlog drains.
     max_wait_in_flight: float
     # Seconds without any movement downstream after which nothing published counts as in flight.
-    stalled_after: float = 60.0
+    stalled_after: float
     batch_size: int = 500
 
     def wait_after(self, *, redrives: int) -> float:
@@ -163,6 +163,15 @@ class Downstream:
     # Seconds the queue has been seen empty without a break; 0 while it holds tasks.
     queue_empty_for: float = math.inf
 
+    def stalled(self, *, policy: RedrivePolicy) -> bool:
+        """Nothing downstream has moved for ``policy.stalled_after`` s."""
+        return self.stalled_for >= policy.stalled_after
+
+    @property
+    def drained(self) -> bool:
+        """The queue is empty and has stayed so for ``EMPTY_QUEUE_GRACE`` s."""
+        return self.queued_tasks == 0 and self.queue_empty_for >= EMPTY_QUEUE_GRACE
+
 
 # Tasks a worker took before its queue emptied are still being run: an empty queue is evidence of
 # loss once it has stayed empty this long (two of the reconciler's passes).
@@ -183,7 +192,7 @@ def is_in_flight(*, event_id, downstream: Downstream, policy: RedrivePolicy, now
     ``policy.max_wait_in_flight`` s ago (a last resort: a backlog that drains is waited for
     however long it takes, up to that). A copy whose offset is not recorded counts as delivered.
     """
-    stalled = downstream.stalled_for >= policy.stalled_after
+    stalled = downstream.stalled(policy=policy)
     oldest = now - dt.timedelta(seconds=policy.max_wait_in_flight)
     copies = OutboxEvent.objects.filter(event_id=event_id).filter(Q(published_at__isnull=True) | Q(published_at__gte=oldest))
     for published_at, topic, partition, offset in copies.values_list("published_at", "topic", "kafka_partition", "kafka_offset"):
@@ -199,8 +208,7 @@ def is_in_flight(*, event_id, downstream: Downstream, policy: RedrivePolicy, now
         if committed <= offset:
             return True
         broker_restarted = downstream.broker_started_at is not None and downstream.broker_started_at > published_at
-        drained = downstream.queued_tasks == 0 and downstream.queue_empty_for >= EMPTY_QUEUE_GRACE
-        if not broker_restarted and not drained:
+        if not broker_restarted and not downstream.drained:
             return True
     return False
 
@@ -212,9 +220,7 @@ def late_since(*, downstream: Downstream, policy: RedrivePolicy, now: dt.datetim
     them one by one, which is what makes a long backlog cheap to wait for. None: no such moment.
     (A copy on a partition the bridge's group never committed on would count as delivered; it waits
     until the backlog drains.)"""
-    if downstream.stalled_for >= policy.stalled_after:
-        return None
-    if downstream.queued_tasks == 0 and downstream.queue_empty_for >= EMPTY_QUEUE_GRACE:
+    if downstream.stalled(policy=policy) or downstream.drained:
         return None
     since = now - dt.timedelta(seconds=policy.max_wait_in_flight)
     return max(since, downstream.broker_started_at) if downstream.broker_started_at else since

@@ -2,11 +2,10 @@ import datetime as dt
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.utils import timezone
 
 from common.lifecycle import stop_on_signals
 from common.tracing import setup_tracing
-from django.utils import timezone
-
 from messaging.progress import BridgeProgress, CeleryQueues
 from messaging.routes import TOPICS_READ
 from recovery.downstream import DownstreamWatch, publish_queue_gauges
