@@ -13,6 +13,10 @@ and supervises them:
   yet come back through the reconciler, which re-drives the orders that stay stuck.
 - Ctrl-C or SIGTERM stops the processes first (SIGTERM, so each finishes what it is doing; killed
   after ``STOP_TIMEOUT``), the broker last.
+- the processes named in the hold file (``var/run-local.hold``, one name a line) are stopped the
+  same way and kept stopped while the broker runs on, keeping what it holds; removed from it,
+  they start again after ``migrate`` (the database may have been restored meanwhile). What is
+  held now is in ``var/run-local.held``. ``bin/restore-drill`` restores the database this way.
 
 Every line run-local itself prints is one JSON object (``"logger": "run-local"``), like the
 processes' own lines.
@@ -238,11 +242,14 @@ def _start_broker(broker: EmbeddedKafkaBroker) -> None:
 
 
 class Stack:
-    def __init__(self, *, config: dict, log, broker_log: Path) -> None:
+    def __init__(self, *, config: dict, log, broker_log: Path, hold_file: Path) -> None:
         self.config = config
         self.log = log
         self.stopping = False
         self.stop_signal: str | None = None
+        self.hold_file = hold_file
+        self.held_file = hold_file.with_suffix(".held")
+        self.held: set[str] = set()
         broker_port = int(config["kafka"]["brokers"][0].rsplit(":", 1)[1])
         broker_log.parent.mkdir(parents=True, exist_ok=True)
         create_local_directories(config)
@@ -279,6 +286,9 @@ class Stack:
 
     def run(self) -> int:
         try:
+            # A new run holds nothing: a hold left by an earlier run is void.
+            self.hold_file.unlink(missing_ok=True)
+            self.held_file.unlink(missing_ok=True)
             self._start_broker()
             _manage("migrate", "--noinput", "-v", "0", env=self.env)
             _manage("create_operator_groups", env=self.env)  # README, "Admin actions"
@@ -301,11 +311,13 @@ class Stack:
             while not self._sleep(POLL_INTERVAL):
                 if self.broker.process.poll() is not None:
                     self._restart_broker()
+                self._apply_hold()
                 now = time.monotonic()
                 for child in self.children:
                     if self.stopping:
                         break
-                    child.supervise(now)
+                    if child.name not in self.held:
+                        child.supervise(now)
         except (OSError, RuntimeError, TimeoutError) as exc:
             self.log.error("run_local_failed", error=f"{type(exc).__name__}: {exc}", message=f"run-local failed: {exc}")
             return 1
@@ -316,6 +328,34 @@ class Stack:
                 )
             self._stop()
         return 0
+
+    def _apply_hold(self) -> None:
+        """Stop the processes the hold file names newly, start those it no longer names (after
+        ``migrate``), then write what is held to the held file."""
+        try:
+            wanted = set(self.hold_file.read_text().split()) & {child.name for child in self.children}
+        except FileNotFoundError:
+            wanted = set()
+        if wanted == self.held:
+            return
+        holding = [child for child in self.children if child.name in wanted - self.held]
+        releasing = [child for child in self.children if child.name in self.held - wanted]
+        for child in holding:
+            child.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for child in holding:
+            child.wait_or_kill(deadline)
+        self.held = wanted
+        if releasing:
+            _manage("migrate", "--noinput", "-v", "0", env=self.env)
+            for child in releasing:
+                child.start()
+        self.log.info(
+            "processes_held",
+            held=sorted(wanted),
+            message=f"held (stopped until {self.hold_file} no longer names them): {', '.join(sorted(wanted)) or 'none'}",
+        )
+        self.held_file.write_text("".join(f"{name}\n" for name in sorted(wanted)))
 
     def _announce(self, *, admin_created: bool) -> None:
         base_url = f"http://localhost:{self.config['http']['port']}"
@@ -376,7 +416,7 @@ class Stack:
             # broker never heard of, and times out on every batch: a new relay has a new producer.
             # (The bridge rejoins its group by itself.)
             for child in self.children:
-                if child.name == "relay" and not self.stopping:
+                if child.name == "relay" and not self.stopping and child.name not in self.held:
                     child.restart_now(reason="its Kafka producer does not recover from a broker that lost its state")
             return
 
@@ -404,9 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--broker-log", type=Path, default=BASE_DIR / "var" / "kafka-broker.log", help="the Kafka broker's log file"
     )
+    parser.add_argument(
+        "--hold-file",
+        type=Path,
+        default=BASE_DIR / "var" / "run-local.hold",
+        help="names of processes to stop and keep stopped, one a line (the Kafka broker runs on)",
+    )
     args = parser.parse_args(argv)
     config = load_config()
-    stack = Stack(config=config, log=_logger(config), broker_log=args.broker_log)
+    stack = Stack(config=config, log=_logger(config), broker_log=args.broker_log, hold_file=args.hold_file)
     signal.signal(signal.SIGINT, stack.request_stop)
     signal.signal(signal.SIGTERM, stack.request_stop)
     return stack.run()

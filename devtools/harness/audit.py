@@ -131,17 +131,18 @@ def audit(order_ids: list[str], *, logs: Iterable[Path], gateway) -> dict[str, A
     }
 
 
-def money_audit(order_ids: list[str]) -> list[str]:
+def money_audit(order_ids: list[str], *, using: str | None = None, ledger: str | None = None) -> list[str]:
     """Where the simulated gateway's ledger and the orders disagree, one line each (none: the money
     adds up): for every order, its approved charges less the approved refunds of them equal what
     the order says it kept (its approved payment's amount less what it refunded; nothing for a
     cancelled order or one without an approved payment); no refund is approved at the gateway
     twice (under two attempts' keys), no charge is refunded beyond its amount, and every refund
-    the database says succeeded was approved at the gateway under its key."""
+    the database says succeeded was approved at the gateway under its key. ``using``: the alias
+    of the orders' database, ``ledger`` the ledger's (the router's by default)."""
     problems = []
-    charges = list(SimulatedCharge.objects.filter(order_id__in=order_ids, approved=True))
+    charges = list(SimulatedCharge.objects.using(ledger).filter(order_id__in=order_ids, approved=True))
     gateway_refunds = list(
-        SimulatedRefund.objects.filter(charge_reference__in=[c.reference for c in charges], approved=True).values_list(
+        SimulatedRefund.objects.using(ledger).filter(charge_reference__in=[c.reference for c in charges], approved=True).values_list(
             "charge_reference", "idempotency_key", "amount"
         )
     )
@@ -157,16 +158,16 @@ def money_audit(order_ids: list[str]) -> list[str]:
         ledger_kept[charge.order_id] += charge.amount - given_back[charge.reference]
     payments = {
         str(p.order_id): p.amount - p.refunded_amount
-        for p in Payment.objects.filter(order_id__in=order_ids, status=PaymentStatus.APPROVED)
+        for p in Payment.objects.using(using).filter(order_id__in=order_ids, status=PaymentStatus.APPROVED)
     }
-    for order_id, status in Order.objects.filter(pk__in=order_ids).values_list("pk", "status"):
+    for order_id, status in Order.objects.using(using).filter(pk__in=order_ids).values_list("pk", "status"):
         kept = Decimal("0") if status == OrderStatus.CANCELLED else payments.get(str(order_id), Decimal("0"))
         if ledger_kept[str(order_id)] != kept:
             problems.append(f"order {order_id} ({status}) says it kept {kept}, the gateway's ledger {ledger_kept[str(order_id)]}")
     # A refund's attempts are keyed refund:<id>:<attempt>.
     approved_keys = {key for _reference, key, _amount in gateway_refunds}
     approvals = Counter(key.split(":")[1] for key in approved_keys)
-    for refund_id, status, key in Refund.objects.filter(order_id__in=order_ids).values_list("pk", "status", "idempotency_key"):
+    for refund_id, status, key in Refund.objects.using(using).filter(order_id__in=order_ids).values_list("pk", "status", "idempotency_key"):
         if approvals[str(refund_id)] > 1:
             problems.append(f"refund {refund_id} approved {approvals[str(refund_id)]} times at the gateway")
         if status == RefundStatus.SUCCEEDED and key not in approved_keys:

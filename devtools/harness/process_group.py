@@ -23,9 +23,10 @@ from devtools.processes import process_commands
 from orders_project.config import BASE_DIR
 
 
-def database_url() -> str:
-    """The URL of the database this process uses (the test database under pytest)."""
-    db = connection.settings_dict
+def database_url(db: dict[str, Any] | None = None) -> str:
+    """The URL of ``db`` (a DATABASES entry), by default the database this process uses (the
+    test database under pytest)."""
+    db = db or connection.settings_dict
     if db["ENGINE"] == "django.db.backends.sqlite3":
         return f"sqlite:///{db['NAME']}"
     user = db["USER"] or "postgres"
@@ -107,16 +108,23 @@ class ProcessGroup:
     def start_system(self, *, port: int) -> None:
         """web (on ``port``), relay, bridge, a worker and the reconciler, as run-local starts them;
         returns once web answers and the bridge has partitions (a group join takes 10-20 s on the
-        bundled broker)."""
+        bundled broker). Also a start again, after ``stop_all``: the bridge's log goes on."""
+        assigned_before = self._assignments()
         for name in ("web", "relay", "bridge", "worker", "reconciler"):
             self.start(name)
         self.base_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: answers(f"{self.base_url}/health"), timeout=30, message="web did not come up")
         wait_until(
-            lambda: any(event["event"] == "partitions_assigned" for event in self.log_events("bridge")),
+            lambda: self._assignments() > assigned_before,
             timeout=60,
             message="bridge got no partitions",
         )
+
+    def _assignments(self) -> int:
+        """How many times the bridge logged partitions assigned to it."""
+        if not (self.log_dir / "bridge.log").exists():
+            return 0
+        return sum(1 for event in self.log_events("bridge") if event["event"] == "partitions_assigned")
 
     def start_webhook_worker(self, name: str = "webhook-worker", **env_overrides: str) -> subprocess.Popen:
         """A worker of the webhooks queue only (its default queue), so that receivers never hold

@@ -67,6 +67,7 @@ class LocalStack:
             if queue not in overrides:
                 self.env.pop(queue, None)  # run-local's default queues
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.hold_file = work_dir / "run-local.hold"
         self.logs: list[Path] = []
         self.process: subprocess.Popen | None = None
 
@@ -74,7 +75,15 @@ class LocalStack:
         self.logs.append(self.work_dir / f"run-local-{len(self.logs) + 1}.log")
         with self.logs[-1].open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "devtools.local_stack", "--broker-log", str(self.work_dir / "kafka-broker.log")],
+                [
+                    sys.executable,
+                    "-m",
+                    "devtools.local_stack",
+                    "--broker-log",
+                    str(self.work_dir / "kafka-broker.log"),
+                    "--hold-file",
+                    str(self.hold_file),
+                ],
                 cwd=BASE_DIR,
                 env=self.env,
                 stdout=log,

@@ -43,6 +43,7 @@ from devtools.harness.load import OrderLoad
 from devtools.harness.object_store import ObjectStore
 from devtools.harness.overload import THROTTLE, assert_waited_for_not_redriven, run_overload
 from devtools.harness.process_group import ProcessGroup
+from devtools.harness.restore_drill import PROCESSES, POSTED_WHILE_BRIDGE_STOPPED, ProcessGroupStack, audit_problems, run_drill
 from devtools.harness.sample_orders import post_json, post_order
 from devtools.harness.topics import BRIDGE_PARTITIONS
 from devtools.harness.waiting import wait_until
@@ -785,3 +786,27 @@ def test_chaos_random_sigkills_of_relay_bridge_worker_and_kafka(system):
         run_fault(system, name, inject)
     finally:
         print(f"chaos seed {CHAOS_SEED}, kills (s from start, process, s down): {kills}")
+
+
+def test_restore_drill_pg_dump_restored_into_a_new_database(system, tmp_path):
+    """The restore drill (devtools.harness.restore_drill) on PostgreSQL: pg_dump taken while orders
+    flow, pg_restore into a new database on the same server, every process started again on it;
+    Kafka and Redis keep what they held. The suite's processes come back on the test database."""
+    database = connection.settings_dict
+    restored = {**database, "NAME": f"{database['NAME']}_restored"}
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{restored["NAME"]}"')
+        cursor.execute(f'CREATE DATABASE "{restored["NAME"]}"')
+    stack = ProcessGroupStack(system)
+    try:
+        audit = run_drill(stack, database=database, restored=restored, backup=tmp_path / "backup.dump")
+    finally:
+        stack.stop(PROCESSES)
+        system.start_system(port=int(system.env["HTTP_PORT"]))
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{restored["NAME"]}" WITH (FORCE)')
+    print(json.dumps(audit))
+    assert not audit_problems(audit), audit
+    assert audit["rpo_orders"] >= POSTED_WHILE_BRIDGE_STOPPED, audit
+    assert audit["unread_events_expected_dead"] >= POSTED_WHILE_BRIDGE_STOPPED, audit
+    assert audit["rto_terminal_s"] <= RECOVERY_BOUND, audit

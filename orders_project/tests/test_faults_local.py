@@ -13,6 +13,7 @@ twice for one event, no status repeats in its timeline. Results go to the fault 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
+from django.db import connection
 
 from devtools.broker import free_port
 from devtools.harness.audit import audit_when_complete
@@ -28,8 +30,10 @@ from devtools.harness.faults import FAULT_REPORT, fault_order_body, fault_row, i
 from devtools.harness.load import OrderLoad
 from devtools.harness.overload import THROTTLE, assert_waited_for_not_redriven, run_overload
 from devtools.harness.process_group import ProcessGroup, database_url
+from devtools.harness.restore_drill import PROCESSES, POSTED_WHILE_BRIDGE_STOPPED, ProcessGroupStack, audit_problems, run_drill
 from devtools.harness.run_local import LocalStack
 from devtools.harness.waiting import wait_until
+from devtools.restore_drill import RunLocalStack
 from payments.simulator import SimulatedGateway
 from payments.models import Payment
 
@@ -144,6 +148,31 @@ def test_overload_at_three_times_the_pipelines_rate_is_waited_for_not_redriven(k
     assert_waited_for_not_redriven(overload)
 
 
+def test_restore_drill_backup_while_orders_flow_restored_into_a_new_file(kafka_broker, tmp_path):
+    """The restore drill (devtools.harness.restore_drill) on SQLite: the backup API's copy, taken
+    while orders flow, restored into a new file that the processes are started again on; the
+    Kafka broker and the SQL Celery broker keep what they held."""
+    port = free_port()
+    # A charge takes a while: orders are in flight when the backup is taken.
+    system = ProcessGroup.for_tests(
+        kafka_brokers=kafka_broker.bootstrap_servers, work_dir=tmp_path, HTTP_PORT=str(port), PAYMENTS_LATENCY_MS="300", **ENV
+    )
+    database = connection.settings_dict
+    stack = ProcessGroupStack(system)
+    try:
+        system.start_system(port=port)
+        audit = run_drill(
+            stack, database=database, restored={**database, "NAME": str(tmp_path / "restored.sqlite3")}, backup=tmp_path / "backup.sqlite3"
+        )
+    finally:
+        stack.group.stop_all()
+    print(json.dumps(audit))
+    assert not audit_problems(audit), audit
+    assert audit["rpo_orders"] >= POSTED_WHILE_BRIDGE_STOPPED, audit
+    assert audit["unread_events_expected_dead"] >= POSTED_WHILE_BRIDGE_STOPPED, audit
+    assert audit["rto_terminal_s"] <= RECOVERY_BOUND, audit
+
+
 @pytest.fixture
 def run_local(tmp_path):
     """run-local on the test database and free ports; stopped with Ctrl-C at the end, if it runs."""
@@ -226,4 +255,21 @@ def test_run_local_restarts_a_sigkilled_kafka_broker_and_every_order_completes(r
     assert len(restarted) == 2 and restarted[1]["kafka"] == restarted[0]["kafka"]  # the same port
     assert not stack.events("process_exited", logger="run-local")
     assert started(stack) == {"web": 1, "relay": 2, "bridge": 1, "reconciler": 1, "worker": 1, "webhook-worker": 1}
+    assert stack.process.poll() is None
+
+
+def test_restore_drill_on_run_local(run_local, tmp_path):
+    """bin/restore-drill's drill on a running run-local: its processes held stopped and released
+    through its hold file while its Kafka broker runs on, its database restored in place."""
+    stack = run_local.start()
+    stack.wait_up()
+    drill = RunLocalStack(base_url=stack.base_url, hold_file=stack.hold_file, env=stack.env)
+    database = connection.settings_dict
+    audit = run_drill(drill, database=database, restored=database, backup=tmp_path / "backup.sqlite3")
+    print(json.dumps(audit))
+    assert not audit_problems(audit), audit
+    assert audit["unread_events_expected_dead"] >= POSTED_WHILE_BRIDGE_STOPPED, audit
+    held = [e["held"] for e in stack.events("processes_held", logger="run-local")]
+    assert held == [["bridge"], sorted(PROCESSES), []], held
+    assert len(stack.events("kafka_broker_started", logger="run-local")) == 1  # what it held stayed
     assert stack.process.poll() is None
