@@ -353,7 +353,9 @@ class Stack:
         self.log.info(
             "processes_held",
             held=sorted(wanted),
-            message=f"held (stopped until {self.hold_file} no longer names them): {', '.join(sorted(wanted)) or 'none'}",
+            message=f"stopped until {self.hold_file} no longer names them: {', '.join(sorted(wanted))}"
+            if wanted
+            else f"every process runs again ({self.hold_file} names none)",
         )
         self.held_file.write_text("".join(f"{name}\n" for name in sorted(wanted)))
 

@@ -39,6 +39,7 @@ from orders_project.config import BASE_DIR
 from payments.models import Refund, RefundStatus, SimulatedCharge, SimulatedRefund
 from payments.selectors import CHARGE_WITHOUT_PAYMENT, REFUND_UNKNOWN
 from recovery.backups import backup_database, restore_database
+from recovery.models import Redrive
 
 # The processes of the system, as run-local runs them; the bridge stops first (below).
 PROCESSES = ("web", "relay", "bridge", "worker", "webhook-worker", "reconciler")
@@ -322,6 +323,7 @@ def audit_restore(stack: Stack, *, using: str, before: BeforeRestore, restarted:
         "lost_before_backup": [order_id for order_id in before.posted[: before.accepted_before_backup] if order_id not in known],
         "rto_terminal_s": round(rto_terminal_s, 1),
         "rto_reconciled_s": round(rto_reconciled_s, 1),
+        "orders_redriven": Redrive.objects.using(using).filter(created_at__gte=before.began).values("order").distinct().count(),
         "unfinished": unfinished(using=using),
         "charged_twice": sorted(order_id for order_id, n in charged.items() if n > 1),
         "refunded_twice": sorted(refund_id for refund_id, n in refunded.items() if n > 1),
