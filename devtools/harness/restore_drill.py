@@ -327,7 +327,7 @@ def audit_restore(stack: Stack, *, using: str, before: BeforeRestore, restarted:
         "unfinished": unfinished(using=using),
         "charged_twice": sorted(order_id for order_id, n in charged.items() if n > 1),
         "refunded_twice": sorted(refund_id for refund_id, n in refunded.items() if n > 1),
-        "money": money_audit(sorted(known - refunded_after_backup), using=using, ledger=ledger),
+        "money": money_audit(sorted(known.intersection(before.posted) - refunded_after_backup), using=using, ledger=ledger),
         "unreconciled_expected": len(expected),
         "unreconciled_not_listed": sorted(ref for _kind, ref in expected - listing),
         "unreconciled_listed_wrongly": sorted(ref for _kind, ref in listing - expected),
