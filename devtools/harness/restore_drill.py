@@ -123,7 +123,7 @@ def database_alias(alias: str, database: dict[str, Any]) -> Iterator[str]:
         yield alias
     finally:
         connection.close()
-        if hasattr(connection, "close_pool"):
+        if hasattr(connection, "close_pool"):  # PostgreSQL's: its pooled connections too
             connection.close_pool()
         del connections[alias]
 
@@ -146,10 +146,15 @@ def unfinished(*, using: str, order_ids: Sequence[str] | None = None) -> list[st
 
 
 def change_orders(base_url: str, order_ids: list[str]) -> list[str]:
-    """Cancel the first ``CHANGED_AFTER_BACKUP`` paid orders of ``order_ids``, refund the next as
-    many (in full, then 10.00, alternately); the ids of the refunds this asked for."""
-    paid = [str(pk) for pk in Order.objects.filter(pk__in=order_ids, status=OrderStatus.PAID).values_list("pk", flat=True)]
-    assert len(paid) >= 2 * CHANGED_AFTER_BACKUP, f"only {len(paid)} orders paid"
+    """Cancel ``CHANGED_AFTER_BACKUP`` paid orders of ``order_ids`` (a list that grows: orders
+    still being posted), refund as many others (in full, then 10.00, alternately); the ids of the
+    refunds this asked for."""
+
+    def enough_paid() -> list[str] | None:
+        paid = Order.objects.filter(pk__in=list(order_ids), status=OrderStatus.PAID).values_list("pk", flat=True)
+        return [str(pk) for pk in paid] if len(paid) >= 2 * CHANGED_AFTER_BACKUP else None
+
+    paid = wait_until(enough_paid, timeout=SETTLE_TIMEOUT, interval=0.2, message="not enough orders paid to cancel and refund")
     refund_ids = []
     for order_id in paid[:CHANGED_AFTER_BACKUP]:
         status, answer = post_json(f"{base_url}/orders/{order_id}/cancel", {"reason": "restore drill"})
