@@ -27,7 +27,7 @@ from devtools.harness.audit import audit_when_complete
 from devtools.harness.faults import FAULT_REPORT, fault_order_body, fault_row, inbox_redeliveries, redriven_orders
 from devtools.harness.load import OrderLoad
 from devtools.harness.overload import THROTTLE, assert_waited_for_not_redriven, run_overload
-from devtools.harness.process_group import ProcessGroup, database_url
+from devtools.harness.process_group import ProcessGroup, database_environment
 from devtools.harness.run_local import LocalStack
 from devtools.harness.waiting import wait_until
 from payments.simulator import SimulatedGateway
@@ -148,7 +148,7 @@ def test_overload_at_three_times_the_pipelines_rate_is_waited_for_not_redriven(k
 def run_local(tmp_path):
     """run-local on the test database and free ports; stopped with Ctrl-C at the end, if it runs."""
     # A charge takes 300 ms, so that the kill, which takes longer to deliver here, lands in one.
-    stack = LocalStack(work_dir=tmp_path, DATABASE_URL=database_url(), PAYMENTS_LATENCY_MS="300", **ENV)
+    stack = LocalStack(work_dir=tmp_path, **database_environment(), PAYMENTS_LATENCY_MS="300", **ENV)
     yield stack
     if stack.process is not None and stack.process.poll() is None:
         assert stack.ctrl_c() == 0, stack.output()[-3000:]
