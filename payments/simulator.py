@@ -205,8 +205,12 @@ class SimulatedGateway:
         )
         return [
             *(
-                MoneyMoved(kind=CHARGE, idempotency_key=key, reference=reference, amount=amount, order_id=order_id)
-                for key, reference, amount, order_id in charges.values_list("idempotency_key", "reference", "amount", "order_id")
+                MoneyMoved(
+                    kind=CHARGE, idempotency_key=key, reference=reference, amount=amount, order_id=order_id, moved_at=moved_at
+                )
+                for key, reference, amount, order_id, moved_at in charges.values_list(
+                    "idempotency_key", "reference", "amount", "order_id", "created_at"
+                )
             ),
             *(
                 MoneyMoved(
@@ -216,9 +220,10 @@ class SimulatedGateway:
                     amount=amount,
                     order_id=order_of.get(charge_reference, ""),
                     charge_reference=charge_reference,
+                    moved_at=moved_at,
                 )
-                for key, reference, amount, charge_reference in refunds.values_list(
-                    "idempotency_key", "reference", "amount", "charge_reference"
+                for key, reference, amount, charge_reference, moved_at in refunds.values_list(
+                    "idempotency_key", "reference", "amount", "charge_reference", "created_at"
                 )
             ),
         ]
