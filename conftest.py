@@ -137,7 +137,19 @@ def _deselect(config, items, marker: str) -> int:
     return len(marked)
 
 
+def _with_the_provider_database(items) -> None:
+    """Every test that uses the database gets the simulated provider's as well (its own test
+    database, set up, rolled back or flushed with the service's): any charge writes it."""
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        uses_database = marker is not None or {"db", "transactional_db", "live_server"} & set(item.fixturenames)
+        if uses_database and (marker is None or marker.kwargs.get("databases") is None):
+            kwargs = {**(marker.kwargs if marker else {}), "databases": ["default", "provider"]}
+            item.add_marker(pytest.mark.django_db(**kwargs), append=False)
+
+
 def pytest_collection_modifyitems(config, items):
+    _with_the_provider_database(items)
     notes = []
     if not _fault_suite_runs_here() and (count := _deselect(config, items, "fault")):
         notes.append(

@@ -291,6 +291,7 @@ class Stack:
             self.held_file.unlink(missing_ok=True)
             self._start_broker()
             _manage("migrate", "--noinput", "-v", "0", env=self.env)
+            _manage("migrate", "--database", "provider", "--noinput", "-v", "0", env=self.env)
             _manage("create_operator_groups", env=self.env)  # README, "Admin actions"
             _manage("setup_kafka_topics", env=self.env)
             created = _manage(

@@ -38,6 +38,16 @@ logger = structlog.get_logger(__name__)
 W3C_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 
+# An order's events are named by what they are (``event_name``), and their ids made from that name:
+# an event the database makes again after it was restored to a backup gets the id it had, so that
+# consumers, webhook receivers (webhook-id) and mail systems (Message-ID) take it for the copy it is.
+EVENT_ID_NAMESPACE = uuid.UUID("5f0e8a61-3c0b-4a8e-9a64-2b1f0c7d9e11")
+
+
+def order_event_id(*, order_id, name: str) -> uuid.UUID:
+    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{order_id}/{name}")
+
+
 # Sent with each order event ``enqueue_event`` records, in its transaction: apps that keep work of
 # their own per event (webhook deliveries) write it there, so that no event goes without it.
 order_event_recorded = Signal()
@@ -49,11 +59,13 @@ def enqueue_event(
     order: dict[str, Any],
     correlation_id: str,
     source: str,
+    name: str,
     attempt: int = 1,
     details: dict[str, Any] | None = None,
 ) -> OutboxEvent:
-    """Record ``event_type`` for ``order`` (a contract snapshot) in the outbox; the relay publishes it."""
-    event_id = uuid.uuid4()
+    """Record ``event_type`` for ``order`` (a contract snapshot) in the outbox; the relay publishes
+    it. ``name`` tells this event from every other of the order (``order_event_id``)."""
+    event_id = order_event_id(order_id=order["id"], name=name)
     now = timezone.now()
     envelope = build_envelope(
         event_id=event_id,

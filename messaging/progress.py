@@ -89,6 +89,7 @@ class CeleryQueues:
         self.broker_url = broker_url
         self.timeout = timeout
         self._sql_engine = None
+        self._redis = None
 
     def read(self, *, queue: str, now: dt.datetime) -> QueueState:
         try:
@@ -105,13 +106,12 @@ class CeleryQueues:
         return UNKNOWN
 
     def _read_redis(self, *, queue: str, now: dt.datetime) -> QueueState:
-        client = redis.Redis.from_url(self.broker_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout)
-        try:
-            pipe = client.pipeline(transaction=False)
-            pipe.info("server").llen(queue).lindex(queue, -1)  # kombu pushes on the left, takes from the right
-            server, depth, oldest = pipe.execute()
-        finally:
-            client.close()
+        # One client for every read of the process (redis-py reconnects after a broker restart).
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.broker_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.info("server").llen(queue).lindex(queue, -1)  # kombu pushes on the left, takes from the right
+        server, depth, oldest = pipe.execute()
         started_at = now - dt.timedelta(seconds=int(server["uptime_in_seconds"]))
         return QueueState(depth=depth, oldest_age=_age(_sent_at(oldest), now), broker_started_at=started_at)
 
@@ -141,6 +141,8 @@ class CeleryQueues:
     def close(self) -> None:
         if self._sql_engine is not None:
             self._sql_engine.dispose()
+        if self._redis is not None:
+            self._redis.close()
 
 
 _SQL_QUEUED = "FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id WHERE q.name = :queue AND m.visible"

@@ -276,6 +276,8 @@ def _announce(*, announcement: Announcement, notification: Notification) -> None
         order=order_selectors.order_snapshot(order=order),
         correlation_id=announcement.correlation_id,
         source=EVENT_SOURCE,
+        # One per event and channel (their claim is unique): named by them, not counted on the order.
+        name=f"{NOTIFICATION_SENT}/{announcement.event_id}/{notification.channel}",
         details={
             "notification_id": notification.pk,
             "channel": notification.channel,

@@ -40,6 +40,9 @@ class Order(models.Model):
     request_fingerprint = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    # Events recorded for the order, counted under its lock: its next event's place in its history,
+    # which names the event and so makes its id (orders.services.next_event_name).
+    events_recorded = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-id"]

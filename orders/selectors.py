@@ -51,6 +51,21 @@ def orders_with_items(*, order_ids: set[str]) -> dict[str, Order]:
     return {str(order.id): order for order in Order.objects.prefetch_related("items").filter(pk__in=order_ids)}
 
 
+def parse_order_id(text: str) -> uuid.UUID | None:
+    """The order id ``text`` spells (as another system keeps it: a provider's metadata), or None if
+    it spells no UUID."""
+    try:
+        return uuid.UUID(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def order_statuses(*, order_ids: list[str]) -> dict[str, str]:
+    """The status of each of the orders that exist, by the id as given (see ``parse_order_id``)."""
+    given = {parsed: text for text in order_ids if (parsed := parse_order_id(text)) is not None}
+    return {given[pk]: status for pk, status in Order.objects.filter(pk__in=given).values_list("id", "status")}
+
+
 def announced_statuses(*, order_ids: set[str], event_ids: set[str]) -> dict[tuple[str, str, str], str]:
     """(order id, event id, event type) -> the status the order announced with that event (from
     the timeline entry written with it), for the events of ``event_ids`` the orders wrote."""

@@ -91,7 +91,7 @@ def create_order(
     fingerprint = request_fingerprint(user_id=user_id, email=email, items=items)
     try:
         with transaction.atomic():
-            order = Order.objects.create(
+            order = Order(
                 user_id=user_id,
                 email=email,
                 status=OrderStatus.CREATED,
@@ -101,12 +101,15 @@ def create_order(
                 request_fingerprint=fingerprint,
                 owner=owner,
             )
+            event_name = next_event_name(order=order, event_type=ORDER_CREATED)
+            order.save(force_insert=True)
             created_items = OrderItem.objects.bulk_create([OrderItem(order=order, **item) for item in items])
             event = enqueue_event(
                 event_type=ORDER_CREATED,
                 order=order_snapshot(order=order, items=created_items),
                 correlation_id=correlation_id,
                 source=EVENT_SOURCE,
+                name=event_name,
             )
             OrderTimelineEntry.objects.create(
                 order=order,
@@ -129,6 +132,16 @@ def create_order(
         total_amount=str(order.total_amount),
     )
     return OrderCreation(order=order, created=True)
+
+
+def next_event_name(*, order: Order, event_type: str, details: dict[str, Any] | None = None) -> str:
+    """Count the locked ``order``'s next event (the caller saves ``events_recorded``) and name it:
+    its place in the order's history, its type, and the refund it is about, if any. The database
+    restored to a backup counts from where the backup stood, so an event it makes again is named,
+    and identified, as it was (``events.services.order_event_id``)."""
+    order.events_recorded += 1
+    refund_id = ((details or {}).get("refund") or {}).get("id", "")
+    return "/".join(part for part in (str(order.events_recorded), event_type, refund_id) if part)
 
 
 # The order state machine: every status change is one of these verbs, each allowed from the
@@ -258,15 +271,17 @@ def _transition(
     announce = announce and to_status in STATUS_EVENTS
     previous_status = order.status
     order.status = to_status
-    order.save(update_fields=["status", "updated_at"])
-    event = None
     event_type = STATUS_EVENTS[to_status] if announce else label or to_status
+    event_name = next_event_name(order=order, event_type=event_type, details=details) if announce else None
+    order.save(update_fields=["status", "updated_at", "events_recorded"])
+    event = None
     if announce:
         event = enqueue_event(
             event_type=event_type,
             order=order_snapshot(order=order),
             correlation_id=order.correlation_id,
             source=source,
+            name=event_name,
             attempt=attempt,
             details=details,
         )
@@ -406,11 +421,14 @@ def change_status(
 def announce(*, order: Order, event_type: str, message: str, source: str, details: dict[str, Any] | None = None):
     """An event about a locked ``order`` that leaves its status as it is (a refund requested,
     failed, or done on an order being cancelled), with its timeline entry; returns the event."""
+    event_name = next_event_name(order=order, event_type=event_type, details=details)
+    order.save(update_fields=["events_recorded"])
     event = enqueue_event(
         event_type=event_type,
         order=order_snapshot(order=order),
         correlation_id=order.correlation_id,
         source=source,
+        name=event_name,
         details=details,
     )
     record_order_event(

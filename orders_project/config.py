@@ -99,10 +99,10 @@ def celery_transport_options(url: str, *, visibility_timeout: int) -> dict[str, 
 
 
 def sqlite_files(config: dict[str, Any]) -> list[Path]:
-    """The SQLite files the configuration names: the database (its test copy sits beside it) and
-    the SQL Celery broker."""
-    database = sqlite_database_file(env.db_url_config(config["database"]["url"]))
-    files = [database] if database else []
+    """The SQLite files the configuration names: the database and the simulated provider's (their
+    test copies sit beside them) and the SQL Celery broker."""
+    urls = (config["database"]["url"], config["payments"]["simulator_database_url"])
+    files = [path for url in urls if (path := sqlite_database_file(env.db_url_config(url)))]
     broker_url = celery_broker_url(config["celery"]["broker_url"])
     if broker_url.startswith(SQL_BROKER_PREFIX):
         files.append(Path(broker_url[len(SQL_BROKER_PREFIX):]))

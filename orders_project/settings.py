@@ -129,7 +129,12 @@ def _database(url: str) -> dict:
     return database
 
 
-DATABASES = {"default": _database(CONFIG["database"]["url"])}
+DATABASES = {
+    "default": _database(CONFIG["database"]["url"]),
+    # The simulated payment provider's ledger (payments.simulator): apart, as a real provider's is.
+    "provider": _database(CONFIG["payments"]["simulator_database_url"]),
+}
+DATABASE_ROUTERS = ["payments.simulator.SimulatedProviderRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -91,6 +91,8 @@ class MoneyMoved:
     # The order a charge was for (its metadata at the provider); a refund's comes from its charge.
     order_id: str = ""
     charge_reference: str = ""
+    # When the provider made it, if its listing says.
+    moved_at: dt.datetime | None = None
 
 
 CHARGE, REFUND = "charge", "refund"

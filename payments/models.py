@@ -168,3 +168,50 @@ class SimulatedRefund(models.Model):
 
     def __str__(self) -> str:
         return f"{self.reference} {'approved' if self.approved else 'declined'}"
+
+
+# --- Money the provider moved that the database does not know ------------------------------------
+
+
+class UnreconciledMoney(models.Model):
+    """No table: the admin's page of what the provider moved that the database does not know
+    (``payments.selectors.unreconciled_money``, read through the gateway), and the permissions of
+    what an operator does about a charge there."""
+
+    class Meta:
+        managed = False
+        default_permissions = ("view",)
+        verbose_name = verbose_name_plural = "unreconciled money"
+        # The operators' answers to a charge the database lost (README, "Admin actions").
+        permissions = [
+            ("adopt_unmatched_charge", "Can adopt a charge the database lost into its order (which becomes paid)"),
+            ("refund_unmatched_charge", "Can refund a charge the database lost"),
+        ]
+
+
+class UnmatchedChargeRefund(models.Model):
+    """A refund of a charge the provider made and no payment holds (after a restore, say), for an
+    order the database may not know. Recorded before the gateway is called under a key derived from
+    the charge, so a second request or a retry after a timeout is the same refund at the provider."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    charge_reference = models.CharField(max_length=64, unique=True)
+    # As the provider gave it: the database may know no such order.
+    order_id = models.CharField(max_length=64, blank=True)
+    amount = models.DecimalField(max_digits=16, decimal_places=2)
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    status = models.CharField(max_length=16, choices=RefundStatus.choices, default=RefundStatus.REQUESTED)
+    gateway_reference = models.CharField(max_length=64, blank=True)
+    failure_reason = models.CharField(max_length=2000, blank=True)
+    gateway_calls = models.PositiveIntegerField(default=0)
+    requested_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="unmatched_charge_refund_amount_positive")]
+
+    def __str__(self) -> str:
+        return f"Refund {self.amount} of unmatched charge {self.charge_reference} ({self.status})"

@@ -19,9 +19,9 @@ from events.services import claim_event, enqueue_dead_letter, was_handled
 from orders import selectors as order_selectors
 from orders import services as order_services
 from orders.models import Order, OrderStatus
-from payments.gateway import GatewayTimeout, GatewayUnavailable, PaymentGateway, get_gateway
+from payments.gateway import ChargeResult, GatewayTimeout, GatewayUnavailable, MoneyMoved, PaymentGateway, get_gateway
 from payments.metrics import CANCELLATIONS, PAYMENTS, REFUNDED_AMOUNT, REFUNDS
-from payments.models import Cancellation, Payment, PaymentStatus, Refund, RefundStatus
+from payments.models import Cancellation, Payment, PaymentStatus, Refund, RefundStatus, UnmatchedChargeRefund
 
 logger = structlog.get_logger(__name__)
 
@@ -98,26 +98,9 @@ def charge_order(
         if not claim_event(handler=CHARGE_HANDLER, event_id=event_id):
             return None
         order = order_services.lock_order(order_id)
-        outcome = {
-            "status": PaymentStatus.APPROVED if result.approved else PaymentStatus.DECLINED,
-            "gateway_reference": result.reference,
-            "decline_reason": result.decline_reason,
-            "completed_at": timezone.now(),
-        }
         # Only a pending attempt takes an outcome; a decided one is returned as it is.
-        if not Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PENDING).update(**outcome):
+        if not _record_charge_outcome(order=order, payment=payment, result=result, source=source):
             return Payment.objects.get(pk=payment.pk)
-        for name, value in outcome.items():
-            setattr(payment, name, value)
-        message = (
-            f"Payment approved ({result.reference})" if result.approved else f"Payment declined: {result.decline_reason}"
-        )
-        if order.status == OrderStatus.CANCELLING:
-            _settle_charge_of_cancelled_order(order=order, payment=payment, message=message, source=source)
-        else:
-            order_services.record_payment_outcome(
-                order_id=order_id, approved=result.approved, message=message, source=source, attempt=payment.attempt
-            )
     PAYMENTS.labels("approved" if result.approved else "declined").inc()
     logger.info(
         "payment_completed",
@@ -128,6 +111,32 @@ def charge_order(
         reference=result.reference,
     )
     return payment
+
+
+def _record_charge_outcome(*, order: Order, payment: Payment, result: ChargeResult, source: str, note: str = "") -> bool:
+    """The gateway's answer to the pending ``payment``, recorded under the lock the caller holds on
+    its ``order``: the attempt APPROVED or DECLINED, and the order PAID or PAYMENT_FAILED (or, being
+    cancelled, its charge settled). ``note`` ends the timeline's message. False, and nothing
+    written, if the attempt was decided already."""
+    outcome = {
+        "status": PaymentStatus.APPROVED if result.approved else PaymentStatus.DECLINED,
+        "gateway_reference": result.reference,
+        "decline_reason": result.decline_reason,
+        "completed_at": timezone.now(),
+    }
+    if not Payment.objects.filter(pk=payment.pk, status=PaymentStatus.PENDING).update(**outcome):
+        return False
+    for name, value in outcome.items():
+        setattr(payment, name, value)
+    message = f"Payment approved ({result.reference})" if result.approved else f"Payment declined: {result.decline_reason}"
+    message += note
+    if order.status == OrderStatus.CANCELLING:
+        _settle_charge_of_cancelled_order(order=order, payment=payment, message=message, source=source)
+    else:
+        order_services.record_payment_outcome(
+            order_id=order.pk, approved=result.approved, message=message, source=source, attempt=payment.attempt
+        )
+    return True
 
 
 # --- Cancellations and refunds --------------------------------------------------------------------
@@ -553,4 +562,147 @@ def retry_refund(*, refund_id, requested_by: str, source: str) -> Refund:
             details=refund_details(refund),
         )
     logger.info("refund_retried", order_id=str(order.pk), refund_id=str(refund.pk), attempt=attempt, requested_by=requested_by)
+    return refund
+
+
+# --- Charges the database lost --------------------------------------------------------------------
+# A charge the provider made that no payment holds (``payments.selectors.unreconciled_money``: a
+# restore to an older backup loses them) is either adopted into its order, which becomes paid as if
+# the pipeline had recorded it, or refunded (what the provider did not refund of it already),
+# whether or not the database knows its order. The provider's refunds of such a charge are lost too.
+
+
+class NotAdoptable(Exception):
+    """The charge cannot be adopted into its order; the message says why and what to do instead."""
+
+
+def adopt_unmatched_charge(*, charge: MoneyMoved, refunded: Decimal, requested_by: str, source: str) -> Payment:
+    """Record ``charge`` (approved at the provider, unknown to the database) as its order's approved
+    payment, a new attempt under the charge's own idempotency key and reference, and move the order
+    as an approved charge would (``_record_charge_outcome``): PROCESSING -> PAID. Decided under the
+    order's lock; ``NotAdoptable`` (nothing written) if the database knows no such order, the order
+    is paid already or has a charge under way, the amount is not the order's total, the order is in
+    a status that does not become paid (a cancelled one: refund the charge instead), or the
+    provider refunded some of the charge (``refunded``, in refunds the database does not know)."""
+    refund_instead = "refund the charge instead"
+    if refunded:
+        raise NotAdoptable(f"The provider refunded {refunded} of charge {charge.reference} already: refund the rest instead")
+    order_id = order_selectors.parse_order_id(charge.order_id)
+    with transaction.atomic():
+        try:
+            order = order_services.lock_order(order_id)
+        except Order.DoesNotExist:
+            raise NotAdoptable(f"The database knows no order {charge.order_id!r}: {refund_instead}") from None
+        if Payment.objects.filter(idempotency_key=charge.idempotency_key).exists():
+            raise NotAdoptable(f"Charge {charge.reference} is recorded as a payment already")
+        attempts = Payment.objects.filter(order=order)
+        if attempts.filter(status=PaymentStatus.APPROVED).exists():
+            raise NotAdoptable(f"Order {order.pk} is paid by another charge: {refund_instead}")
+        if attempts.filter(status=PaymentStatus.PENDING).exists():
+            raise NotAdoptable(
+                f"Order {order.pk} has a charge under way: wait for its outcome; if it is approved, {refund_instead}"
+            )
+        if order.status not in order_services.RECORD_PAYMENT.sources:
+            raise NotAdoptable(
+                f"Order {order.pk} is {order.status}, and only a {OrderStatus.PROCESSING} order becomes paid "
+                f"({order_services.WHAT_TO_DO_INSTEAD[order.status]}); or {refund_instead}"
+            )
+        if charge.amount != order.total_amount:
+            raise NotAdoptable(
+                f"Charge {charge.reference} took {charge.amount}, not the order's total {order.total_amount}: {refund_instead}"
+            )
+        payment = Payment.objects.create(
+            order=order,
+            attempt=attempts.count() + 1,
+            idempotency_key=charge.idempotency_key,
+            amount=charge.amount,
+            currency=settings.PAYMENTS["currency"],
+        )
+        _record_charge_outcome(
+            order=order,
+            payment=payment,
+            result=ChargeResult(approved=True, reference=charge.reference),
+            source=source,
+            note=f", adopted from the provider's records by {requested_by}",
+        )
+    logger.info(
+        "unmatched_charge_adopted",
+        order_id=str(order.pk),
+        attempt=payment.attempt,
+        reference=charge.reference,
+        requested_by=requested_by,
+    )
+    return payment
+
+
+def unmatched_charge_refund_key(charge_reference: str) -> str:
+    """One key per charge: asking again, or retrying after a timeout, is the same refund."""
+    return f"unmatched-charge-refund:{charge_reference}"
+
+
+def refund_unmatched_charge(
+    *, charge: MoneyMoved, refunded: Decimal, requested_by: str, gateway: PaymentGateway | None = None
+) -> UnmatchedChargeRefund:
+    """Give back what is left of ``charge`` (approved at the provider, unknown to the database) after
+    ``refunded`` (what the provider's refunds of it the database does not know gave back), whether
+    or not the database knows its order; ``NotRefundable`` if nothing is left. Recorded (REQUESTED, with its key) before the gateway is
+    called outside any transaction, then its outcome: SUCCEEDED, or FAILED with the gateway's
+    reason. Asked again, a SUCCEEDED or FAILED refund is returned as it is, and a REQUESTED one (the
+    gateway did not answer) is asked of the gateway again under the same key. ``GatewayTimeout`` and
+    ``GatewayUnavailable`` propagate, leaving it REQUESTED. ``gateway``: the configured one unless given."""
+    if refunded >= charge.amount:
+        raise NotRefundable(f"The provider refunded all of charge {charge.reference} already ({refunded})")
+    with transaction.atomic():
+        refund = UnmatchedChargeRefund.objects.get_or_create(
+            charge_reference=charge.reference,
+            defaults={
+                "order_id": charge.order_id,
+                "amount": charge.amount - refunded,
+                "idempotency_key": unmatched_charge_refund_key(charge.reference),
+                "requested_by": requested_by[:150],
+            },
+        )[0]
+    if refund.status != RefundStatus.REQUESTED:
+        return refund
+    UnmatchedChargeRefund.objects.filter(pk=refund.pk).update(gateway_calls=F("gateway_calls") + 1)
+    try:
+        result = (gateway or get_gateway()).refund(
+            idempotency_key=refund.idempotency_key, charge_reference=refund.charge_reference, amount=refund.amount
+        )
+    except GatewayUnavailable as exc:
+        REFUNDS.labels("timeout" if isinstance(exc, GatewayTimeout) else "unavailable").inc()
+        raise
+    with transaction.atomic():
+        outcome = {
+            "status": RefundStatus.SUCCEEDED if result.approved else RefundStatus.FAILED,
+            "gateway_reference": result.reference,
+            "failure_reason": result.decline_reason,
+            "completed_at": timezone.now(),
+        }
+        decided_now = UnmatchedChargeRefund.objects.filter(pk=refund.pk, status=RefundStatus.REQUESTED).update(**outcome)
+        refund.refresh_from_db()
+        order_id = order_selectors.parse_order_id(refund.order_id)
+        order = Order.objects.filter(pk=order_id).first() if order_id else None
+        if decided_now and order is not None:
+            said = f"refunded ({refund.gateway_reference})" if result.approved else f"refund failed: {refund.failure_reason}"
+            order_services.record_order_event(
+                order_id=order.pk,
+                status=order.status,
+                event_type="UNMATCHED_CHARGE_REFUND",
+                event_id=None,
+                message=f"Charge {refund.charge_reference} of {refund.amount}, unknown to the database, {said} "
+                f"(asked by {requested_by})",
+            )
+    if decided_now:
+        REFUNDS.labels("succeeded" if result.approved else "declined").inc()
+        if result.approved:
+            REFUNDED_AMOUNT.inc(float(refund.amount))
+    logger.info(
+        "unmatched_charge_refunded",
+        charge_reference=refund.charge_reference,
+        order_id=refund.order_id,
+        status=refund.status,
+        amount=str(refund.amount),
+        requested_by=requested_by,
+    )
     return refund

@@ -10,6 +10,10 @@ Its knobs are in config.yaml's ``payments`` section (a real adapter ignores them
 time out, ``refund_timeout_rate`` of refunds that time out and ``refund_failure_rate`` of refunds
 refused as unavailable (2% each by default, so that tests and the demo meet them), ``seed`` (the same seed and key always give the same outcome; empty: a new one per process),
 ``latency_ms`` of simulated network time.
+
+Its ledger lives in a database of its own, the alias ``provider`` (``simulator_database_url``), which
+``SimulatedProviderRouter`` sends its two models to: our transactions never hold it, and restoring
+the service's database to a backup leaves it as a real provider's would be.
 """
 
 from __future__ import annotations
@@ -22,12 +26,29 @@ import time
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
 from payments.gateway import CHARGE, REFUND, ChargeResult, GatewayTimeout, GatewayUnavailable, MoneyMoved, RefundResult
 from payments.models import SimulatedCharge, SimulatedRefund
+
+# The settings.DATABASES alias of the ledger.
+PROVIDER_DATABASE = "provider"
+LEDGER_MODELS = (SimulatedCharge, SimulatedRefund)
+
+
+class SimulatedProviderRouter:
+    """The ledger's models to the provider's database, and nothing else there."""
+
+    def db_for_read(self, model, **hints):
+        return PROVIDER_DATABASE if model in LEDGER_MODELS else None
+
+    db_for_write = db_for_read
+
+    def allow_migrate(self, db, app_label, model_name=None, **hints):
+        is_ledger = app_label == "payments" and model_name in {model._meta.model_name for model in LEDGER_MODELS}
+        return is_ledger == (db == PROVIDER_DATABASE)
 
 
 class SimulatedGateway:
@@ -113,6 +134,7 @@ class SimulatedGateway:
         """The ledger row for the key: created on the first call, its call count raised on the next
         ones, in one statement (SQLite 3.35+, PostgreSQL); returns what the first call decided."""
         table = SimulatedCharge._meta.db_table
+        connection = connections[PROVIDER_DATABASE]
         amount = SimulatedCharge._meta.get_field("amount").get_db_prep_save(charge["amount"], connection)
         with connection.cursor() as cursor:
             cursor.execute(
@@ -149,7 +171,7 @@ class SimulatedGateway:
 
     @classmethod
     def _decide_refund(cls, *, idempotency_key: str, charge_reference: str, amount: Decimal) -> SimulatedRefund:
-        with transaction.atomic():
+        with transaction.atomic(using=PROVIDER_DATABASE):
             charge = (
                 SimulatedCharge.objects.select_for_update().filter(reference=charge_reference, approved=True).first()
             )
@@ -183,8 +205,12 @@ class SimulatedGateway:
         )
         return [
             *(
-                MoneyMoved(kind=CHARGE, idempotency_key=key, reference=reference, amount=amount, order_id=order_id)
-                for key, reference, amount, order_id in charges.values_list("idempotency_key", "reference", "amount", "order_id")
+                MoneyMoved(
+                    kind=CHARGE, idempotency_key=key, reference=reference, amount=amount, order_id=order_id, moved_at=moved_at
+                )
+                for key, reference, amount, order_id, moved_at in charges.values_list(
+                    "idempotency_key", "reference", "amount", "order_id", "created_at"
+                )
             ),
             *(
                 MoneyMoved(
@@ -194,9 +220,10 @@ class SimulatedGateway:
                     amount=amount,
                     order_id=order_of.get(charge_reference, ""),
                     charge_reference=charge_reference,
+                    moved_at=moved_at,
                 )
-                for key, reference, amount, charge_reference in refunds.values_list(
-                    "idempotency_key", "reference", "amount", "charge_reference"
+                for key, reference, amount, charge_reference, moved_at in refunds.values_list(
+                    "idempotency_key", "reference", "amount", "charge_reference", "created_at"
                 )
             ),
         ]

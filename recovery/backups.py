@@ -13,11 +13,19 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from events.models import OutboxEvent
+
 SQLITE = "django.db.backends.sqlite3"
 POSTGRESQL = "django.db.backends.postgresql"
+# After a restore the outbox's ids go on this far past the largest the backup holds: past any id
+# the history the restore lost can have used (2^40 events), so that every event made after it has
+# a higher ``sequence`` (its outbox id, in webhooks) than any sent before, and receivers that keep
+# the highest per order take it. A bigint holds millions of such jumps.
+OUTBOX_ID_JUMP = 2**40
 
 
 class BackupError(Exception):
@@ -46,7 +54,8 @@ def backup_database(*, database: dict[str, Any], target: Path) -> None:
 
 
 def restore_database(*, database: dict[str, Any], source: Path) -> None:
-    """Replace the contents of ``database`` with the backup ``source``; the stack must be stopped."""
+    """Replace the contents of ``database`` with the backup ``source``, then ``continue_after_restore``;
+    the stack must be stopped."""
     if not source.is_file():
         raise BackupError(f"no backup at {source}")
     if database["ENGINE"] == SQLITE:
@@ -59,6 +68,28 @@ def restore_database(*, database: dict[str, Any], source: Path) -> None:
              *_pg_connection(database), str(source)],
             database,
         )
+    else:
+        raise BackupError(f"no restore for the database engine {database['ENGINE']}")
+    continue_after_restore(database=database)
+
+
+def continue_after_restore(*, database: dict[str, Any]) -> None:
+    """Move the outbox's next id ``OUTBOX_ID_JUMP`` ahead, in a database just restored (by
+    ``restore_database``, or by the server's point-in-time recovery); nothing if it has no outbox."""
+    table = OutboxEvent._meta.db_table
+    if database["ENGINE"] == SQLITE:
+        with closing(sqlite3.connect(database["NAME"])) as connection, connection:
+            if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone():
+                moved = connection.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = ?", [OUTBOX_ID_JUMP, table])
+                if not moved.rowcount:  # no row was ever inserted
+                    connection.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", [table, OUTBOX_ID_JUMP])
+    elif database["ENGINE"] == POSTGRESQL:
+        sequence = f"pg_get_serial_sequence('{table}', 'id')"
+        advance = (
+            f"DO $$ BEGIN IF to_regclass('{table}') IS NOT NULL THEN "
+            f"PERFORM setval({sequence}, nextval({sequence}) + {OUTBOX_ID_JUMP}); END IF; END $$"
+        )
+        _run(["psql", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", *_pg_connection(database), "-c", advance], database)
     else:
         raise BackupError(f"no restore for the database engine {database['ENGINE']}")
 

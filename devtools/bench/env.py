@@ -24,6 +24,8 @@ _DATABASE_PARTS = urllib.parse.urlsplit(DATABASE_URL)
 ORM_DATABASE_URL = os.environ.get(
     "BENCH_ORM_DATABASE_URL", urllib.parse.urlunsplit(_DATABASE_PARTS._replace(path=_DATABASE_PARTS.path + "_orm"))
 )
+# The simulated provider's ledger, apart as in every run (payments.simulator), on the same server.
+PROVIDER_DATABASE_URL = urllib.parse.urlunsplit(_DATABASE_PARTS._replace(path=_DATABASE_PARTS.path + "_provider"))
 
 # The ``source`` of the events the benchmark's in-process service calls write (the workers put theirs).
 SOURCE = "benchmark"
@@ -37,7 +39,6 @@ ORDER_TABLES = [
     "events_inboxentry",
     "events_deadletter",
     "payments_payment",
-    "payments_simulatedcharge",
     "notifications_notification",
     "webhooks_webhookattempt",
     "webhooks_webhookdelivery",
@@ -67,6 +68,7 @@ def app_environment(*, kafka_brokers: str, run_id: str, http_port: int) -> dict[
         # Development's settings (no key, hosts or SMTP server to provide), with debug off below.
         "ENVIRONMENT": "development",
         "DATABASE_URL": DATABASE_URL,
+        "PAYMENTS_SIMULATOR_DATABASE_URL": PROVIDER_DATABASE_URL,
         "CELERY_BROKER_URL": REDIS_URL,
         "CELERY_QUEUE": f"bench-pipeline-{run_id}",
         "WEBHOOKS_QUEUE": f"bench-webhooks-{run_id}",
@@ -127,12 +129,17 @@ def setup_django(*, log_file: Path | None = None) -> None:
 
 
 def truncate_order_tables(url: str = DATABASE_URL) -> None:
-    """Empties the order tables of the database at ``url`` (the system's by default)."""
+    """Empties the order tables of the database at ``url`` (the system's by default, and then the
+    simulated provider's ledger too)."""
     import psycopg
 
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute("SET lock_timeout = '20s'")
-        conn.execute(f"TRUNCATE {', '.join(ORDER_TABLES)} RESTART IDENTITY CASCADE")
+    tables = {url: ORDER_TABLES}
+    if url == DATABASE_URL:
+        tables[PROVIDER_DATABASE_URL] = ["payments_simulatedcharge", "payments_simulatedrefund"]
+    for database, names in tables.items():
+        with psycopg.connect(database, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SET lock_timeout = '20s'")
+            conn.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE")
 
 
 def database_counters() -> dict[str, int]:

@@ -265,10 +265,16 @@ def _set_up(run: Run) -> None:
     os.environ.update(run.app_env)
     os.environ["BENCH_LOG_FILE"] = str(run.run_dir / "bench-process.log")
     bench_env.ensure_database(bench_env.ORM_DATABASE_URL)
-    for url, log_name in ((DATABASE_URL, "migrate.log"), (bench_env.ORM_DATABASE_URL, "migrate-orm.log")):
+    bench_env.ensure_database(bench_env.PROVIDER_DATABASE_URL)
+    migrations = (
+        (DATABASE_URL, "default", "migrate.log"),
+        (bench_env.ORM_DATABASE_URL, "default", "migrate-orm.log"),
+        (DATABASE_URL, "provider", "migrate-provider.log"),
+    )
+    for url, alias, log_name in migrations:
         migrate = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": url},
-            capture_output=True, text=True, timeout=300,
+            [sys.executable, "manage.py", "migrate", "--database", alias, "--noinput"], cwd=BASE_DIR,
+            env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True, timeout=300,
         )
         (run.run_dir / log_name).write_text(migrate.stdout + migrate.stderr)
         if migrate.returncode:

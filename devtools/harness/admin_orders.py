@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from devtools.harness.sample_orders import create_test_order
 from events import services as event_services
 from events.contract import REFUND_REQUESTED
@@ -12,6 +13,7 @@ from events.models import DeadLetter, OutboxEvent
 from orders import services
 from orders.models import Order
 from payments import services as payment_services
+from payments.models import SimulatedCharge
 from payments.simulator import SimulatedGateway
 
 # Refunds never time out nor fail here: the tests say when one fails (``give_up_refunds``).
@@ -28,13 +30,26 @@ def created_event(order: Order) -> dict:
     return OutboxEvent.objects.get(key=str(order.id), event_type="ORDER_CREATED").payload
 
 
-def charged_order(gateway: SimulatedGateway) -> Order:
+def processing_order() -> Order:
     order = new_order()
-    envelope = created_event(order)
-    services.start_processing(order_id=order.id, event_id=envelope["event_id"], source="test")
-    payment_services.charge_order(order_id=order.id, event_id=envelope["event_id"], source="test", gateway=gateway)
+    services.start_processing(order_id=order.id, event_id=created_event(order)["event_id"], source="test")
     order.refresh_from_db()
     return order
+
+
+def charged_order(gateway: SimulatedGateway) -> Order:
+    order = processing_order()
+    payment_services.charge_order(order_id=order.id, event_id=created_event(order)["event_id"], source="test", gateway=gateway)
+    order.refresh_from_db()
+    return order
+
+
+def lost_charge(order: Order, *, attempt: int = 1) -> SimulatedCharge:
+    """A charge the provider made for ``order`` (attempt ``attempt``'s key) that the database never
+    recorded: what a restore to a backup taken before the charge leaves."""
+    key = f"{order.id}:{attempt}"
+    APPROVE.charge(idempotency_key=key, order_id=str(order.id), amount=order.total_amount, currency=settings.PAYMENTS["currency"])
+    return SimulatedCharge.objects.get(idempotency_key=key)
 
 
 def _requested_refunds(order: Order) -> list[OutboxEvent]:

@@ -131,18 +131,18 @@ def audit(order_ids: list[str], *, logs: Iterable[Path], gateway) -> dict[str, A
     }
 
 
-def money_audit(order_ids: list[str], *, using: str | None = None, ledger: str | None = None) -> list[str]:
+def money_audit(order_ids: list[str], *, using: str | None = None) -> list[str]:
     """Where the simulated gateway's ledger and the orders disagree, one line each (none: the money
     adds up): for every order, its approved charges less the approved refunds of them equal what
     the order says it kept (its approved payment's amount less what it refunded; nothing for a
     cancelled order or one without an approved payment); no refund is approved at the gateway
     twice (under two attempts' keys), no charge is refunded beyond its amount, and every refund
     the database says succeeded was approved at the gateway under its key. ``using``: the alias
-    of the orders' database, ``ledger`` the ledger's (the router's by default)."""
+    of the orders' database (the router's by default)."""
     problems = []
-    charges = list(SimulatedCharge.objects.using(ledger).filter(order_id__in=order_ids, approved=True))
+    charges = list(SimulatedCharge.objects.filter(order_id__in=order_ids, approved=True))
     gateway_refunds = list(
-        SimulatedRefund.objects.using(ledger).filter(charge_reference__in=[c.reference for c in charges], approved=True).values_list(
+        SimulatedRefund.objects.filter(charge_reference__in=[c.reference for c in charges], approved=True).values_list(
             "charge_reference", "idempotency_key", "amount"
         )
     )

@@ -140,5 +140,9 @@ def order_processing() -> OutboxEvent:
     """An event with no task of its own, only a notification."""
     order = create_test_order(user_id="bridge_p", email="bridge@example.com", correlation_id=f"bridge-{uuid.uuid4()}")
     return enqueue_event(
-        event_type=ORDER_PROCESSING, order=order_snapshot(order=order), correlation_id=order.correlation_id, source="test"
+        event_type=ORDER_PROCESSING,
+        order=order_snapshot(order=order),
+        correlation_id=order.correlation_id,
+        source="test",
+        name="harness/ORDER_PROCESSING",
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connections
 
 from devtools.broker import free_port
 from devtools.harness.metrics import Samples, parse_metrics
@@ -23,15 +23,24 @@ from devtools.processes import process_commands
 from orders_project.config import BASE_DIR
 
 
-def database_url(db: dict[str, Any] | None = None) -> str:
-    """The URL of ``db`` (a DATABASES entry), by default the database this process uses (the
-    test database under pytest)."""
-    db = db or connection.settings_dict
+def database_url(alias: str = "default") -> str:
+    """The URL of the database ``alias`` of this process (the test database under pytest)."""
+    return url_of_database(connections[alias].settings_dict)
+
+
+def url_of_database(db: dict[str, Any]) -> str:
+    """The URL of ``db``, a DATABASES entry."""
     if db["ENGINE"] == "django.db.backends.sqlite3":
         return f"sqlite:///{db['NAME']}"
     user = db["USER"] or "postgres"
     password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
     return f"postgres://{user}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def database_environment() -> dict[str, str]:
+    """The variables that point a process at this process's databases: the service's and the
+    simulated provider's."""
+    return {"DATABASE_URL": database_url(), "PAYMENTS_SIMULATOR_DATABASE_URL": database_url("provider")}
 
 
 def celery_broker_url(*, work_dir: Path) -> str:
@@ -62,7 +71,7 @@ class ProcessGroup:
             # web's /metrics and /health/ready answer only this, as in production (internal_get).
             "HTTP_INTERNAL_TOKEN": f"test-internal-{uuid.uuid4().hex}",
             "PYTHONUNBUFFERED": "1",
-            "DATABASE_URL": database_url(),
+            **database_environment(),
             "KAFKA_BROKERS": kafka_brokers,
             "KAFKA_GROUP_ID": f"test-bridge-{run_id}",
             "CELERY_BROKER_URL": celery_broker_url(work_dir=work_dir),

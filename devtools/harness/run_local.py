@@ -60,6 +60,7 @@ class LocalStack:
             "METRICS_MULTIPROC_DIR": str(work_dir / "prometheus-web"),
             # In a directory run-local makes, as it makes var/ for its defaults.
             "DATABASE_URL": f"sqlite:///{work_dir / 'var' / 'db.sqlite3'}",
+            "PAYMENTS_SIMULATOR_DATABASE_URL": f"sqlite:///{work_dir / 'var' / 'simulated-provider.sqlite3'}",
             "CELERY_BROKER_URL": f"sqla+sqlite:///{work_dir / 'var' / 'celery-broker.sqlite3'}",
             **overrides,
         }

@@ -167,7 +167,7 @@ def test_the_outbox_lookup_answers_under_the_id_as_asked():
     from events.services import enqueue_event
 
     order = valid_envelope()["order"]
-    row = enqueue_event(event_type="ORDER_CREATED", order=order, correlation_id="c", source="t")
+    row = enqueue_event(event_type="ORDER_CREATED", order=order, correlation_id="c", source="t", name="1/ORDER_CREATED")
     row.refresh_from_db()
     odd = str(row.event_id).upper()
     assert recorded_payloads(event_ids={str(row.event_id), odd}) == {str(row.event_id): [row.payload], odd: [row.payload]}

@@ -1,5 +1,6 @@
 """Operators do only what their permissions allow: each admin action, and each form on the order's
-page (cancel, refund), needs its own permission, and view-only staff change nothing anywhere in the
+page (cancel, refund) or on the page of unreconciled money (adopt or refund a charge the database
+lost), needs its own permission, and view-only staff change nothing anywhere in the
 admin. Real users, logged in through the test client."""
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from devtools.harness.admin_orders import (
     charged_order,
     created_event,
     give_up_refunds,
+    lost_charge,
     new_order,
+    processing_order,
 )
 from events.models import DeadLetter, InboxEntry, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus, OrderTimelineEntry
 from payments import services as payment_services
-from payments.models import Cancellation, Payment, Refund, RefundStatus, SimulatedCharge
+from payments.models import Cancellation, Payment, Refund, RefundStatus, SimulatedCharge, UnmatchedChargeRefund
 from recovery.models import Redrive
 from recovery.tests.support import publish_all
 from webhooks import services as webhook_services
@@ -58,11 +61,17 @@ ACTIONS = {
     "republish": ("events/deadletter", "events.republish_deadletter"),
     "redeliver": ("webhooks/webhookdelivery", "webhooks.redeliver_webhookdelivery"),
 }
-# Each form the order's page leads to: its URL name, what it is sent, and the one permission it needs.
+# Each form an operator's page leads to: its URL name, what it is sent, and the one permission it needs.
 FORMS = {
     "cancel": ("admin:payments_cancel_order", {"reason": "r"}, "orders.cancel_order"),
     "refund": ("admin:payments_refund_order", {"amount": "1.00", "reason": "r"}, "payments.refund_order"),
+    "adopt_unmatched_charge": ("admin:payments_adopt_unmatched_charge", {}, "payments.adopt_unmatched_charge"),
+    "refund_unmatched_charge": ("admin:payments_refund_unmatched_charge", {}, "payments.refund_unmatched_charge"),
 }
+# The forms about a charge the database lost, led to from the page of unreconciled money (by the
+# charge's reference); the others from the order's page.
+CHARGE_FORMS = {"adopt_unmatched_charge", "refund_unmatched_charge"}
+UNRECONCILED_MONEY = "/admin/payments/unreconciledmoney/"
 PERMISSION = {
     **{action: permission for action, (_page, permission) in ACTIONS.items()},
     **{form: permission for form, (_url_name, _data, permission) in FORMS.items()},
@@ -102,13 +111,13 @@ def post_action(client: Client, action: str, *pks) -> str:
     return response.content.decode()
 
 
-def form_url(form: str, order_id) -> str:
-    return reverse(FORMS[form][0], args=[order_id])
+def form_url(form: str, pk) -> str:
+    return reverse(FORMS[form][0], args=[pk])
 
 
-def submit_form(client: Client, form: str, order_id) -> int:
-    """POST the form; the status it answers with (302 back to the order's page, or 403)."""
-    return client.post(form_url(form, order_id), FORMS[form][1]).status_code
+def submit_form(client: Client, form: str, pk) -> int:
+    """POST the form; the status it answers with (302 back to the page it came from, or 403)."""
+    return client.post(form_url(form, pk), FORMS[form][1]).status_code
 
 
 def do(client: Client, operation: str, pk) -> None:
@@ -120,10 +129,11 @@ def do(client: Client, operation: str, pk) -> None:
 
 
 def offered(client: Client, operation: str, pk) -> bool:
-    """Whether the page offers the operation: the action in its list, the form's button on the order's page."""
+    """Whether the page offers the operation: the action in its list, the form's button on the order's
+    page (or on the page of unreconciled money)."""
     if operation in ACTIONS:
         return operation in offered_actions(client, ACTIONS[operation][0])
-    page = client.get(f"/admin/orders/order/{pk}/change/")
+    page = client.get(UNRECONCILED_MONEY if operation in CHARGE_FORMS else f"/admin/orders/order/{pk}/change/")
     assert page.status_code == 200
     return f'href="{form_url(operation, pk)}"' in page.content.decode()
 
@@ -146,6 +156,7 @@ def database_state() -> dict:
         "charges": SimulatedCharge.objects.count(),
         "refunds": sorted(Refund.objects.values_list("id", "status", "attempt")),
         "cancellations": Cancellation.objects.count(),
+        "unmatched_charge_refunds": UnmatchedChargeRefund.objects.count(),
         "inbox": InboxEntry.objects.count(),
         "dead_letters": sorted(DeadLetter.objects.values_list("id", "fixed_value", "republished_at")),
         "webhook_deliveries": sorted(WebhookDelivery.objects.values_list("id", "status", "attempts")),
@@ -173,6 +184,8 @@ def target_of(action: str):
         return new_order().pk
     if action == "refund":
         return charged_order(APPROVE).pk
+    if action in CHARGE_FORMS:
+        return lost_charge(processing_order()).reference
     if action == "retry_refund":
         return failed_refund().pk
     if action == "retry_payment":
@@ -196,6 +209,10 @@ def ran(action: str, pk) -> bool:
         return Order.objects.get(pk=pk).status == OrderStatus.CANCELLED
     if action == "refund":
         return Refund.objects.filter(order_id=pk).exists()
+    if action == "adopt_unmatched_charge":
+        return Payment.objects.filter(gateway_reference=pk).exists()
+    if action == "refund_unmatched_charge":
+        return UnmatchedChargeRefund.objects.filter(charge_reference=pk).exists()
     if action == "retry_refund":
         return Refund.objects.get(pk=pk).status == RefundStatus.REQUESTED
     if action == "retry_payment":
@@ -335,8 +352,8 @@ def test_the_operator_groups_give_view_only_and_view_plus_every_action():
     reader.groups.add(Group.objects.get(name=READONLY_OPERATORS))
     ops = user_model.objects.create_user("ops", is_staff=True)
     ops.groups.add(Group.objects.get(name=OPERATORS))
-    paid = charged_order(APPROVE).pk
+    targets = {form: target_of(form) for form in FORMS}
     for user, actions, forms in ((reader, set(), set()), (ops, set(ACTIONS), set(FORMS))):
         client = logged_in(user)
         assert set().union(*(offered_actions(client, page) for page, _permission in ACTIONS.values())) == actions
-        assert {form for form in FORMS if offered(client, form, paid)} == forms
+        assert {form for form in FORMS if offered(client, form, targets[form])} == forms

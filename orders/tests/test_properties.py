@@ -485,3 +485,6 @@ def test_any_sequence_of_steps_follows_the_state_machine_and_keeps_the_money_rig
             assert not observed.pending and all(status != RefundStatus.REQUESTED for _, status in observed.refunds)
         # The last timeline entry is the current status.
         assert order.timeline.last().status == observed.status
+        # Each event of the order has an id of its own, however often a status comes back.
+        event_ids = list(OutboxEvent.objects.filter(key=str(order.id)).values_list("event_id", flat=True))
+        assert len(set(event_ids)) == len(event_ids)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.db import transaction
 
 from devtools.harness.sample_orders import create_test_order
 from events.models import InboxEntry, OutboxEvent
 from orders import services
 from orders.models import Order, OrderStatus
+from payments.services import cancel_order
 
 pytestmark = pytest.mark.django_db
 SOURCE = "test"
@@ -113,3 +115,44 @@ def test_park_order_writes_failed_status_and_a_dead_letter(order):
     assert order.timeline.last().message == "gave_up: Boom"
     # Terminal orders are not parked again.
     assert not services.park_order(order_id=order.id, reason="again", error="x", original_event=original, source=SOURCE)
+
+
+class BackToTheBackup(Exception):
+    """Rolls the test's transaction back to where it began: a restore, in miniature."""
+
+
+def events_after(order: Order, after_id: int) -> list[tuple[str, uuid.UUID]]:
+    return list(OutboxEvent.objects.filter(key=str(order.id), id__gt=after_id).order_by("id").values_list("event_type", "event_id"))
+
+
+def pay(order: Order) -> None:
+    services.start_processing(order_id=order.id, event_id=created_event_id(order), source=SOURCE)
+    services.record_payment_outcome(order_id=order.id, approved=True, message="paid", source=SOURCE)
+
+
+def test_events_made_again_after_the_database_went_back_to_a_backup_have_the_ids_they_had(order):
+    backup = OutboxEvent.objects.filter(key=str(order.id)).latest("id").id
+    with pytest.raises(BackToTheBackup), transaction.atomic():
+        pay(order)
+        lost = events_after(order, backup)
+        raise BackToTheBackup
+    assert not events_after(order, backup)
+
+    pay(order)
+
+    # The same ids: consumers, webhook receivers and mail systems (Message-ID) know them for copies.
+    assert [event_type for event_type, _ in lost] == ["ORDER_PROCESSING", "ORDER_PAID"]
+    assert events_after(order, backup) == lost
+
+
+def test_another_event_in_the_place_of_one_lost_with_a_restore_has_an_id_of_its_own(order):
+    backup = OutboxEvent.objects.filter(key=str(order.id)).latest("id").id
+    with pytest.raises(BackToTheBackup), transaction.atomic():
+        cancel_order(order_id=order.id, requested_by="customer", source=SOURCE)
+        lost = events_after(order, backup)
+        raise BackToTheBackup
+
+    pay(order)
+
+    assert [event_type for event_type, _ in lost] == ["ORDER_CANCELLED"]
+    assert not {event_id for _, event_id in lost} & {event_id for _, event_id in events_after(order, backup)}

@@ -30,6 +30,9 @@ APP_SERVICES = ("web", "relay", "bridge", "worker", "webhook-worker", "reconcile
 WORKERS = ("worker", "webhook-worker")
 # Settings that are secrets: in a Kubernetes Secret, never the ConfigMap.
 SECRET_SETTINGS = {"DJANGO_SECRET_KEY", "DATABASE_URL", "HTTP_INTERNAL_TOKEN", "EMAIL_USER", "EMAIL_PASSWORD"}
+# The compose stack is a demo on the simulated gateway; the k8s manifests refuse it (real payments),
+# so they need no database for its ledger.
+DEMO_SETTINGS = {"PAYMENTS_SIMULATOR_DATABASE_URL"}
 ALL_SERVICES = {"kafka", "kafka-ui", "postgres", "redis", "migrate", "topics", *APP_SERVICES}
 
 
@@ -63,6 +66,13 @@ def expected_commands() -> dict[str, list[str]]:
 
 # Migrations, then the operator groups (README, "Admin actions"), as bin/run-local does.
 MIGRATE_COMMAND = ["sh", "-c", "python manage.py migrate --noinput && python manage.py create_operator_groups"]
+# The demo stack's simulated provider has a database of its own to migrate as well.
+COMPOSE_MIGRATE_COMMAND = [
+    "sh",
+    "-c",
+    "python manage.py migrate --noinput && python manage.py migrate --database provider --noinput"
+    " && python manage.py create_operator_groups",
+]
 
 
 def test_expected_commands_follow_process_commands():
@@ -124,6 +134,12 @@ def test_kafka_and_postgres_keep_their_data_on_named_volumes(compose_config, ser
     assert {"kafka-data", "postgres-data"} <= set(compose_config["volumes"])
     for service, volume in (("kafka", "kafka-data"), ("postgres", "postgres-data")):
         assert volume in [mount["source"] for mount in services[service]["volumes"] if mount["type"] == "volume"]
+
+
+def test_postgres_makes_the_simulated_providers_database_on_its_first_start(services):
+    (script,) = [mount for mount in services["postgres"]["volumes"] if mount["type"] == "bind"]
+    assert script["target"] == "/docker-entrypoint-initdb.d/simulated-provider.sql"
+    assert "CREATE DATABASE simulated_provider OWNER orders;" in Path(script["source"]).read_text()
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -197,6 +213,7 @@ def test_app_containers_run_in_production(services, name):
     assert environment["METRICS_RECONCILER_PORT"] == str(METRICS_PORTS["reconciler"])
     # A demo: the simulated gateway, allowed knowingly (production refuses it otherwise).
     assert (environment["PAYMENTS_GATEWAY_CLASS"], environment["PAYMENTS_ALLOW_SIMULATOR"]) == (SIMULATED_GATEWAY, "true")
+    assert environment["PAYMENTS_SIMULATOR_DATABASE_URL"] == "postgres://orders:orders@postgres:5432/simulated_provider"
 
 
 def test_the_compose_environment_passes_the_production_start_checks(services):
@@ -212,7 +229,7 @@ def test_app_containers_share_one_environment_and_one_image(services):
 
 
 def test_migrations_and_topics_run_once_before_the_app(services):
-    assert services["migrate"]["command"] == MIGRATE_COMMAND
+    assert services["migrate"]["command"] == COMPOSE_MIGRATE_COMMAND
     assert services["topics"]["command"] == ["python", "manage.py", "setup_kafka_topics"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
@@ -238,7 +255,7 @@ def test_only_one_web_publishes_port_8080(services):
 
 
 def test_k8s_configmap_has_the_compose_settings(services, k8s):
-    compose_settings = set(services["web"]["environment"]) - SECRET_SETTINGS
+    compose_settings = set(services["web"]["environment"]) - SECRET_SETTINGS - DEMO_SETTINGS
     assert set(k8s.configmap["data"]) == compose_settings
 
 

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from payments.gateway import ChargeResult, RefundResult
+from devtools.harness.provider import APPROVING_SIMULATOR, CHARGE_ONLY_GATEWAY, ChargeOnlyGateway
 from payments.models import Payment, Refund, SimulatedCharge, SimulatedRefund
 from payments.selectors import CHARGE_WITHOUT_PAYMENT, REFUND_UNKNOWN
 from payments.simulator import SimulatedGateway
@@ -21,19 +21,6 @@ from recovery.provider_records import check_provider_records
 
 pytestmark = pytest.mark.django_db
 GATEWAY = SimulatedGateway(success_rate=1.0, timeout_rate=0.0, refund_timeout_rate=0.0, refund_failure_rate=0.0, seed="recon")
-SIMULATOR = {"gateway_class": "payments.simulator.SimulatedGateway", "success_rate": 1.0, "timeout_rate": 0.0,
-             "refund_timeout_rate": 0.0, "refund_failure_rate": 0.0, "seed": "recon"}
-
-
-class ChargeOnlyGateway:
-    """A provider's adapter that cannot list its records."""
-
-    def charge(self, *, idempotency_key, order_id, amount, currency):
-        return ChargeResult(approved=True, reference="x")
-
-    def refund(self, *, idempotency_key, charge_reference, amount):
-        return RefundResult(approved=True, reference="y")
-
 
 
 def reconcile_payments(*args: str) -> tuple[list[dict], str]:
@@ -43,14 +30,14 @@ def reconcile_payments(*args: str) -> tuple[list[dict], str]:
 
 
 def test_when_the_books_agree_nothing_is_listed(refunded, settings):
-    settings.PAYMENTS = {**settings.PAYMENTS, **SIMULATOR}
+    settings.PAYMENTS = {**settings.PAYMENTS, **APPROVING_SIMULATOR}
     lines, summary = reconcile_payments()
     assert lines == []
     assert "2 charges and refunds at the provider, 0 unknown to the database" in summary
 
 
 def test_what_a_restore_lost_is_listed_one_json_line_each(refunded, settings):
-    settings.PAYMENTS = {**settings.PAYMENTS, **SIMULATOR}
+    settings.PAYMENTS = {**settings.PAYMENTS, **APPROVING_SIMULATOR}
     payment = refunded.payment
     # What a restore to a backup taken before the charge does to the database, not to the provider.
     Refund.objects.all().delete()
@@ -80,7 +67,7 @@ def test_what_a_restore_lost_is_listed_one_json_line_each(refunded, settings):
 
 
 def test_only_the_days_asked_for_are_looked_at(refunded, settings):
-    settings.PAYMENTS = {**settings.PAYMENTS, **SIMULATOR}
+    settings.PAYMENTS = {**settings.PAYMENTS, **APPROVING_SIMULATOR}
     Refund.objects.all().delete()
     SimulatedRefund.objects.update(created_at=timezone.now() - dt.timedelta(days=3))
     assert [line["kind"] for line in reconcile_payments("--days", "4")[0]] == [REFUND_UNKNOWN]
@@ -88,7 +75,7 @@ def test_only_the_days_asked_for_are_looked_at(refunded, settings):
 
 
 def test_a_gateway_that_cannot_list_its_records_is_refused_with_the_reason(settings):
-    settings.PAYMENTS = {**settings.PAYMENTS, "gateway_class": f"{__name__}.ChargeOnlyGateway"}
+    settings.PAYMENTS = {**settings.PAYMENTS, "gateway_class": CHARGE_ONLY_GATEWAY}
     with pytest.raises(CommandError, match="ChargeOnlyGateway cannot list the provider's records"):
         reconcile_payments()
     assert check_provider_records(gateway=ChargeOnlyGateway(), since=timezone.now()) is None

@@ -1,6 +1,7 @@
 import datetime as dt
 import json
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
@@ -16,10 +17,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--days", type=float, default=30.0, help="How far back to look at the provider's records (default 30)."
+            "--days",
+            type=float,
+            default=None,
+            help="How far back to look at the provider's records, in days (default: reconciler.provider_check_days, "
+            "as the reconciler's check).",
         )
 
-    def handle(self, *args, days: float, **options):
+    def handle(self, *args, days: float | None, **options):
+        if days is None:
+            days = settings.RECONCILER["provider_check_days"]
         gateway = get_gateway()
         if not isinstance(gateway, ProviderRecords):
             raise CommandError(f"{type(gateway).__name__} cannot list the provider's records (payments.gateway.ProviderRecords)")
