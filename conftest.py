@@ -67,9 +67,12 @@ def fresh_health_answers():
         cached.clear()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kafka_broker(tmp_path_factory):
-    """A real Kafka-protocol broker process on a free port, for the whole test session."""
+    """A real Kafka-protocol broker process on a free port, for the test module. Not for the session:
+    a bridge the harness starts joins a new consumer group, which reads its topics from the start,
+    and what earlier modules left there (thousands of events, late in a session) held a module's
+    first orders behind it for over a minute."""
     broker = EmbeddedKafkaBroker(log_path=tmp_path_factory.mktemp("kafka") / "broker.log")
     broker.start()
     yield broker
