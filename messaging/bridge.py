@@ -48,7 +48,16 @@ from events.selectors import recorded_payloads
 from messaging.kafka import Received, client_config
 from messaging.metrics import BRIDGE_DISPATCH_FAILURES, BRIDGE_LAG, BRIDGE_MESSAGES
 from messaging.producer import build_producer, delivery_error, needs_new_producer
-from messaging.routes import dead_letter_task, notification_tasks, notifies, tasks_for, webhook_tasks
+from messaging.routes import (
+    dead_letter_task,
+    in_chunks,
+    notification_tasks,
+    notifies,
+    order_chain,
+    starts_order,
+    tasks_for,
+    webhook_tasks,
+)
 from messaging.topics import ensure_topics_until_ready
 from messaging.tracing import processing, processing_batch
 
@@ -83,6 +92,8 @@ class Routing:
     tasks: tuple[Signature, ...] = ()
     # The event as the outbox recorded it; None for a dlq message or a refused one.
     event: Event | None = None
+    # Whether it starts its order's chain, with the batch's other orders (``order_chain``).
+    starts_order: bool = False
     notify: bool = False
     refusal: InvalidEvent | None = None
 
@@ -93,6 +104,8 @@ class BatchProgress:
     customers are told once the batch's tasks are dispatched."""
 
     done: dict[tuple[str, int], int] = field(default_factory=dict)
+    # The orders whose chain the batch starts, with their messages (whose traces the chains continue).
+    to_start: list[tuple[Received, Event]] = field(default_factory=list)
     to_notify: list[Event] = field(default_factory=list)
     # The batch's order events, whose webhook deliveries are handed on with the notifications.
     announced: list[Event] = field(default_factory=list)
@@ -276,16 +289,7 @@ class KafkaBridge:
             return
         dead_letters = DeadLetters(self.dlq_producer)
         progress = self._dispatch_tasks(routed, dead_letters)
-        try:
-            with processing_batch(progress.notified, name="dispatch notifications"):
-                follow_up = [*notification_tasks(progress.to_notify), *webhook_tasks(progress.announced)]
-                dispatched = not follow_up or self._dispatch(follow_up)
-        except EncodeError as exc:
-            # Recorded events (parse_event made them plain JSON) always serialize; should they not,
-            # the reconciler re-drives the events whose notifications were never applied.
-            logger.error("notifications_not_dispatched", error=describe(exc), exc_info=exc)
-            dispatched = True
-        if not dispatched:
+        if not self._dispatch_batch_tasks(progress):
             return  # stopping while the Celery broker is away: nothing committed, the batch comes again
         if not dead_letters.confirmed(timeout=self.config.delivery_timeout_ms / 1000 + 5):
             # Not confirmed on dlq: commit nothing, read the batch again (tasks are idempotent).
@@ -376,7 +380,9 @@ class KafkaBridge:
             check_recorded(reading, recorded=recorded.get(reading.event_id, []))
         except InvalidEvent as refusal:
             return Routing(refusal=refusal)
-        return Routing(tasks=tuple(tasks_for(reading)), event=reading, notify=notifies(reading))
+        return Routing(
+            tasks=tuple(tasks_for(reading)), event=reading, starts_order=starts_order(reading), notify=notifies(reading)
+        )
 
     def _failed(self, message: Message, exc: Exception, *, stage: str) -> Routing:
         """The routing of a message the bridge failed on: dlq, with the failure as its reason; a
@@ -424,12 +430,14 @@ class KafkaBridge:
                     continue
                 if not dispatched:
                     break  # stopping while the Celery broker is away: leave the rest for redelivery
+                if routing.starts_order:
+                    progress.to_start.append((received, routing.event))
                 if routing.notify:
                     progress.to_notify.append(routing.event)
                     progress.notified.append(received)
                 if routing.event is not None:
                     progress.announced.append(routing.event)
-                BRIDGE_MESSAGES.labels(message.topic(), "dispatched" if routing.tasks or routing.notify else "no_task").inc()
+                BRIDGE_MESSAGES.labels(message.topic(), "dispatched" if routing.tasks or routing.starts_order or routing.notify else "no_task").inc()
                 logger.info(
                     "event_dispatched",
                     tasks=len(routing.tasks),
@@ -441,6 +449,28 @@ class KafkaBridge:
             progress.done[(message.topic(), message.partition())] = message.offset()
         structlog.contextvars.clear_contextvars()
         return progress
+
+    def _dispatch_batch_tasks(self, progress: BatchProgress) -> bool:
+        """The tasks a batch starts for several of its messages at once: the chains of the orders it
+        creates, then the notifications and webhook deliveries of its events. False if the bridge
+        is stopping before the Celery broker took them."""
+        try:
+            for chunk in in_chunks(progress.to_start):
+                events = [event for _received, event in chunk]
+                with (
+                    processing_batch([received for received, _event in chunk], name="dispatch order chains"),
+                    structlog.contextvars.bound_contextvars(order_ids=[str(event.order_id) for event in events]),
+                ):
+                    if not self._dispatch([order_chain(events)]):
+                        return False
+            with processing_batch(progress.notified, name="dispatch notifications"):
+                follow_up = [*notification_tasks(progress.to_notify), *webhook_tasks(progress.announced)]
+                return not follow_up or self._dispatch(follow_up)
+        except EncodeError as exc:
+            # Recorded events (parse_event made them plain JSON) always serialize; should they not,
+            # the reconciler re-drives the orders and events whose tasks never ran.
+            logger.error("batch_tasks_not_dispatched", error=describe(exc), exc_info=exc)
+            return True
 
     def _dispatch(self, tasks: Sequence[Signature]) -> bool:
         """True once the Celery broker took every task; False if the bridge is stopping first."""

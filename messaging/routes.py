@@ -26,11 +26,15 @@ from events.contract import (
 ARCHIVE_DEAD_LETTER = "events.archive_dead_letter"
 PROCESS_ORDER = "orders.process_order"
 CHARGE_PAYMENT = "payments.charge_payment"
+PROCESS_ORDERS = "orders.process_orders"
+CHARGE_PAYMENTS = "payments.charge_payments"
 REFUND_PAYMENT = "payments.refund_payment"
 SEND_NOTIFICATIONS = "notifications.send_notifications_batch"
 DELIVER_WEBHOOKS = "webhooks.deliver_events"
 SEND_WEBHOOK = "webhooks.send_delivery"
-NOTIFICATIONS_PER_TASK = 20
+# Events per task of a batch: fewer tasks than events, while a large batch still spreads over
+# the workers' threads.
+EVENTS_PER_TASK = 20
 
 
 # What the bridge consumes: the contract's topics that carry an event the pipeline acts on, and
@@ -47,11 +51,30 @@ def charge(event: Event) -> Signature:
     return _task(CHARGE_PAYMENT, event.payload)
 
 
+def in_chunks(items: list) -> list[list]:
+    """``items`` by EVENTS_PER_TASK."""
+    return [items[start : start + EVENTS_PER_TASK] for start in range(0, len(items), EVENTS_PER_TASK)]
+
+
+def starts_order(event: Event) -> bool:
+    """Whether the event starts an order's chain, which the orders of a batch go through together
+    (``order_chain``)."""
+    return event.type == ORDER_CREATED
+
+
+def order_chain(events: list[Event]) -> Signature:
+    """The chain of the orders of some ORDER_CREATED events (at most EVENTS_PER_TASK): processed
+    together, then charged together, each order's outcome its own."""
+    payloads = [event.payload for event in events]
+    return chain(_task(PROCESS_ORDERS, payloads), _task(CHARGE_PAYMENTS, payloads))
+
+
 def tasks_for(event: Event) -> list[Signature]:
-    """The pipeline tasks to start for an event (an empty list: nothing to do here).
-    The customer's notifications are not among them: see ``notifies``."""
+    """The pipeline tasks to start for an event (an empty list: nothing to do here, or nothing
+    of its own). The start of an order's chain is not among them (``starts_order``), nor the
+    customer's notifications (``notifies``): the bridge starts those for the batch."""
     if event.type == ORDER_CREATED:
-        return [chain(_task(PROCESS_ORDER, event.payload), charge(event))]
+        return []
     if event.type == ORDER_PROCESSING and event.attempt > 1:
         return [charge(event)]  # an operator's payment retry
     if event.type == REFUND_REQUESTED:
@@ -67,13 +90,8 @@ def notifies(event: Event) -> bool:
 
 
 def notification_tasks(events: list[Event]) -> list[Signature]:
-    """The notifications of a batch of events, NOTIFICATIONS_PER_TASK events per task: fewer
-    tasks than events, while a large batch still spreads over the worker's threads."""
-    payloads = [event.payload for event in events]
-    return [
-        _task(SEND_NOTIFICATIONS, payloads[start : start + NOTIFICATIONS_PER_TASK])
-        for start in range(0, len(payloads), NOTIFICATIONS_PER_TASK)
-    ]
+    """The notifications of a batch of events, EVENTS_PER_TASK events per task."""
+    return [_task(SEND_NOTIFICATIONS, [event.payload for event in chunk]) for chunk in in_chunks(events)]
 
 
 def webhook_tasks(events: list[Event]) -> list[Signature]:

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from django.db import IntegrityError, transaction
 
+from common.batches import apply_together, failures, with_log_context
 from events.contract import (
     ORDER_CANCELLED,
     ORDER_CREATED,
@@ -18,6 +19,7 @@ from events.contract import (
     ORDER_PROCESSING,
     ORDER_REFUNDED,
     PAYMENT_FAILED,
+    Event,
     InvalidEvent,
 )
 from events.services import claim_event, enqueue_dead_letter, enqueue_event
@@ -306,22 +308,43 @@ def start_processing(*, order_id, event_id, source: str) -> bool:
     """Apply ORDER_CREATED: CREATED -> PROCESSING. False if the event was applied before or the
     order moved on; ``InvalidEvent`` (nothing written) if there is no such order."""
     with transaction.atomic():
-        if not claim_event(handler=PROCESSING_HANDLER, event_id=event_id):
-            return False
-        try:
-            order = lock_order(order_id)
-        except Order.DoesNotExist:
-            raise InvalidEvent("unknown_order", f"no order {order_id}") from None
-        if order.status not in START_PROCESSING.sources:
-            logger.info("order_processing_skipped", order_id=str(order_id), status=order.status)
-            return False
-        _transition(
-            order=order,
-            verb=START_PROCESSING,
-            to_status=OrderStatus.PROCESSING,
-            message="Order accepted for processing",
-            source=source,
-        )
+        return _start_processing(order_id=order_id, event_id=event_id, source=source)
+
+
+def start_processing_together(*, events: list[Event], source: str) -> dict[int, Exception]:
+    """``start_processing`` for the ORDER_CREATED ``events`` of several orders, in one transaction
+    for all (``apply_together``). The events come in the order of their orders' ids, the order
+    every batch locks them in, so that two batches never wait on each other in a cycle. Returns
+    what ``start_processing`` raised, by the event's position: each order's failure is its own."""
+    outcomes = apply_together(
+        [
+            with_log_context(
+                event.log_context(),
+                lambda event=event: _start_processing(order_id=event.order_id, event_id=event.event_id, source=source),
+            )
+            for event in events
+        ]
+    )
+    return failures(outcomes)
+
+
+def _start_processing(*, order_id, event_id, source: str) -> bool:
+    if not claim_event(handler=PROCESSING_HANDLER, event_id=event_id):
+        return False
+    try:
+        order = lock_order(order_id)
+    except Order.DoesNotExist:
+        raise InvalidEvent("unknown_order", f"no order {order_id}") from None
+    if order.status not in START_PROCESSING.sources:
+        logger.info("order_processing_skipped", order_id=str(order_id), status=order.status)
+        return False
+    _transition(
+        order=order,
+        verb=START_PROCESSING,
+        to_status=OrderStatus.PROCESSING,
+        message="Order accepted for processing",
+        source=source,
+    )
     return True
 
 

@@ -42,7 +42,8 @@ app.user_options["worker"].add(
 # Seconds between a worker's looks for new tasks on the SQL broker of the local default (Redis
 # pushes them at once).
 SQL_BROKER_POLL_INTERVAL = 0.05
-LOG_CONTEXT_KEYS = ("correlation_id", "order_id", "event_id")
+# order_ids: the orders of a task that several orders take together.
+LOG_CONTEXT_KEYS = ("correlation_id", "order_id", "event_id", "order_ids")
 task_log = structlog.get_logger("orders_project.tasks")
 
 

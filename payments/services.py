@@ -7,6 +7,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from django.conf import settings
@@ -14,7 +15,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from events.contract import ORDER_REFUNDED, REFUND_FAILED, REFUND_REQUESTED, InvalidEvent
+from common.batches import apply_together, call_concurrently, with_log_context
+from events.contract import ORDER_REFUNDED, REFUND_FAILED, REFUND_REQUESTED, Event, InvalidEvent
 from events.services import claim_event, enqueue_dead_letter, was_handled
 from orders import selectors as order_selectors
 from orders import services as order_services
@@ -79,38 +81,101 @@ def charge_order(
     first charge instead of making a second. A decline is final. ``gateway``: the configured one
     (``get_gateway()``) unless given.
     """
-    if was_handled(handler=CHARGE_HANDLER, event_id=event_id):
-        return None
-    payment = _open_attempt(order_id=order_id)
+    payment = _attempt_to_charge(order_id=order_id, event_id=event_id)
     if payment is None:
         return None
+    result = _charge_at_gateway(gateway or get_gateway(), payment=payment)
+    with transaction.atomic():
+        return _record_charge(order_id=order_id, event_id=event_id, payment=payment, result=result, source=source)
+
+
+def charge_orders(*, events: list[Event], source: str, gateway: PaymentGateway | None = None) -> dict[int, Exception]:
+    """``charge_order`` for the ORDER_CREATED ``events`` of several orders, the batch's way: the
+    attempts opened in one transaction, committed before any call; the gateway called for all of
+    them at once, at most ``gateway_concurrency`` calls at a time in this process; the answers
+    recorded in a second transaction. Both transactions lock the orders in the order given (the
+    events come in the order of their orders' ids, as in every batch), and fall back to one
+    transaction per order should one fail (``apply_together``). Returns what ``charge_order``
+    would have raised, by the event's position: each order's failure is its own, the others'
+    charges stand."""
+    gateway = gateway or get_gateway()
+
+    def for_each(positions, change) -> list:
+        return [with_log_context(events[index].log_context(), lambda index=index: change(index)) for index in positions]
+
+    outcomes: dict[int, object] = dict(
+        enumerate(apply_together(for_each(range(len(events)), lambda index: _attempt_to_charge(
+            order_id=events[index].order_id, event_id=events[index].event_id
+        ))))
+    )
+    calling = [index for index, outcome in outcomes.items() if isinstance(outcome, Payment)]
+    attempts = {index: outcomes[index] for index in calling}
+    answers = call_concurrently(
+        for_each(calling, lambda index: _charge_at_gateway(gateway, payment=attempts[index])),
+        limit=settings.PAYMENTS["gateway_concurrency"],
+    )
+    outcomes.update(zip(calling, answers))
+    answered = [index for index in calling if not isinstance(outcomes[index], Exception)]
+    recorded = apply_together(
+        for_each(answered, lambda index: _record_charge(
+            order_id=events[index].order_id,
+            event_id=events[index].event_id,
+            payment=attempts[index],
+            result=outcomes[index],
+            source=source,
+        ))
+    )
+    outcomes.update(zip(answered, recorded))
+    return {index: outcome for index, outcome in outcomes.items() if isinstance(outcome, Exception)}
+
+
+def _attempt_to_charge(*, order_id, event_id) -> Payment | None:
+    """The pending attempt to charge for the event, committed; None if the charge was recorded
+    already or the order awaits none."""
+    if was_handled(handler=CHARGE_HANDLER, event_id=event_id):
+        return None
+    return _open_attempt(order_id=order_id)
+
+
+def _charge_at_gateway(gateway: PaymentGateway, *, payment: Payment) -> ChargeResult:
+    """The gateway's answer to the attempt (outside any transaction of ours)."""
     try:
-        result = (gateway or get_gateway()).charge(
+        return gateway.charge(
             idempotency_key=payment.idempotency_key,
-            order_id=str(order_id),
+            order_id=str(payment.order_id),
             amount=payment.amount,
             currency=payment.currency,
         )
     except GatewayUnavailable as exc:
         PAYMENTS.labels("timeout" if isinstance(exc, GatewayTimeout) else "unavailable").inc()
         raise
-    with transaction.atomic():
-        if not claim_event(handler=CHARGE_HANDLER, event_id=event_id):
-            return None
-        order = order_services.lock_order(order_id)
-        # Only a pending attempt takes an outcome; a decided one is returned as it is.
-        if not _record_charge_outcome(order=order, payment=payment, result=result, source=source):
-            return Payment.objects.get(pk=payment.pk)
+
+
+def _record_charge(*, order_id, event_id, payment: Payment, result: ChargeResult, source: str) -> Payment | None:
+    """The gateway's answer recorded in the caller's transaction, once per event: None if the
+    event's charge was recorded already; the attempt as it stands if another answer decided it."""
+    if not claim_event(handler=CHARGE_HANDLER, event_id=event_id):
+        return None
+    order = order_services.lock_order(order_id)
+    # Only a pending attempt takes an outcome; a decided one is returned as it is.
+    if not _record_charge_outcome(order=order, payment=payment, result=result, source=source):
+        return Payment.objects.get(pk=payment.pk)
+    # Reported once committed, as a line of this order's (the batch commits after its last order).
+    context = structlog.contextvars.get_contextvars()
+    transaction.on_commit(with_log_context(context, lambda: _charge_recorded(payment=payment, result=result)))
+    return payment
+
+
+def _charge_recorded(*, payment: Payment, result: ChargeResult) -> None:
     PAYMENTS.labels("approved" if result.approved else "declined").inc()
     logger.info(
         "payment_completed",
-        order_id=str(order_id),
+        order_id=str(payment.order_id),
         status=payment.status,
         attempt=payment.attempt,
         amount=str(payment.amount),
         reference=result.reference,
     )
-    return payment
 
 
 def _record_charge_outcome(*, order: Order, payment: Payment, result: ChargeResult, source: str, note: str = "") -> bool:

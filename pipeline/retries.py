@@ -11,12 +11,21 @@ from typing import Callable, TypeVar
 
 import structlog
 
-from common.errors import TRANSIENT_ERRORS, describe
-from events.contract import InvalidEvent
+from common.errors import TRANSIENT_ERRORS, TransientError, describe
+from events.contract import Event, InvalidEvent
 from pipeline.metrics import TASKS
 
 logger = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+
+class OrdersUnfinished(TransientError):
+    """Orders of a batch step that met a transient error: the retry carries only their events."""
+
+    def __init__(self, failures: list[tuple[Event, Exception]]):
+        super().__init__("; ".join(f"order {event.order_id}: {describe(exc)}" for event, exc in failures))
+        self.failures = failures
+        self.retry_args = ([event.payload for event, _error in failures],)
 
 
 def retry_delay(*, retries: int) -> float:

@@ -2,22 +2,24 @@
 ``run_with_retries``. Task names are the wire contract with the bridge (``messaging.routes``)
 and with messages already queued, so they keep their apps' prefixes.
 
-ORDER_CREATED starts the chain ``process_order`` then ``charge_payment``; every charge, first or
-an operator's retry, comes in through ``charge_payment``; every refund through ``refund_payment``; the customer's notifications go out in
-batches.
+The ORDER_CREATED events of a bridge batch start one chain for their orders, ``process_orders``
+then ``charge_payments``, each order's outcome its own; an operator's payment retry comes in
+through ``charge_payment``; every refund through ``refund_payment``; the customer's notifications
+go out in batches.
 """
 
 import structlog
 from celery import shared_task
 
 from events import services as event_services
-from events.contract import DeadLetterMessage, Event
+from events.contract import DeadLetterMessage, Event, InvalidEvent
 from events.services import refuse_event
 from notifications import services as notification_services
 from orders import services as order_services
 from payments import services as payment_services
 from webhooks import services as webhook_services
-from pipeline.retries import describe, run_with_retries
+from common.errors import TRANSIENT_ERRORS
+from pipeline.retries import OrdersUnfinished, describe, run_with_retries
 
 logger = structlog.get_logger(__name__)
 
@@ -39,6 +41,73 @@ def _run_order_step(task, *, payload: dict, handle, reason: str, source: str) ->
     )
 
 
+def _run_order_batch_step(task, *, payloads: list[dict], handle_together, reason: str, source: str) -> None:
+    """A chain step for the orders of one bridge batch: ``handle_together`` (an order service
+    taking their events in the order of the orders' ids, and returning each order's failure by
+    its event's position) applies the events together. Each failure is then its order's own: a
+    refused event goes to dlq, an error that is not transient parks the order at once, a
+    transient one is retried for the orders that met it alone; after the last retry they are parked."""
+    events = sorted((Event(payload) for payload in payloads), key=lambda event: str(event.order_id))
+    # The task's own log lines (and Celery's, its chain's hand-over among them) name its orders.
+    structlog.contextvars.bind_contextvars(order_ids=[str(event.order_id) for event in events])
+
+    def park(event: Event, exc: Exception) -> None:
+        with structlog.contextvars.bound_contextvars(**event.log_context()):
+            order_services.park_order(
+                order_id=event.order_id, reason=reason, error=describe(exc), original_event=event.payload, source=source
+            )
+
+    def step() -> None:
+        failures = handle_together(events=events, source=source)
+        unfinished = []
+        for position, exc in sorted(failures.items()):
+            event = events[position]
+            if isinstance(exc, InvalidEvent):
+                with structlog.contextvars.bound_contextvars(**event.log_context()):
+                    logger.warning("event_refused", reason=exc.reason, error=exc.error)
+                refuse_event(event=event, refusal=exc, source=source)
+            elif isinstance(exc, TRANSIENT_ERRORS):
+                unfinished.append((event, exc))
+            else:
+                with structlog.contextvars.bound_contextvars(**event.log_context()):
+                    logger.error("task_step_failed", error=describe(exc), exc_info=exc)
+                park(event, exc)
+        if unfinished:
+            raise OrdersUnfinished(unfinished)
+
+    def give_up(exc: Exception) -> None:
+        for event, error in exc.failures if isinstance(exc, OrdersUnfinished) else [(event, exc) for event in events]:
+            park(event, error)
+
+    run_with_retries(task, step=step, give_up=give_up)
+
+
+@shared_task(bind=True, name="orders.process_orders")
+def process_orders(self, payloads: list[dict]) -> None:
+    """ORDER_CREATED of the orders of one bridge batch: taken into processing together (the
+    first step of their chain)."""
+    _run_order_batch_step(
+        self,
+        payloads=payloads,
+        handle_together=order_services.start_processing_together,
+        reason="processing_gave_up",
+        source=ORDER_WORKER,
+    )
+
+
+@shared_task(bind=True, name="payments.charge_payments")
+def charge_payments(self, payloads: list[dict]) -> None:
+    """The chain's charges of the orders of one bridge batch, their gateway calls side by side."""
+    _run_order_batch_step(
+        self,
+        payloads=payloads,
+        handle_together=payment_services.charge_orders,
+        reason="payment_gave_up",
+        source=PAYMENT_WORKER,
+    )
+
+
+# The name is the one tasks already queued carry (the bridge now starts ``process_orders``).
 @shared_task(bind=True, name="orders.process_order")
 def process_order(self, payload: dict) -> None:
     """ORDER_CREATED: take the order into processing (first step of the chain)."""
@@ -49,8 +118,8 @@ def process_order(self, payload: dict) -> None:
 
 @shared_task(bind=True, name="payments.charge_payment")
 def charge_payment(self, payload: dict) -> None:
-    """Charge the order an event asks a charge for: the chain's ORDER_CREATED, or the
-    ORDER_PROCESSING of an operator's payment retry."""
+    """Charge the order an event asks a charge for: the ORDER_PROCESSING of an operator's payment
+    retry (or a chain's ORDER_CREATED queued before ``charge_payments``)."""
     _run_order_step(
         self, payload=payload, handle=payment_services.charge_order, reason="payment_gave_up", source=PAYMENT_WORKER
     )

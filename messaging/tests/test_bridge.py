@@ -33,7 +33,7 @@ from devtools.harness.waiting import wait_until
 from events.contract import TOPIC_DLQ
 from messaging.bridge import KafkaBridge
 from messaging.producer import build_producer
-from messaging.routes import DELIVER_WEBHOOKS, PROCESS_ORDER, SEND_NOTIFICATIONS
+from messaging.routes import CHARGE_PAYMENTS, DELIVER_WEBHOOKS, PROCESS_ORDERS, SEND_NOTIFICATIONS
 
 pytestmark = pytest.mark.django_db
 
@@ -93,15 +93,16 @@ def test_a_good_batch_is_committed_once_the_celery_broker_took_its_tasks(kafka_b
 
     assert committed(bridge) == {(topic, 0): 2}
     tasks = task_messages(own_celery)
-    assert [message.headers["task"] for message in tasks] == [PROCESS_ORDER, PROCESS_ORDER, SEND_NOTIFICATIONS, DELIVER_WEBHOOKS]
-    for message, row in zip(tasks, rows):
-        assert task_args(message) == [row.payload]
-        # The event's ids travel with its tasks, for the worker's log lines.
-        assert (message.headers["log_event_id"], message.headers["log_order_id"]) == (str(row.event_id), row.key)
-    assert task_args(tasks[2]) == [[row.payload for row in rows]]
-    assert "log_event_id" not in tasks[2].headers  # a batch's notifications belong to no single event
+    assert [message.headers["task"] for message in tasks] == [PROCESS_ORDERS, SEND_NOTIFICATIONS, DELIVER_WEBHOOKS]
+    # The batch's orders go through their chain together: processed, then charged.
+    payloads = [row.payload for row in rows]
+    assert task_args(tasks[0]) == [payloads]
+    [charge] = tasks[0].decode()[2]["chain"]
+    assert (charge["task"], charge["args"]) == (CHARGE_PAYMENTS, [payloads])
+    assert task_args(tasks[1]) == [payloads]
+    assert "log_event_id" not in tasks[1].headers  # a batch's tasks belong to no single event
     # One task hands the batch's webhook deliveries on (its own queue in the running system).
-    assert task_args(tasks[3]) == [[str(row.event_id) for row in rows]]
+    assert task_args(tasks[2]) == [[str(row.event_id) for row in rows]]
     assert counter("bridge_messages_total", topic=topic, outcome="dispatched") == 2
 
 

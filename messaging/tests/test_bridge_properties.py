@@ -23,7 +23,7 @@ from events.models import DeadLetter
 from events.services import archive_dead_letter
 from messaging import bridge as bridge_module
 from messaging.bridge import KafkaBridge
-from messaging.routes import ARCHIVE_DEAD_LETTER, PROCESS_ORDER
+from messaging.routes import ARCHIVE_DEAD_LETTER, PROCESS_ORDERS
 
 pytestmark = pytest.mark.django_db
 
@@ -99,7 +99,7 @@ def handle_and_check(reader: Reader, kafka_broker, topic: str, own_celery, batch
 
     assert committed(reader.bridge)[(topic, 0)] == read[-1].offset() + 1, "committed past every message"
     tasks = task_messages(own_celery)
-    assert [task_args(t) for t in tasks if t.headers["task"] == PROCESS_ORDER] == [[good.payload]], "the good event went on"
+    assert [task_args(t) for t in tasks if t.headers["task"] == PROCESS_ORDERS] == [[[good.payload]]], "the good event went on"
     # The bridge reads its own copies back: each readable, with its reason.
     wanted = {(topic, m.offset()) for m in read[:-1]}
     copies = [
@@ -219,7 +219,7 @@ def test_a_bug_of_the_bridge_on_one_message_sends_that_message_to_dlq_and_spares
     reader.bridge.handle_batch(read)
 
     assert committed(reader.bridge)[(topic, 0)] == read[-1].offset() + 1
-    assert [task_args(t) for t in task_messages(own_celery) if t.headers["task"] == PROCESS_ORDER] == [[spared.payload]]
+    assert [task_args(t) for t in task_messages(own_celery) if t.headers["task"] == PROCESS_ORDERS] == [[[spared.payload]]]
     refused = (topic, read[0].offset())
     [copy] = [m for m in reader.read(until=lambda got: any(origin(m) == refused for m in got)) if origin(m) == refused]
     headers = {name: value.decode() for name, value in copy.headers()}

@@ -49,7 +49,7 @@ from devtools.harness.topics import BRIDGE_PARTITIONS
 from devtools.harness.waiting import wait_until
 from events.contract import REFUND_REQUESTED, TOPIC_ORDERS
 from events.models import DeadLetter, OutboxEvent
-from messaging.routes import CHARGE_PAYMENT, PROCESS_ORDER, REFUND_PAYMENT
+from messaging.routes import CHARGE_PAYMENTS, PROCESS_ORDERS, REFUND_PAYMENT
 from orders.models import Order, OrderStatus, OrderTimelineEntry
 from payments.models import Cancellation, Payment, Refund, RefundStatus, SimulatedRefund
 from payments.simulator import SimulatedGateway
@@ -121,9 +121,9 @@ class RedisServer:
     def queue_length(self, queue: str) -> int:
         return self.client().llen(queue)
 
-    def queued_chain_orders(self, queue: str, *, tasks: tuple[str, ...] = (PROCESS_ORDER, CHARGE_PAYMENT)) -> set[str]:
-        """The orders whose process_order or charge_payment task (or one of ``tasks``) waits in
-        ``queue`` now."""
+    def queued_chain_orders(self, queue: str, *, tasks: tuple[str, ...] = (PROCESS_ORDERS, CHARGE_PAYMENTS)) -> set[str]:
+        """The orders whose chain task (process_orders or charge_payments, or one of ``tasks``)
+        waits in ``queue`` now."""
         orders = set()
         for raw in self.client().lrange(queue, 0, -1):
             message = json.loads(raw)
@@ -132,8 +132,9 @@ class RedisServer:
             body = message["body"]
             if message.get("properties", {}).get("body_encoding") == "base64":
                 body = base64.b64decode(body)
-            args = json.loads(body)[0]
-            orders.add(args[0]["order"]["id"])
+            [events] = json.loads(body)[0]
+            for event in events if isinstance(events, list) else [events]:
+                orders.add(event["order"]["id"])
         return orders
 
 
@@ -327,7 +328,7 @@ def test_worker_killed_during_a_payment_and_another_started(system):
             message="no payment in flight",
         )
 
-    kill_worker_mid_call(system, "worker SIGKILL during a payment", in_flight=in_flight, task=CHARGE_PAYMENT)
+    kill_worker_mid_call(system, "worker SIGKILL during a payment", in_flight=in_flight, task=CHARGE_PAYMENTS)
 
 
 def test_kafka_broker_stopped_and_started_while_the_api_keeps_taking_orders(system):
@@ -405,17 +406,19 @@ def test_malformed_truncated_oversized_and_unknown_events_go_to_dlq(system):
 
 def refused_callback_orders(system) -> set[str]:
     """Orders whose next chain step a worker could not publish (Celery: "Giving up refused
-    callback publish"): the step before it committed, the one after it is lost."""
+    callback publish"): the step before it committed, the one after it is lost. A batch's step
+    names its orders in ``order_ids``."""
     orders = set()
     for log in system.log_dir.glob("worker*.log"):
         for line in log.read_text(errors="replace").splitlines():
             if "Giving up refused callback publish" in line and line.startswith("{"):
                 try:
-                    order_id = json.loads(line).get("order_id")
+                    logged = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if order_id:
-                    orders.add(order_id)
+                orders.update(logged.get("order_ids") or [])
+                if logged.get("order_id"):
+                    orders.add(logged["order_id"])
     return orders
 
 

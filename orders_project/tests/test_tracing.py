@@ -25,7 +25,7 @@ from devtools.harness.waiting import wait_until
 from events.models import OutboxEvent
 from events.contract import ORDER_EVENTS
 
-TASKS = ("orders.process_order", "payments.charge_payment", "notifications.send_notifications_batch")
+TASKS = ("orders.process_orders", "payments.charge_payments", "notifications.send_notifications_batch")
 
 
 @dataclass(frozen=True)
@@ -200,12 +200,14 @@ def test_one_order_is_one_trace_through_web_relay_bridge_and_worker(traced_syste
         else:
             assert processed is None
 
-    # The tasks run in the worker as children of what the bridge dispatched for ORDER_CREATED.
-    created_processed = bridge_span_of(created, spans)
-    for task in ("orders.process_order", "payments.charge_payment"):
+    # The order's chain runs in the worker under the bridge's span for the chains of its batch,
+    # linked to the ORDER_CREATED it serves.
+    created_published = publish_span_of(created, spans)
+    for task in ("orders.process_orders", "payments.charge_payments"):
         run = next(s for s in spans if s.name == f"run/{task}")
         assert (run.service, run.kind) == ("worker", Span.SPAN_KIND_CONSUMER)
-        assert created_processed in _ancestors(run, by_id)
+        batch = next(s for s in _ancestors(run, by_id) if s.name == "dispatch order chains")
+        assert batch.service == "bridge" and (trace_id, created_published.span_id) in batch.links
     # The notification tasks under the bridge's batch span, linked to the messages it serves.
     for run in (s for s in spans if s.name == "run/notifications.send_notifications_batch"):
         batch = next(s for s in _ancestors(run, by_id) if s.name == "dispatch notifications")
