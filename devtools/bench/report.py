@@ -230,7 +230,7 @@ def _side_by_side(results: dict[str, Any]) -> list[str]:
         lines.append(f"  {label:<59} {fmt(per_order('pipeline', key), 2):>9} {fmt(per_order('peer', key), 2):>10}")
     calls = {name: (sat[name].get("drain") or {}).get("webhook_calls_by_kind") or {} for name in sat}
     for kind in sorted(set(calls["pipeline"]) | set(calls["peer"])):
-        lines.append(f"    {kind + ' orders (every order of the measurement, after the drain)':<57}"
+        lines.append(f"    {kind + ' orders: webhook calls per order (all, drained)':<57}"
                      f" {fmt(calls['pipeline'].get(kind), 2):>9} {fmt(calls['peer'].get(kind), 2):>10}")
     latency_label = f"max sustainable, gateway answering in {results.get('e2e', {}).get('gateway_latency', {}).get('latency_ms', '?')} ms"
     lines.append(f"  {latency_label:<59} {fmt(latency.get('pipeline')):>9} {fmt(latency.get('peer')):>10}")

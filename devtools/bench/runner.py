@@ -47,8 +47,8 @@ FULL = Durations(orm=10, kafka_produce=8, noop_tasks=5000, api=10, api_levels=(1
                  paired_slice=5, saturation_warmup=8, saturation_window=60, saturation_backlog=60, sustained=60,
                  sustained_warm=5, census_orders=20, profile=5, drain_timeout=180, idle_window=8, latency_window=30)
 QUICK = Durations(orm=3, kafka_produce=3, noop_tasks=1500, api=3, api_levels=(1, 4, 8, 16, 32), paired_rounds=3,
-                  paired_slice=3, saturation_warmup=4, saturation_window=10, saturation_backlog=60, sustained=15,
-                  sustained_warm=3, census_orders=10, profile=2, drain_timeout=120, idle_window=4, latency_window=8)
+                  paired_slice=3, saturation_warmup=4, saturation_window=10, saturation_backlog=60, sustained=12,
+                  sustained_warm=3, census_orders=10, profile=2, drain_timeout=120, idle_window=4, latency_window=6)
 # A real payment provider's answer time (issue 26): the simulator's latency_ms, read at a worker's start.
 GATEWAY_LATENCY_MS = 200
 
@@ -74,7 +74,7 @@ def _terminate(signum, _frame):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/benchmark", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="short phases (about 2-3 minutes in all)")
+    parser.add_argument("--quick", action="store_true", help="short phases (about 4 minutes in all)")
     parser.add_argument("--profile", action="store_true", help="also profile the in-process paths with pyinstrument")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
