@@ -20,12 +20,12 @@ from typing import Any
 from devtools.bench import cpu
 from devtools.bench.env import BASE_DIR
 from devtools.bench.httpload import PostLog, backlog_limited, closed_loop, paced
+from devtools.bench.mix import Tracker
 from devtools.bench.stats import epoch, summary
 
 TERMINAL = ("PAID", "PAYMENT_FAILED", "FAILED", "CANCELLED", "PARTIALLY_REFUNDED", "REFUNDED")
-NOTIFICATIONS_PER_ORDER = 3  # email for ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED
-WEBHOOKS_PER_ORDER = 3  # order.created, order.processing, order.paid/payment_failed
-EVENTS_PER_ORDER = 6  # ORDER_CREATED, ORDER_PROCESSING, ORDER_PAID/PAYMENT_FAILED, 3 x NOTIFICATION_SENT
+# The timeline entries of an order reaching its first terminal status (a cancelled order may never be paid).
+TERMINAL_EVENTS = ["ORDER_PAID", "PAYMENT_FAILED", "ORDER_CANCELLED"]
 POSTERS = 4  # client threads of the saturation run
 WEBHOOK_WORKER = "webhook-worker"
 # The CPU session of the benchmark's webhook receiver: the shop's side, not the system's.
@@ -91,6 +91,17 @@ class System:
             "relay", lambda: any(e.get("event") == "relay_started" for e in self.group.log_events("relay")),
             timeout=timeout, what="relay_started",
         )
+
+    def restart_workers(self, timeout: float = 90, **env_overrides: str) -> None:
+        """Every Celery worker of the system stopped and started again with ``env_overrides``
+        (the gateway's latency, read once at a process's start)."""
+        for name in self.workers:
+            ready_before = self.group.log(name).count(" ready.")
+            self.group.stop(name, timeout=30)
+            self.group.env = {**self.group.env, **env_overrides}
+            self.start(name)
+            self._wait(name, lambda: self.group.log(name).count(" ready.") > ready_before, timeout=timeout,
+                       what=f"{name} ready again")
 
     def start_webhook_receiver(self, timeout: float = 30) -> str:
         """The receiver process of ``devtools.bench.webhook_sink`` (killed in stop()); its URL."""
@@ -284,34 +295,21 @@ def webhook_endpoint(*, url: str):
         services.delete_endpoint(endpoint=endpoint)
 
 
-def _done(counts: dict[str, int]) -> int:
-    """Orders whose work is all done: terminal, their notifications recorded and, when counted,
-    their webhook deliveries sent."""
-    delivered = counts.get("deliveries_succeeded")
-    return min(
-        counts["terminal"],
-        counts["notifications"] // NOTIFICATIONS_PER_ORDER,
-        *([delivered // WEBHOOKS_PER_ORDER] if delivered is not None else []),
-    )
-
-
-def drain(*, timeout: float) -> dict[str, Any]:
-    """Wait until every order is terminal, notified, every outbox row published and every webhook
-    delivery sent."""
+def drain(tracker: Tracker, *, timeout: float) -> dict[str, Any]:
+    """Wait until every order ``tracker`` follows is finished, every outbox row published and every
+    webhook delivery sent."""
     started = time.monotonic()
+    finished = tracker.wait_finished(timeout=timeout)
     while True:
         counts = {**pipeline_counts(), **delivery_counts()}
-        if (
-            counts["terminal"] == counts["orders"]
-            and counts["notifications"] >= NOTIFICATIONS_PER_ORDER * counts["orders"]
-            and counts["unpublished"] == 0
-            and counts["deliveries_pending"] == 0
-        ):
-            time.sleep(1.0)  # the last NOTIFICATION_SENT events pass the bridge (no task)
-            return {"drained": True, "seconds": time.monotonic() - started, **counts}
-        if time.monotonic() - started > timeout:
-            return {"drained": False, "seconds": time.monotonic() - started, **counts}
+        drained = finished and counts["unpublished"] == 0 and counts["deliveries_pending"] == 0
+        if drained or time.monotonic() - started > timeout:
+            break
         time.sleep(0.5)
+    if drained:
+        time.sleep(1.0)  # the last NOTIFICATION_SENT events pass the bridge (no task)
+    return {"drained": drained, "seconds": time.monotonic() - started, **counts, "mix": tracker.summary(),
+            "webhook_calls_by_kind": tracker.webhook_calls_by_kind() if tracker.webhooks else None}
 
 
 def _count_between(times: list[float], start: float, end: float) -> int:
@@ -319,76 +317,71 @@ def _count_between(times: list[float], start: float, end: float) -> int:
 
 
 def saturation(system: System, *, warmup: float, window: float, backlog: int, broker_pid: int | None,
-               webhooks: bool = False) -> dict[str, Any]:
-    """The max sustainable rate: post as fast as the pipeline drains (at most ``backlog`` orders
-    in flight), and count the orders that finish per second once it runs steadily. ``webhooks``:
-    an endpoint takes the orders' events, and an order is finished once its deliveries are sent
-    too (else the rate would leave a growing queue of them behind, unpaid for in the CPU per order)."""
-    from django.db import connection
+               webhooks: bool, drain_timeout: float) -> dict[str, Any]:
+    """The max sustainable rate of the mix (devtools.bench.mix): post as fast as the system
+    finishes orders (at most ``backlog`` unfinished), and count the orders that finish per second
+    once it runs steadily; then wait until every order is finished (``drain``). ``webhooks``: an
+    endpoint takes the orders' events, and an order is finished once its deliveries are sent too
+    (else the rate would leave a growing queue of them behind, unpaid for in the CPU per order)."""
 
     def counts() -> dict[str, int]:
-        return {**pipeline_counts(), **(delivery_counts() if webhooks else {})}
+        return {**pipeline_counts(), **delivery_counts(), "finished": tracker.finished}
 
-    def done() -> int:
-        return _done(counts())
-
-    holder: dict[str, PostLog] = {}
-    load = threading.Thread(
-        target=lambda: holder.setdefault(
-            "log",
-            backlog_limited(host="127.0.0.1", port=system.port, duration=warmup + window, backlog=backlog, done=done,
-                            posters=POSTERS, cleanup=lambda: connection.close()),
-        ),
-        daemon=True,
-    )
-    load.start()
-    time.sleep(warmup)
-    t_a, counts_a, cpu_a = time.time(), counts(), system.cpu_snapshot(broker_pid=broker_pid)
-    time.sleep(window)
-    t_b, counts_b, cpu_b = time.time(), counts(), system.cpu_snapshot(broker_pid=broker_pid)
-    load.join(timeout=window + 180)
+    with Tracker(host="127.0.0.1", port=system.port, webhooks=webhooks) as tracker:
+        holder: dict[str, PostLog] = {}
+        load = threading.Thread(
+            target=lambda: holder.setdefault(
+                "log",
+                backlog_limited(host="127.0.0.1", port=system.port, duration=warmup + window, backlog=backlog,
+                                done=lambda: tracker.finished, on_accepted=tracker.accepted, posters=POSTERS),
+            ),
+            daemon=True,
+        )
+        load.start()
+        time.sleep(warmup)
+        t_a, counts_a, cpu_a = time.time(), counts(), system.cpu_snapshot(broker_pid=broker_pid)
+        time.sleep(window)
+        t_b, counts_b, cpu_b = time.time(), counts(), system.cpu_snapshot(broker_pid=broker_pid)
+        load.join(timeout=window + 180)
+        drained = drain(tracker, timeout=drain_timeout)
     log = holder.get("log", PostLog())
     elapsed = t_b - t_a
-    terminal_rate = (counts_b["terminal"] - counts_a["terminal"]) / elapsed
-    notification_rate = (counts_b["notifications"] - counts_a["notifications"]) / elapsed
-    done_rate = (_done(counts_b) - _done(counts_a)) / elapsed
+    delta = {key: counts_b[key] - counts_a[key] for key in counts_b}
     accepted_times = [p.answered for p in log.posted if p.status == 201]
     used = cpu.delta(cpu_a, cpu_b)
-    finished = max(1, _done(counts_b) - _done(counts_a))
-    result = {
+    finished = max(1, delta["finished"])
+    return {
         "method": (
             f"{POSTERS} client threads post whenever fewer than {backlog} accepted orders are unfinished; "
-            f"after {warmup:.0f} s of warm-up, orders finished (terminal and {NOTIFICATIONS_PER_ORDER} notifications recorded"
-            f"{f', {WEBHOOKS_PER_ORDER} webhook deliveries succeeded' if webhooks else ''}) are counted over {window:.0f} s"
+            f"after {warmup:.0f} s of warm-up, orders finished (terminal, cancellation or refund settled, notifications"
+            f"{' and webhook deliveries' if webhooks else ''} done) are counted over {window:.0f} s"
         ),
         "backlog": backlog,
         "window_s": elapsed,
         "posted_rate": _count_between(accepted_times, t_a, t_b) / elapsed,
-        "terminal_rate": terminal_rate,
-        "notified_orders_rate": notification_rate / NOTIFICATIONS_PER_ORDER,
-        "max_sustainable_rate": done_rate,
+        "terminal_rate": delta["terminal"] / elapsed,
+        "notifications_per_finished_order": delta["notifications"] / finished,
+        "max_sustainable_rate": delta["finished"] / elapsed,
         "non_201": sum(1 for p in log.posted if p.status != 201),
         "relay_published_rate": _count_between(system.log_times("relay", "event_published"), t_a, t_b) / elapsed,
         "bridge_dispatched_rate": _count_between(system.log_times("bridge", "event_dispatched"), t_a, t_b) / elapsed,
         "tasks_succeeded_rate": _count_between([r["end"] for r in system.task_runs()], t_a, t_b) / elapsed,
-        **_cpu_fields(used, finished),
-    }
-    if webhooks:
-        succeeded = counts_b["deliveries_succeeded"] - counts_a["deliveries_succeeded"]
-        result["webhooks"] = {
-            "deliveries_succeeded": succeeded,
-            "deliveries_succeeded_rate": succeeded / elapsed,
-            "deliveries_per_finished_order": succeeded / finished,
-            "deliveries_failed": counts_b["deliveries_failed"] - counts_a["deliveries_failed"],
+        "webhooks": {
+            "deliveries_succeeded": delta["deliveries_succeeded"],
+            "deliveries_succeeded_rate": delta["deliveries_succeeded"] / elapsed,
+            "deliveries_per_finished_order": delta["deliveries_succeeded"] / finished,
+            "deliveries_failed": delta["deliveries_failed"],
             "pending_at_start": counts_a["deliveries_pending"],
             "pending_at_end": counts_b["deliveries_pending"],
-        }
-    return result
+        } if webhooks else None,
+        "drain": drained,
+        **_cpu_fields(used, finished),
+    }
 
 
 def sustained(system: System, *, rate: float, duration: float, warm: float, broker_pid: int | None,
-              drain_timeout: float, idle_window: float) -> dict[str, Any]:
-    """Orders at a fixed offered ``rate`` for ``duration`` s; then every order's way through the stages."""
+              drain_timeout: float, idle_window: float, webhooks: bool) -> dict[str, Any]:
+    """The mix at a fixed offered ``rate`` for ``duration`` s; then every order's way through the stages."""
     from devtools.bench.env import database_counters
 
     # The idle system's own commits (the relay polls the outbox every 50 ms), subtracted below.
@@ -398,10 +391,11 @@ def sustained(system: System, *, rate: float, duration: float, warm: float, brok
     counted_from = time.monotonic()
     idle_rate = (db_before["xact_commit"] - idle_before["xact_commit"]) / (counted_from - idle_start)
     cpu_before = system.cpu_snapshot(broker_pid=broker_pid)
-    t_start = time.time()
-    log = paced(host="127.0.0.1", port=system.port, rate=rate, duration=duration)
-    t_end = time.time()
-    drained = drain(timeout=drain_timeout)
+    with Tracker(host="127.0.0.1", port=system.port, webhooks=webhooks) as tracker:
+        t_start = time.time()
+        log = paced(host="127.0.0.1", port=system.port, rate=rate, duration=duration, on_accepted=tracker.accepted)
+        t_end = time.time()
+        drained = drain(tracker, timeout=drain_timeout)
     cpu_after = system.cpu_snapshot(broker_pid=broker_pid)
     # pg_stat_database: idle backends report their counts after up to 10 s.
     time.sleep(11)
@@ -438,7 +432,7 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
     }
     timeline: dict[str, dict[str, float]] = defaultdict(dict)
     for order_id, event_type, created in OrderTimelineEntry.objects.filter(
-        order_id__in=ids, event_type__in=["ORDER_CREATED", "ORDER_PROCESSING", "ORDER_PAID", "PAYMENT_FAILED"]
+        order_id__in=ids, event_type__in=["ORDER_CREATED", "ORDER_PROCESSING", *TERMINAL_EVENTS]
     ).values_list("order_id", "event_type", "created_at"):
         timeline[str(order_id)].setdefault(event_type, epoch(created))
     dispatched = system.dispatched_order_created()
@@ -454,7 +448,7 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
         statuses[orders.get(p.order_id, "MISSING")] += 1
         steps = timeline.get(p.order_id, {})
         event_id, outbox_created, published = outbox.get(p.order_id, (None, None, None))
-        terminal = steps.get("ORDER_PAID") or steps.get("PAYMENT_FAILED")
+        terminal = min((steps[event] for event in TERMINAL_EVENTS if event in steps), default=None)
         processing = steps.get("ORDER_PROCESSING")
         sent_at = dispatched.get(event_id)
         process_run = runs.get(("orders.process_order", event_id))

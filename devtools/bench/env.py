@@ -25,7 +25,10 @@ ORM_DATABASE_URL = os.environ.get(
     "BENCH_ORM_DATABASE_URL", urllib.parse.urlunsplit(_DATABASE_PARTS._replace(path=_DATABASE_PARTS.path + "_orm"))
 )
 # The simulated provider's ledger, apart as in every run (payments.simulator), on the same server.
-PROVIDER_DATABASE_URL = urllib.parse.urlunsplit(_DATABASE_PARTS._replace(path=_DATABASE_PARTS.path + "_provider"))
+PROVIDER_DATABASE_URL = os.environ.get(
+    "BENCH_PROVIDER_DATABASE_URL",
+    urllib.parse.urlunsplit(_DATABASE_PARTS._replace(path=_DATABASE_PARTS.path + "_provider")),
+)
 
 # The ``source`` of the events the benchmark's in-process service calls write (the workers put theirs).
 SOURCE = "benchmark"
@@ -39,6 +42,8 @@ ORDER_TABLES = [
     "events_inboxentry",
     "events_deadletter",
     "payments_payment",
+    "payments_refund",
+    "payments_cancellation",
     "notifications_notification",
     "webhooks_webhookattempt",
     "webhooks_webhookdelivery",

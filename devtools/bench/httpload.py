@@ -24,8 +24,8 @@ def order_body() -> bytes:
 
 
 class OrderClient:
-    """One keep-alive connection that speaks just enough HTTP/1.1 for ``POST /orders``; reconnects
-    after an error.
+    """One keep-alive connection that speaks just enough HTTP/1.1 for the benchmark's POSTs;
+    reconnects after an error.
 
     The client shares the two cores with the system it measures. http.client parses every
     response's headers with the email package; this reads the status line, Content-Length and
@@ -34,21 +34,25 @@ class OrderClient:
 
     def __init__(self, host: str, port: int, *, timeout: float = 30.0):
         self.address, self.timeout = (host, port), timeout
+        self.host = f"{host}:{port}"
         self.sock: socket.socket | None = None
         self.buffer = b""
-        self.body = order_body()
-        self.request_head = (
-            f"POST /orders HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(self.body)}\r\nIdempotency-Key: "
-        ).encode()
 
     def post(self, *, idempotency_key: str) -> tuple[int, bytes]:
-        """(status, body); status 0 for a connection error or a response it cannot read."""
+        """``POST /orders`` with the seed order; (status, body), status 0 for a connection error
+        or a response it cannot read."""
+        return self.post_json("/orders", order_body(), idempotency_key=idempotency_key)
+
+    def post_json(self, path: str, body: bytes, *, idempotency_key: str) -> tuple[int, bytes]:
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nIdempotency-Key: {idempotency_key}\r\n\r\n"
+        ).encode() + body
         try:
             if self.sock is None:
                 self.sock = socket.create_connection(self.address, timeout=self.timeout)
                 self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock.sendall(self.request_head + idempotency_key.encode() + b"\r\n\r\n" + self.body)
+            self.sock.sendall(request)
             status, body, close = self._read_response()
         except (OSError, ValueError):
             self.close()
@@ -186,7 +190,11 @@ def _post_until_accepted(client: OrderClient, item: Posted, *, give_up_after: fl
         time.sleep(0.1)
 
 
-def paced(*, host: str, port: int, rate: float, duration: float, senders: int = 16) -> PostLog:
+# What the sending thread does next with an accepted order, on its own connection (the mix's cancellation).
+OnAccepted = Callable[[OrderClient, Posted], None]
+
+
+def paced(*, host: str, port: int, rate: float, duration: float, on_accepted: OnAccepted, senders: int = 16) -> PostLog:
     """Open loop: an order due every 1/``rate`` s for ``duration`` s, sent by a pool of
     ``senders`` threads (so a slow answer does not delay the next order)."""
     log = PostLog()
@@ -198,6 +206,8 @@ def paced(*, host: str, port: int, rate: float, duration: float, senders: int = 
             while (item := jobs.get()) is not None:
                 _post_until_accepted(client, item)
                 log.add(item)
+                if item.status == 201:
+                    on_accepted(client, item)
         finally:
             client.close()
 
@@ -230,8 +240,8 @@ def backlog_limited(
     duration: float,
     backlog: int,
     done: Callable[[], int],
+    on_accepted: OnAccepted,
     posters: int = 4,
-    cleanup: Callable[[], None] | None = None,
 ) -> PostLog:
     """Post as fast as the pipeline drains: ``posters`` threads send while fewer than
     ``backlog`` accepted orders are not yet done (``done()`` counts finished orders)."""
@@ -250,25 +260,22 @@ def backlog_limited(
                 item = Posted(key=f"bench-sat-{uuid.uuid4().hex}", scheduled=time.time())
                 _post_until_accepted(client, item)
                 log.add(item)
+                if item.status == 201:
+                    on_accepted(client, item)
         finally:
             client.close()
 
     def controller() -> None:
-        # Releases one permit per order that finished since the last look; orders an earlier
-        # measurement left finished in the tables release none.
-        try:
-            state["done"] = done()
-            while time.time() < stop_at + 1:
-                finished = done()
-                with state_lock:
-                    newly = finished - state["done"]
-                    state["done"] = finished
-                for _ in range(max(0, newly)):
-                    in_flight.release()
-                time.sleep(0.2)
-        finally:
-            if cleanup:
-                cleanup()
+        # Releases one permit per order that finished since the last look.
+        state["done"] = done()
+        while time.time() < stop_at + 1:
+            finished = done()
+            with state_lock:
+                newly = finished - state["done"]
+                state["done"] = finished
+            for _ in range(max(0, newly)):
+                in_flight.release()
+            time.sleep(0.2)
 
     threads = [threading.Thread(target=poster, daemon=True) for _ in range(posters)]
     watcher = threading.Thread(target=controller, daemon=True)

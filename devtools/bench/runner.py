@@ -39,14 +39,18 @@ class Durations:
     profile: float
     drain_timeout: float
     idle_window: float
+    # The maximum again with the gateway answering in GATEWAY_LATENCY_MS: a shorter window.
+    latency_window: float
 
 
 FULL = Durations(orm=10, kafka_produce=8, noop_tasks=5000, api=10, api_levels=(1, 4, 8, 16, 32), paired_rounds=6,
                  paired_slice=5, saturation_warmup=8, saturation_window=60, saturation_backlog=60, sustained=60,
-                 sustained_warm=5, census_orders=20, profile=5, drain_timeout=180, idle_window=8)
+                 sustained_warm=5, census_orders=20, profile=5, drain_timeout=180, idle_window=8, latency_window=30)
 QUICK = Durations(orm=3, kafka_produce=3, noop_tasks=1500, api=3, api_levels=(1, 4, 8, 16, 32), paired_rounds=3,
-                  paired_slice=3, saturation_warmup=4, saturation_window=10, saturation_backlog=60, sustained=15,
-                  sustained_warm=3, census_orders=10, profile=2, drain_timeout=120, idle_window=4)
+                  paired_slice=3, saturation_warmup=4, saturation_window=10, saturation_backlog=60, sustained=12,
+                  sustained_warm=3, census_orders=10, profile=2, drain_timeout=120, idle_window=4, latency_window=6)
+# A real payment provider's answer time (issue 26): the simulator's latency_ms, read at a worker's start.
+GATEWAY_LATENCY_MS = 200
 
 
 class Progress:
@@ -70,7 +74,7 @@ def _terminate(signum, _frame):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/benchmark", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="short phases (about 2-3 minutes in all)")
+    parser.add_argument("--quick", action="store_true", help="short phases (about 4 minutes in all)")
     parser.add_argument("--profile", action="store_true", help="also profile the in-process paths with pyinstrument")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)} (default: all)")
@@ -253,7 +257,7 @@ def _set_up(run: Run) -> None:
 
     run.progress(f"setup: database {DATABASE_URL}, Celery broker {REDIS_URL} (FLUSHDB), logs in {run.run_dir}")
     if bench_env.ensure_database():
-        run.progress("created database orders_bench")
+        run.progress(f"created database {DATABASE_URL}")
     bench_env.flush_redis()
     broker = run.broker = EmbeddedKafkaBroker(log_path=run.run_dir / "kafka-broker.log")
     _RUNNING["broker"] = broker
@@ -416,8 +420,9 @@ def _api_phase(run: Run, system, orm_load, *, broker_pid: int | None) -> None:
 
 
 def _e2e_phase(run: Run, system, orm_load, *, broker_pid: int | None) -> None:
-    """The relay started; the pipeline's maximum, bracketed by ORM-only rates, then the maximum
-    again with one webhook endpoint, then half of the first sustained."""
+    """The relay started; the pipeline's maximum, bracketed by ORM-only rates; then with one
+    webhook endpoint (as the peer runs): the maximum, half of it sustained, and the maximum with
+    the gateway's latency."""
     d, progress = run.d, run.progress
     system.start("relay")
     system.wait_relay(timeout=60)
@@ -430,14 +435,12 @@ def _e2e_phase(run: Run, system, orm_load, *, broker_pid: int | None) -> None:
                                       "rate": sum(bracket) / len(bracket), "slice_s": d.paired_slice}
         progress(f"  ORM-only (2 processes) just before and after: {bracket[0]:.1f} and {bracket[1]:.1f} orders/s")
         # Right after the maximum without it, so that the host's drift between the two stays small.
-        webhook_url = system.start_webhook_receiver()
-        _saturate("E2E with one webhook endpoint", system, d, e2e_results.setdefault("webhook", {}), run.results,
-                  progress, broker_pid=broker_pid, webhook_url=webhook_url)
-        _sustain("E2E", system, d, e2e_results, run.results, progress, broker_pid=broker_pid)
+        _with_webhooks("E2E", system, d, e2e_results, run.results, progress, broker_pid=broker_pid)
 
 
 def _peer_phase(run: Run) -> None:
-    """The naive peer (web and workers, no outbox, Kafka or inbox): its maximum, then half of it."""
+    """The naive peer (web and workers, no outbox, Kafka or inbox), with one webhook endpoint: its
+    maximum, half of it, and its maximum with the gateway's latency."""
     from devtools.bench import e2e, peer
     from devtools.bench import env as bench_env
 
@@ -453,11 +456,26 @@ def _peer_phase(run: Run) -> None:
     system.wait_workers(timeout=90)
     run.results["peer"] = peer_results = {}
     # No broker pid: the Kafka broker, idle, is not the peer's (its CPU counts as "other").
-    if _saturate("peer", system, run.d, peer_results, run.results, run.progress, broker_pid=None):
-        _sustain("peer", system, run.d, peer_results, run.results, run.progress, broker_pid=None)
+    _with_webhooks("peer", system, run.d, peer_results, run.results, run.progress, broker_pid=None)
     _RUNNING.pop("peer")
     run.progress("stopping the peer")
     system.stop()
+
+
+def _with_webhooks(label: str, system, d: Durations, into: dict, results, progress, *, broker_pid: int | None) -> None:
+    """With one webhook endpoint, the same for the pipeline and the peer: the maximum into
+    ``into["webhook"]``, half of it sustained, then the workers restarted with the gateway's
+    latency and the maximum again into ``into["gateway_latency"]``."""
+    webhook_url = system.start_webhook_receiver()
+    if not _saturate(f"{label} with one webhook endpoint", system, d, into.setdefault("webhook", {}), results, progress,
+                     broker_pid=broker_pid, webhook_url=webhook_url):
+        return
+    _sustain(label, system, d, into, results, progress, broker_pid=broker_pid, webhook_url=webhook_url)
+    progress(f"restarting the {label} workers with the gateway answering in {GATEWAY_LATENCY_MS} ms")
+    system.restart_workers(PAYMENTS_LATENCY_MS=str(GATEWAY_LATENCY_MS))
+    _saturate(f"{label} with one webhook endpoint, gateway latency {GATEWAY_LATENCY_MS} ms", system, d,
+              into.setdefault("gateway_latency", {"latency_ms": GATEWAY_LATENCY_MS}), results, progress,
+              broker_pid=broker_pid, webhook_url=webhook_url, window=d.latency_window)
 
 
 def _profile_phase(run: Run) -> None:
@@ -473,35 +491,40 @@ def _profile_phase(run: Run) -> None:
 
 
 def _saturate(label: str, system, d: Durations, into: dict, results, progress, *, broker_pid: int | None,
-              webhook_url: str | None = None) -> dict | None:
-    """``system``'s max sustainable rate into ``into["saturation"]``, then waits until its orders are done.
-    ``webhook_url``: with one endpoint there taking every order event, for the measurement and the drain."""
+              webhook_url: str | None = None, window: float | None = None) -> dict | None:
+    """``system``'s max sustainable rate into ``into["saturation"]``, its orders all finished after it.
+    ``webhook_url``: with one endpoint there taking every order event. ``window``: other than the usual."""
     from devtools.bench import e2e
 
+    window = window or d.saturation_window
     endpoint = e2e.webhook_endpoint(url=webhook_url) if webhook_url else contextlib.nullcontext()
     with endpoint:
-        sat = _phase(f"{label} max sustainable rate ({d.saturation_warmup:.0f} s warm-up + {d.saturation_window:.0f} s)",
-                     results, progress, e2e.saturation, system, warmup=d.saturation_warmup,
-                     window=d.saturation_window, backlog=d.saturation_backlog, broker_pid=broker_pid,
-                     webhooks=bool(webhook_url))
-        if sat:
-            into["saturation"] = sat
-            progress(f"  max sustainable {sat['max_sustainable_rate']:.1f} orders/s (terminal {sat['terminal_rate']:.1f}/s)")
-            if webhook_url:
-                progress(f"  webhook deliveries: {sat['webhooks']}")
-            drained = into["saturation_drain"] = e2e.drain(timeout=d.drain_timeout)
-            progress(f"  drained in {drained['seconds']:.1f} s ({drained})")
+        sat = _phase(f"{label} max sustainable rate ({d.saturation_warmup:.0f} s warm-up + {window:.0f} s)",
+                     results, progress, e2e.saturation, system, warmup=d.saturation_warmup, window=window,
+                     backlog=d.saturation_backlog, broker_pid=broker_pid, webhooks=bool(webhook_url),
+                     drain_timeout=d.drain_timeout)
+    if sat:
+        into["saturation"] = sat
+        progress(f"  max sustainable {sat['max_sustainable_rate']:.1f} orders/s (terminal {sat['terminal_rate']:.1f}/s),"
+                 f" mix {sat['drain']['mix']}")
+        if webhook_url:
+            progress(f"  webhook deliveries: {sat['webhooks']}")
+        drained = sat["drain"]
+        progress(f"  drained in {drained['seconds']:.1f} s (drained {drained['drained']}, orders {drained['orders']},"
+                 f" unpublished {drained['unpublished']}, deliveries pending {drained['deliveries_pending']})")
     return sat
 
 
-def _sustain(label: str, system, d: Durations, into: dict, results, progress, *, broker_pid: int | None) -> None:
-    """``system`` at half its max rate into ``into["sustained"]``."""
+def _sustain(label: str, system, d: Durations, into: dict, results, progress, *, broker_pid: int | None,
+             webhook_url: str) -> None:
+    """``system`` at half its max rate with the webhook endpoint into ``into["sustained"]``."""
     from devtools.bench import e2e
 
-    rate = max(0.5, into["saturation"]["max_sustainable_rate"] / 2)
-    sus = _phase(f"{label} sustained at {rate:.1f} orders/s for {d.sustained:.0f} s", results, progress,
-                 e2e.sustained, system, rate=rate, duration=d.sustained, warm=d.sustained_warm,
-                 broker_pid=broker_pid, drain_timeout=d.drain_timeout, idle_window=d.idle_window)
+    rate = max(0.5, into["webhook"]["saturation"]["max_sustainable_rate"] / 2)
+    with e2e.webhook_endpoint(url=webhook_url):
+        sus = _phase(f"{label} sustained at {rate:.1f} orders/s for {d.sustained:.0f} s", results, progress,
+                     e2e.sustained, system, rate=rate, duration=d.sustained, warm=d.sustained_warm,
+                     broker_pid=broker_pid, drain_timeout=d.drain_timeout, idle_window=d.idle_window, webhooks=True)
     if sus:
         into["sustained"] = sus
         p = sus["stages_ms"].get("POST to terminal", {})
