@@ -24,7 +24,6 @@ from events.contract import (
 )
 
 ARCHIVE_DEAD_LETTER = "events.archive_dead_letter"
-PROCESS_ORDER = "orders.process_order"
 CHARGE_PAYMENT = "payments.charge_payment"
 PROCESS_ORDERS = "orders.process_orders"
 CHARGE_PAYMENTS = "payments.charge_payments"

@@ -164,7 +164,7 @@ class System:
         }
 
     def task_runs(self) -> list[dict[str, Any]]:
-        """The workers' successful task runs: task, event id, received and end (epoch s).
+        """The workers' successful task runs: task, the orders of a batch step, received and end (epoch s).
 
         From the workers' ``task_received`` and ``task_done`` (state SUCCESS) lines, paired by task
         id. The workers log no line when a run starts: ``received`` is when the worker took the
@@ -181,7 +181,7 @@ class System:
                 end = epoch(e["ts"])
                 # A retried task is received again under its id: the run that succeeded is the last one.
                 received_at = max((t for t in received.get(e.get("task_id"), []) if t <= end), default=None)
-                runs.append({"task": e.get("task"), "event_id": e.get("event_id"), "end": end, "received": received_at})
+                runs.append({"task": e.get("task"), "order_ids": e.get("order_ids") or [], "end": end, "received": received_at})
         return runs
 
 
@@ -439,7 +439,8 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
     task_runs = system.task_runs()
     runs: dict[tuple[str, str], dict] = {}
     for run in task_runs:
-        runs.setdefault((run["task"], run["event_id"]), run)
+        for order_id in run["order_ids"]:
+            runs.setdefault((run["task"], order_id), run)
 
     stages: dict[str, list[float]] = defaultdict(list)
     terminal_times: list[float] = []
@@ -451,8 +452,8 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
         terminal = min((steps[event] for event in TERMINAL_EVENTS if event in steps), default=None)
         processing = steps.get("ORDER_PROCESSING")
         sent_at = dispatched.get(event_id)
-        process_run = runs.get(("orders.process_order", event_id))
-        charge_run = runs.get(("payments.charge_payment", event_id))
+        process_run = runs.get(("orders.process_orders", p.order_id))
+        charge_run = runs.get(("payments.charge_payments", p.order_id))
         stages["POST response (client)"].append(p.answered - p.sent)
         if p.sent - p.scheduled > 0:
             stages["client lateness"].append(p.sent - p.scheduled)
@@ -463,7 +464,7 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
         if sent_at and process_run and process_run["received"]:
             stages["Celery queue (received - dispatched)"].append(process_run["received"] - sent_at)
         if process_run and process_run["received"]:
-            stages["process_order (done - received)"].append(process_run["end"] - process_run["received"])
+            stages["process_orders (done - received)"].append(process_run["end"] - process_run["received"])
         if published and processing:
             stages["to processing (ORDER_PROCESSING - published)"].append(processing - published)
         if processing and terminal:
@@ -471,7 +472,7 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
         if process_run and charge_run and charge_run["received"]:
             stages["hand-over (charge received - process done)"].append(charge_run["received"] - process_run["end"])
         if charge_run and charge_run["received"]:
-            stages["charge_payment (done - received)"].append(charge_run["end"] - charge_run["received"])
+            stages["charge_payments (done - received)"].append(charge_run["end"] - charge_run["received"])
         if terminal:
             terminal_times.append(terminal)
             stages["POST to terminal"].append(terminal - p.sent)
@@ -484,9 +485,9 @@ def analyse(system: System, log: PostLog, *, t_start: float, t_end: float, warm:
             task_times[run["task"]].append(run["end"] - run["received"])
     order = [
         "POST response (client)", "outbox wait (published - created)", "Kafka + bridge (dispatched - published)",
-        "Celery queue (received - dispatched)", "process_order (done - received)",
+        "Celery queue (received - dispatched)", "process_orders (done - received)",
         "to processing (ORDER_PROCESSING - published)", "hand-over (charge received - process done)",
-        "charge_payment (done - received)", "payment (terminal - ORDER_PROCESSING)", "POST to terminal", "client lateness",
+        "charge_payments (done - received)", "payment (terminal - ORDER_PROCESSING)", "POST to terminal", "client lateness",
     ]
     dispatch_times = sorted(t for t in system.log_times("bridge", "event_dispatched") if t_start <= t <= t_end)
     pauses = [b - a for a, b in zip(dispatch_times, dispatch_times[1:]) if b - a > 1.0]

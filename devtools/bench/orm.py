@@ -160,14 +160,15 @@ class QueryCensus:
         return Counter(self.counts)
 
 
-def _measure(census: QueryCensus, operation, calls: list) -> dict[str, Any]:
+def _measure(census: QueryCensus, operation, calls: list, *, orders_in=lambda call: 1) -> dict[str, Any]:
+    """Statements and time per order: ``orders_in(call)`` says how many orders a call handles."""
     before = census.snapshot()
     started = time.perf_counter()
     for call in calls:
         operation(call)
     elapsed = time.perf_counter() - started
     delta = census.snapshot() - before
-    n = len(calls)
+    n = sum(orders_in(call) for call in calls)
     result = {key: round(value / n, 2) for key, value in sorted(delta.items())}
     result["ms_per_call"] = round(elapsed / n * 1000, 2)
     result["calls"] = n
@@ -217,14 +218,19 @@ def quiet_stdout(log_path: Path | None):
         stream.close()
 
 
+PROCESS_STEP = "process_orders: start_processing_together (per order, chunks of 20)"
+CHARGE_STEP = "charge_payments: charge_orders (per order, chunks of 20)"
+
+
 def query_census(*, count: int, log_path: Path | None) -> dict[str, Any]:
     """SQL statements and transactions per call of each step of an order's life, in-process."""
     from rest_framework.test import APIClient
 
     from devtools.bench.httpload import order_body
     from notifications.services import send_event_notifications
-    from orders.services import create_order, start_processing
-    from payments.services import charge_order
+    from messaging.routes import in_chunks
+    from orders.services import create_order, start_processing_together
+    from payments.services import charge_orders
 
     client = APIClient()
     results: dict[str, Any] = {}
@@ -251,17 +257,11 @@ def query_census(*, count: int, log_path: Path | None) -> dict[str, Any]:
         post(None)  # warm: URL resolver, DRF's first request
         results["POST /orders (DRF test client)"] = _measure(census, post, list(range(count)))
         orders = prepared_orders(count)
-        # The service calls the process_order and charge_payment tasks make for each ORDER_CREATED.
-        results["process_order: start_processing"] = _measure(
-            census,
-            lambda o: start_processing(order_id=o["event"].order_id, event_id=o["event"].event_id, source=SOURCE),
-            orders,
-        )
-        results["charge_payment: charge_order"] = _measure(
-            census,
-            lambda o: charge_order(order_id=o["event"].order_id, event_id=o["event"].event_id, source=SOURCE),
-            orders,
-        )
+        # The service calls the process_orders and charge_payments tasks make for the ORDER_CREATED
+        # of a bridge batch, in chunks as the bridge makes them; figures per order.
+        batches = in_chunks(sorted((o["event"] for o in orders), key=lambda event: str(event.order_id)))
+        results[PROCESS_STEP] = _measure(census, lambda batch: start_processing_together(events=batch, source=SOURCE), batches, orders_in=len)
+        results[CHARGE_STEP] = _measure(census, lambda batch: charge_orders(events=batch, source=SOURCE), batches, orders_in=len)
         events = [
             event
             for o in orders
@@ -277,8 +277,8 @@ def census_per_order(census: dict[str, Any]) -> dict[str, float]:
     """Statements and transactions one order needs in the workers' and web's code (relay excluded)."""
     steps = {
         "POST /orders (DRF test client)": 1,
-        "process_order: start_processing": 1,
-        "charge_payment: charge_order": 1,
+        PROCESS_STEP: 1,
+        CHARGE_STEP: 1,
         "send_notifications_batch: send_event_notifications (per event)": 3,
     }
     total: Counter = Counter()

@@ -495,7 +495,7 @@ def _drive_orders(group: ProcessGroup, kafka_broker) -> list[str]:
     def loaded_and_some_given_up():
         order_ids.extend(post_order(group.base_url, user_id=f"dashboard_{len(order_ids) + index}") for index in range(2))
         worker = group.metrics("worker")
-        given_up = sample_total(worker, "pipeline_tasks_total", task="payments.charge_payment", outcome="gave_up")
+        given_up = sample_total(worker, "pipeline_tasks_total", task="payments.charge_payments", outcome="gave_up")
         return (given_up and time.monotonic() - began >= LOAD_SECONDS) or len(order_ids) >= MAX_ORDERS
 
     wait_until(loaded_and_some_given_up, timeout=LOAD_SECONDS + 120, interval=1.0)

@@ -19,7 +19,7 @@ from devtools.harness.webhook_receivers import HOLD, Reply
 from events.contract import ORDER_CREATED, ORDER_PROCESSING, Event
 from events.models import OutboxEvent
 from events.services import republish_event
-from messaging.routes import DELIVER_WEBHOOKS, PROCESS_ORDER, SEND_WEBHOOK
+from messaging.routes import DELIVER_WEBHOOKS, PROCESS_ORDERS, SEND_WEBHOOK
 from orders.services import create_order, start_processing
 from orders_project.celery import app as celery_app
 from recovery.webhook_deliveries import dispatch_due_deliveries
@@ -313,4 +313,4 @@ def test_the_reconciler_hands_due_deliveries_to_send_tasks_on_the_webhooks_queue
     router = celery_app.amqp.router
     for name in (SEND_WEBHOOK, DELIVER_WEBHOOKS):
         assert router.route({}, name)["queue"].name == settings.WEBHOOKS["queue"]
-    assert router.route({}, PROCESS_ORDER)["queue"].name == settings.CELERY_TASK_DEFAULT_QUEUE != settings.WEBHOOKS["queue"]
+    assert router.route({}, PROCESS_ORDERS)["queue"].name == settings.CELERY_TASK_DEFAULT_QUEUE != settings.WEBHOOKS["queue"]
