@@ -22,6 +22,7 @@ from events.services import republish_event
 from messaging.routes import DELIVER_WEBHOOKS, PROCESS_ORDERS, SEND_WEBHOOK
 from orders.services import create_order, start_processing
 from orders_project.celery import app as celery_app
+from pipeline.tasks import deliver_events
 from recovery.webhook_deliveries import dispatch_due_deliveries
 from webhooks import services
 from webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -314,3 +315,24 @@ def test_the_reconciler_hands_due_deliveries_to_send_tasks_on_the_webhooks_queue
     for name in (SEND_WEBHOOK, DELIVER_WEBHOOKS):
         assert router.route({}, name)["queue"].name == settings.WEBHOOKS["queue"]
     assert router.route({}, PROCESS_ORDERS)["queue"].name == settings.CELERY_TASK_DEFAULT_QUEUE != settings.WEBHOOKS["queue"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_bridge_batchs_deliveries_are_sent_by_its_task_and_a_next_attempt_due_soon_goes_to_a_send_task(
+    own_celery, receiver_of, webhook_settings
+):
+    webhook_settings(retry_schedule=[0.0, 1.0, 100.0])
+    # Three deliveries sent side by side: whichever comes first is refused, the others delivered.
+    receiver = receiver_of([503])
+    services.create_endpoint(owner=None, url=receiver.url, event_types=["order.created"])
+    deliveries = [delivery_of(order_of(name=name)) for name in "abc"]
+
+    deliver_events.apply(args=([str(d.event_id) for d in deliveries],)).get()
+
+    statuses = sorted(WebhookDelivery.objects.filter(pk__in=[d.pk for d in deliveries]).values_list("status", "attempts"))
+    assert statuses == [("PENDING", 1), ("SUCCEEDED", 1), ("SUCCEEDED", 1)]
+    [refused] = WebhookDelivery.objects.filter(pk__in=[d.pk for d in deliveries], status="PENDING")
+    # No send task for the delivered ones; the refused one's next attempt, due in 1 s, queued with its countdown.
+    [message] = task_messages(own_celery)
+    assert (message.headers["task"], task_args(message)) == (SEND_WEBHOOK, [str(refused.pk)])
+    assert message.headers["eta"]

@@ -65,8 +65,9 @@ def test_an_orders_events_reach_a_subscribed_receiver_signed_once_each_in_sequen
     for order_id in order_ids:
         statuses = [status for _sequence, status in sorted(sequences[order_id])]
         assert statuses[:2] == ["CREATED", "PROCESSING"] and statuses[2] in ("PAID", "PAYMENT_FAILED")
-    # The webhook tasks ran on the webhooks queue's worker, never on the pipeline's.
-    assert {DELIVER_WEBHOOKS, SEND_WEBHOOK} <= tasks_received(system, "webhook-worker")
+    # The webhook tasks ran on the webhooks queue's worker, never on the pipeline's (each batch's
+    # deliveries are sent by its deliver task; send tasks are for later attempts).
+    assert DELIVER_WEBHOOKS in tasks_received(system, "webhook-worker")
     assert not {DELIVER_WEBHOOKS, SEND_WEBHOOK} & tasks_received(system, "worker")
 
 
