@@ -88,25 +88,15 @@ def _run_order_batch_step(task, *, payloads: list[dict], handle_together, reason
 def process_orders(self, payloads: list[dict]) -> None:
     """ORDER_CREATED of the orders of one bridge batch: taken into processing together (the
     first step of their chain)."""
-    _run_order_batch_step(
-        self,
-        payloads=payloads,
-        handle_together=order_services.start_processing_together,
-        reason="processing_gave_up",
-        source=ORDER_WORKER,
-    )
+    handle = order_services.start_processing_together
+    _run_order_batch_step(self, payloads=payloads, handle_together=handle, reason="processing_gave_up", source=ORDER_WORKER)
 
 
 @shared_task(bind=True, name="payments.charge_payments")
 def charge_payments(self, payloads: list[dict]) -> None:
     """The chain's charges of the orders of one bridge batch, their gateway calls side by side."""
-    _run_order_batch_step(
-        self,
-        payloads=payloads,
-        handle_together=payment_services.charge_orders,
-        reason="payment_gave_up",
-        source=PAYMENT_WORKER,
-    )
+    handle = payment_services.charge_orders
+    _run_order_batch_step(self, payloads=payloads, handle_together=handle, reason="payment_gave_up", source=PAYMENT_WORKER)
 
 
 # The name is the one tasks already queued carry (the bridge now starts ``process_orders``).
