@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from common.batches import apply_together, call_concurrently, with_log_context
+from common.batches import apply_together, call_concurrently, failures, with_log_context
 from events.contract import ORDER_REFUNDED, REFUND_FAILED, REFUND_REQUESTED, Event, InvalidEvent
 from events.services import claim_event, enqueue_dead_letter, was_handled
 from orders import selectors as order_selectors
@@ -126,7 +126,7 @@ def charge_orders(*, events: list[Event], source: str, gateway: PaymentGateway |
         ))
     )
     outcomes.update(zip(answered, recorded))
-    return {index: outcome for index, outcome in outcomes.items() if isinstance(outcome, Exception)}
+    return failures([outcomes[index] for index in range(len(events))])
 
 
 def _attempt_to_charge(*, order_id, event_id) -> Payment | None:
