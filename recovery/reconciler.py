@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from common.metrics import serve_process_metrics
@@ -159,7 +159,9 @@ def run_reconciler(
             publish_order_gauges(policy=policy)
         except DatabaseError as exc:
             logger.warning("reconciler_database_error", error=str(exc))
-            connection.close()  # a fresh connection on the next pass (the server may have restarted)
+            # Fresh connections on the next pass, the provider's ledger's too: a server that restarted
+            # leaves each alias's connection closed, and Django does not reopen one by itself.
+            connections.close_all()
         else:
             LAST_PASS.set_to_current_time()
             if result.did_anything:
