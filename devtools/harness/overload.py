@@ -1,8 +1,8 @@
 """Overload, shared by the two fault suites (test_faults.py on Redis, test_faults_local.py on kombu's
-SQL transport): orders posted at about three times what a throttled pipeline finishes, long enough
-that orders wait longer from their POST to their outcome than the reconciler's old limit on late
-work, past which it re-drove them. Such a backlog is late, not lost: the reconciler must wait for
-it and re-drive nothing."""
+SQL transport): orders posted several times faster than a throttled pipeline finishes them, until
+the backlog is long enough that orders wait longer from their POST to their outcome than the
+reconciler's old limit on late work, past which it re-drove them. Such a backlog is late, not
+lost: the reconciler must wait for it and re-drive nothing."""
 
 from __future__ import annotations
 
@@ -17,16 +17,25 @@ from devtools.harness.faults import FAULT_REPORT, fault_order_body, fault_row, i
 from devtools.harness.load import OrderLoad
 from devtools.harness.metrics import sample_total
 from devtools.harness.process_group import ProcessGroup
+from devtools.harness.waiting import wait_until
 from orders.models import Order, OrderStatus, OrderTimelineEntry
 
-# The pipeline throttled to one worker thread and a gateway that takes a second per charge (about
-# one order a second), so that three times its rate is a modest posting rate.
-THROTTLE = {"CELERY_CONCURRENCY": "1", "PAYMENTS_LATENCY_MS": "1000"}
+# The pipeline throttled to one worker thread and a gateway that takes 2 s per charge (a charge
+# step's calls are concurrent, so its rate is about a step's orders every 2 s), so that a modest
+# posting rate is several times its rate.
+CHARGE_SECONDS = 2.0
+THROTTLE = {"CELERY_CONCURRENCY": "1", "PAYMENTS_LATENCY_MS": str(int(CHARGE_SECONDS * 1000))}
 RATE = 3.0  # orders posted per second
-SECONDS = 75.0  # of posting
 # The reconciler's max_wait_in_flight before issue 24: an unfinished order whose event was
 # published longer ago than this was re-driven, however well the backlog ahead of it drained.
 OLD_MAX_WAIT_IN_FLIGHT = 120.0
+# Posting stops once the backlog, at the drain rate so far, takes this long to finish: the last
+# orders then wait past the old limit whatever the host's speed (the drain quickens a little once
+# posting stops, hence the margin). Bounds on the posting: the drain rate is read after the first,
+# and the last is a backstop.
+EXPECTED_WAIT = 1.4 * OLD_MAX_WAIT_IN_FLIGHT
+MIN_POSTING_SECONDS = 20.0
+MAX_POSTING_SECONDS = 150.0
 # How long the backlog may take to drain before its orders count as lost (not a timed assertion:
 # about twice the drain the rates above give).
 DRAIN_TIMEOUT = 420.0
@@ -97,23 +106,45 @@ class Drain:
         )
 
 
+def backlog_outlives_the_old_limit(accepted: list[str], *, posting_s: float) -> bool:
+    """Whether the orders of ``accepted`` still without their payment's outcome would take
+    ``EXPECTED_WAIT`` to finish at the rate the others finished in the ``posting_s`` seconds so far."""
+    if posting_s < MIN_POSTING_SECONDS:
+        return False
+    finished = OrderTimelineEntry.objects.filter(
+        order_id__in=accepted, previous_status=OrderStatus.PROCESSING, status__in=PAYMENT_OUTCOMES
+    ).count()
+    backlog = len(accepted) - finished
+    return backlog * posting_s >= EXPECTED_WAIT * finished
+
+
 def run_overload(system: ProcessGroup, *, gateway) -> Overload:
-    """Post ``RATE`` orders a second for ``SECONDS`` to the throttled ``system`` (its workers run
-    with ``THROTTLE``), wait for every accepted order to finish, audit them (``gateway``: a
-    SimulatedGateway with the processes' seed) and add the fault table's row."""
+    """Post ``RATE`` orders a second to the throttled ``system`` (its workers run with
+    ``THROTTLE``) until its backlog outlives the old limit (``backlog_outlives_the_old_limit``),
+    wait for every accepted order to finish, audit them (``gateway``: a SimulatedGateway with the
+    processes' seed) and add the fault table's row."""
     redelivered_before = inbox_redeliveries()
     with OldestQueuedTask(system, queue=system.env["CELERY_QUEUE"]) as oldest:
         load = OrderLoad(base_url=system.base_url, rate=RATE, body=fault_order_body).start()
-        time.sleep(SECONDS)  # the load's schedule, not a wait for a state
+        started = time.monotonic()
+        try:
+            wait_until(
+                lambda: backlog_outlives_the_old_limit(list(load.accepted), posting_s=time.monotonic() - started),
+                timeout=MAX_POSTING_SECONDS,
+                interval=1.0,
+            )
+        except TimeoutError:
+            pass  # posted for as long as allowed: the assertion on the longest wait says whether it sufficed
         load.stop()
         last_posted = time.monotonic()
+        posted_s = last_posted - started
         result = audit_when_complete(
             load.accepted, logs=system.log_dir.glob("worker*.log"), gateway=gateway, timeout=DRAIN_TIMEOUT
         )
         drained_s = round(time.monotonic() - last_posted, 1)
     drain = Drain.of(load.accepted)
     name = (
-        f"overload: {RATE:g} orders/s for {SECONDS:g} s to 1 worker thread with 1 s charges; longest order "
+        f"overload: {RATE:g} orders/s for {posted_s:.0f} s to 1 worker thread with {CHARGE_SECONDS:g} s charges; longest order "
         f"{drain.longest_s:.0f} s, oldest queued task {oldest.longest:.0f} s; drained {drain.during:g} orders/s "
         f"while posted, {drain.after:g} after"
     )

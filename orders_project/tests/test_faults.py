@@ -51,7 +51,7 @@ from events.contract import REFUND_REQUESTED, TOPIC_ORDERS
 from events.models import DeadLetter, OutboxEvent
 from messaging.routes import CHARGE_PAYMENTS, PROCESS_ORDERS, REFUND_PAYMENT
 from orders.models import Order, OrderStatus, OrderTimelineEntry
-from payments.models import Cancellation, Payment, Refund, RefundStatus, SimulatedRefund
+from payments.models import Cancellation, Payment, PaymentStatus, Refund, RefundStatus, SimulatedRefund
 from payments.simulator import SimulatedGateway
 from recovery.models import Redrive
 
@@ -634,8 +634,12 @@ def test_redis_killed_and_started_empty_while_refunds_are_queued(system):
 RACE_LATENCY = 0.6
 RACE_ORDERS = 24
 # Each cancelled order's cancel arrives at one of these moments: right after the 201 (before any
-# charge), at 0 .. 1 of the charge's latency after its attempt was opened, or after its outcome.
-RACE_MOMENTS = (None, *(RACE_LATENCY * step / 9 for step in range(10)), RACE_LATENCY * 1.5)
+# charge), at 0 .. 1 of the charge's latency after its attempt was opened, or once its outcome is
+# recorded (a charge step records its orders' outcomes together, once all their calls returned).
+# The orders take the moments in turn, so the first ones come round twice: four orders are
+# cancelled after their outcome, so that one at least was approved (at 85% a charge).
+BEFORE_CHARGE, AFTER_OUTCOME = "before the charge", "after its outcome"
+RACE_MOMENTS = (AFTER_OUTCOME, AFTER_OUTCOME, BEFORE_CHARGE, *(RACE_LATENCY * step / 9 for step in range(10)))
 
 
 def restart_worker(system, **env: str) -> None:
@@ -654,23 +658,29 @@ def test_cancels_arriving_at_every_moment_of_a_charge(system):
 
     def inject(load):
         first = len(load.accepted)
-        moments: dict[str, float | None] = {}  # the orders to cancel; None once their cancel is timed
+        moments: dict[str, float | str | None] = {}  # the orders to cancel; None once their cancel is timed
         timers: list[threading.Thread] = []
+
+        def cancel_in(order_id: str, delay: float) -> None:
+            timers.append(threading.Timer(max(0.0, delay), cancel, args=(order_id,)))
+            timers[-1].start()
+            moments[order_id] = None
 
         def time_cancels() -> bool:
             for order_id in load.accepted[first : first + RACE_ORDERS]:
                 if order_id not in moments:
                     moments[order_id] = RACE_MOMENTS[len(moments) % len(RACE_MOMENTS)]
-                    if moments[order_id] is None:
-                        timers.append(threading.Thread(target=cancel, args=(order_id,)))
-                        timers[-1].start()
+                    if moments[order_id] == BEFORE_CHARGE:
+                        cancel_in(order_id, 0.0)
             waiting = [order_id for order_id, moment in moments.items() if moment is not None]
-            for order_id, opened in Payment.objects.filter(order_id__in=waiting, attempt=1).values_list("order_id", "created_at"):
-                # The attempt is committed just before the gateway is called: the charge's start.
-                delay = opened.timestamp() + moments[str(order_id)] - time.time()
-                timers.append(threading.Timer(max(0.0, delay), cancel, args=(str(order_id),)))
-                timers[-1].start()
-                moments[str(order_id)] = None
+            attempts = Payment.objects.filter(order_id__in=waiting, attempt=1)
+            for order_id, opened, status in attempts.values_list("order_id", "created_at", "status"):
+                moment = moments[str(order_id)]
+                if moment != AFTER_OUTCOME:
+                    # The attempt is committed just before the gateway is called: the charge's start.
+                    cancel_in(str(order_id), opened.timestamp() + moment - time.time())
+                elif status != PaymentStatus.PENDING:
+                    cancel_in(str(order_id), 0.0)
             return len(moments) == RACE_ORDERS and all(moment is None for moment in moments.values())
 
         wait_until(time_cancels, timeout=120, interval=0.02, message="the orders to cancel were not all charged")
@@ -701,7 +711,7 @@ def test_cancels_arriving_at_every_moment_of_a_charge(system):
     assert Refund.objects.filter(order_id__in=list(answers), requested_by="cancellation", status=RefundStatus.SUCCEEDED).exists()
 
 
-def test_overload_at_three_times_the_pipelines_rate_is_waited_for_not_redriven(system):
+def test_overload_outliving_the_old_limit_on_late_work_is_waited_for_not_redriven(system):
     """A backlog that outlives the reconciler's old 120 s limit on late work, on Redis: it drains,
     and nothing is re-driven (devtools.harness.overload)."""
     restart_worker(system, **THROTTLE)

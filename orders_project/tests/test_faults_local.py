@@ -134,7 +134,7 @@ def test_worker_sigkilled_mid_payment_and_its_lost_tasks_redriven(kafka_broker, 
     assert_redriven(stranded, load.accepted, system.log_events("reconciler"))
 
 
-def test_overload_at_three_times_the_pipelines_rate_is_waited_for_not_redriven(kafka_broker, tmp_path):
+def test_overload_outliving_the_old_limit_on_late_work_is_waited_for_not_redriven(kafka_broker, tmp_path):
     """A backlog that outlives the reconciler's old 120 s limit on late work, on the SQL transport,
     whose queue the reconciler reads without writing: it drains, and nothing is re-driven."""
     port = free_port()
