@@ -531,6 +531,9 @@ def test_every_metric_and_label_of_the_dashboard_and_the_alerts_is_served(operat
 
 
 @pytest.mark.e2e
+# Marked as the test above is: pytest-django runs transactional tests apart from the others, and
+# split up, the two would start ``operated`` (its processes and load) once each.
+@pytest.mark.django_db(transaction=True)
 def test_every_panel_shows_data_in_a_real_prometheus(operated, tmp_path):
     empty = [f"{title}: {expr}" for (title, expr), result in operated["panels"].items() if not result]
     assert not empty, "\n".join(empty)
