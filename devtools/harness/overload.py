@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import QuerySet
+
 from devtools.harness.audit import PAYMENT_OUTCOMES, audit_when_complete
 from devtools.harness.faults import FAULT_REPORT, fault_order_body, fault_row, inbox_redeliveries
 from devtools.harness.load import OrderLoad
@@ -79,6 +81,11 @@ class Overload:
     drain: Drain
 
 
+def payment_outcomes(order_ids: list[str]) -> QuerySet[OrderTimelineEntry]:
+    """The timeline entries where the orders of ``order_ids`` reached their payment's outcome."""
+    return OrderTimelineEntry.objects.filter(order_id__in=order_ids, previous_status=OrderStatus.PROCESSING, status__in=PAYMENT_OUTCOMES)
+
+
 @dataclass(frozen=True)
 class Drain:
     """How the pipeline got through the orders: orders reaching their payment's outcome per second
@@ -93,10 +100,7 @@ class Drain:
     def of(cls, order_ids: list[str]) -> Drain:
         created = dict(Order.objects.filter(pk__in=order_ids).values_list("pk", "created_at"))
         first_posted, last_posted = min(created.values()), max(created.values())
-        outcomes = OrderTimelineEntry.objects.filter(
-            order_id__in=order_ids, previous_status=OrderStatus.PROCESSING, status__in=PAYMENT_OUTCOMES
-        )
-        finished = dict(outcomes.values_list("order_id", "created_at"))
+        finished = dict(payment_outcomes(order_ids).values_list("order_id", "created_at"))
         during = sum(1 for at in finished.values() if at <= last_posted)
         after = len(finished) - during
         return cls(
@@ -111,9 +115,7 @@ def backlog_outlives_the_old_limit(accepted: list[str], *, posting_s: float) -> 
     ``EXPECTED_WAIT`` to finish at the rate the others finished in the ``posting_s`` seconds so far."""
     if posting_s < MIN_POSTING_SECONDS:
         return False
-    finished = OrderTimelineEntry.objects.filter(
-        order_id__in=accepted, previous_status=OrderStatus.PROCESSING, status__in=PAYMENT_OUTCOMES
-    ).count()
+    finished = payment_outcomes(accepted).count()
     backlog = len(accepted) - finished
     return backlog * posting_s >= EXPECTED_WAIT * finished
 
