@@ -13,6 +13,7 @@ from django.db import close_old_connections, transaction
 
 logger = structlog.get_logger(__name__)
 T = TypeVar("T")
+I = TypeVar("I")
 
 
 def apply_together(changes: Sequence[Callable[[], T]]) -> list[T | Exception]:
@@ -20,14 +21,23 @@ def apply_together(changes: Sequence[Callable[[], T]]) -> list[T | Exception]:
     all. Should any of them fail, that transaction is rolled back and each change is run again in
     a transaction of its own, so that one change's failure is its own. Returns each change's
     result, or the exception it raised, in the order of ``changes``."""
-    if not changes:
-        return []
+    return apply_batch(changes, lambda some: [change() for change in some])
+
+
+def apply_batch(items: Sequence[I], change: Callable[[Sequence[I]], list[T]]) -> list[T | Exception]:
+    """``change`` (writes in the caller's transaction, returning a result per item) applied to all
+    ``items`` in one transaction: one statement per kind of write and one commit for all. Should
+    it fail, that transaction is rolled back and ``change`` is applied to each item in a
+    transaction of its own, so that one item's failure is its own. Returns each item's result,
+    or the exception it raised, in the order of ``items``."""
+    if len(items) <= 1:  # on its own already
+        return [outcome_of(_in_transaction(lambda: change(items)[0]))] if items else []
     try:
         with transaction.atomic():
-            return [change() for change in changes]
-    except Exception as exc:  # noqa: BLE001 - whichever it was, each change is tried on its own next
-        logger.info("batch_applied_one_by_one", changes=len(changes), error=f"{type(exc).__name__}: {exc}")
-    return [_outcome(_in_transaction(change)) for change in changes]
+            return change(items)
+    except Exception as exc:  # noqa: BLE001 - whichever it was, each item is tried on its own next
+        logger.info("batch_applied_one_by_one", changes=len(items), error=f"{type(exc).__name__}: {exc}")
+    return [outcome_of(_in_transaction(lambda item=item: change([item])[0])) for item in items]
 
 
 def failures(outcomes: Sequence[object]) -> dict[int, Exception]:
@@ -63,7 +73,7 @@ def call_concurrently(calls: Sequence[Callable[[], T]], *, limit: int) -> list[T
     or a limit of 1, runs in the caller's thread). A call runs in a copy of the caller's context
     (its log fields), and touches a database on its thread's own connection."""
     if len(calls) <= 1 or limit <= 1:
-        return [_outcome(call) for call in calls]
+        return [outcome_of(call) for call in calls]
     with _executors_lock:
         if limit not in _executors:
             _executors[limit] = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="batch-call")
@@ -72,7 +82,7 @@ def call_concurrently(calls: Sequence[Callable[[], T]], *, limit: int) -> list[T
     return [future.result() for future in futures]
 
 
-def _outcome(call: Callable[[], T]) -> T | Exception:
+def outcome_of(call: Callable[[], T]) -> T | Exception:
     try:
         return call()
     except Exception as exc:  # noqa: BLE001 - the caller decides what each failure means
@@ -81,7 +91,7 @@ def _outcome(call: Callable[[], T]) -> T | Exception:
 
 def _outcome_in_pool(call: Callable[[], T]) -> T | Exception:
     try:
-        return _outcome(call)
+        return outcome_of(call)
     finally:
         # A connection the call broke (the database restarted, say) is not handed to the next call.
         close_old_connections()

@@ -65,30 +65,56 @@ def enqueue_event(
 ) -> OutboxEvent:
     """Record ``event_type`` for ``order`` (a contract snapshot) in the outbox; the relay publishes
     it. ``name`` tells this event from every other of the order (``order_event_id``)."""
-    event_id = order_event_id(order_id=order["id"], name=name)
-    now = timezone.now()
-    envelope = build_envelope(
-        event_id=event_id,
-        event_type=event_type,
-        order=order,
-        correlation_id=correlation_id,
-        occurred_at=now,
-        source=source,
-        attempt=attempt,
-        details=details,
+    (row,) = enqueue_events(
+        events=[
+            dict(
+                event_type=event_type,
+                order=order,
+                correlation_id=correlation_id,
+                source=source,
+                name=name,
+                attempt=attempt,
+                details=details,
+            )
+        ]
     )
-    row = OutboxEvent.objects.create(
-        event_id=event_id,
-        event_type=event_type,
-        topic=EVENT_TOPICS[event_type],
-        key=order["id"],
-        payload=envelope,
-        headers=message_headers(event_type=event_type, event_id=str(event_id), correlation_id=correlation_id),
-        trace_context=current_trace_context(),
-        created_at=now,
-    )
-    order_event_recorded.send(sender=OutboxEvent, event=row)
     return row
+
+
+def enqueue_events(*, events: list[dict[str, Any]]) -> list[OutboxEvent]:
+    """``enqueue_event`` for several events (each the dict of its arguments), in one statement."""
+    now = timezone.now()
+    trace_context = current_trace_context()
+    rows = []
+    for spec in events:
+        event_type, order, correlation_id = spec["event_type"], spec["order"], spec["correlation_id"]
+        event_id = order_event_id(order_id=order["id"], name=spec["name"])
+        envelope = build_envelope(
+            event_id=event_id,
+            event_type=event_type,
+            order=order,
+            correlation_id=correlation_id,
+            occurred_at=now,
+            source=spec["source"],
+            attempt=spec.get("attempt", 1),
+            details=spec.get("details"),
+        )
+        rows.append(
+            OutboxEvent(
+                event_id=event_id,
+                event_type=event_type,
+                topic=EVENT_TOPICS[event_type],
+                key=order["id"],
+                payload=envelope,
+                headers=message_headers(event_type=event_type, event_id=str(event_id), correlation_id=correlation_id),
+                trace_context=trace_context,
+                created_at=now,
+            )
+        )
+    rows = OutboxEvent.objects.bulk_create(rows)
+    for row in rows:
+        order_event_recorded.send(sender=OutboxEvent, event=row)
+    return rows
 
 
 def current_trace_context() -> dict[str, str]:
@@ -149,18 +175,34 @@ def claim_event(*, handler: str, event_id: str) -> bool:
     False when it was applied before (or is being applied by a concurrent transaction that
     committed first): the caller then changes nothing.
     """
-    # One statement instead of a savepoint, an insert and a release (SQLite 3.35+, PostgreSQL).
+    return claim_events(claims=[(handler, event_id)])[0]
+
+
+def claim_events(*, claims: list[tuple[str, str]]) -> list[bool]:
+    """``claim_event`` for several (handler, event id) pairs, in one statement: whether each was
+    claimed now; a pair applied before has its redelivery counted."""
+    if not claims:
+        return []
     table = InboxEntry._meta.db_table
     event_id_field = InboxEntry._meta.get_field("event_id")
+    now = timezone.now()
+    keys = [(handler, event_id_field.get_db_prep_value(event_id, connection)) for handler, event_id in claims]
+    # One statement instead of a savepoint, an insert and a release per pair (SQLite 3.35+, PostgreSQL).
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (handler, event_id, handled_at, redeliveries) VALUES (%s, %s, %s, 0) "
-            "ON CONFLICT (handler, event_id) DO NOTHING RETURNING id",
-            [handler, event_id_field.get_db_prep_value(event_id, connection), timezone.now()],
+            f"INSERT INTO {table} (handler, event_id, handled_at, redeliveries) VALUES "
+            + ", ".join(["(%s, %s, %s, 0)"] * len(keys))
+            + " ON CONFLICT (handler, event_id) DO NOTHING RETURNING handler, event_id",
+            [value for handler, event_id in keys for value in (handler, event_id, now)],
         )
-        claimed = cursor.fetchone() is not None
-    if not claimed:
-        was_handled(handler=handler, event_id=event_id)  # counts and logs the redelivery
+        inserted = {(handler, event_id_field.get_db_prep_value(event_id, connection)) for handler, event_id in cursor.fetchall()}
+    claimed = []
+    for key in keys:
+        claimed.append(key in inserted)
+        inserted.discard(key)  # the same pair twice: the first claims it
+    for (handler, event_id), was_claimed in zip(claims, claimed):
+        if not was_claimed:
+            was_handled(handler=handler, event_id=event_id)  # counts and logs the redelivery
     return claimed
 
 

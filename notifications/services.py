@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from common.batches import apply_batch, outcome_of
 from common.errors import TRANSIENT_ERRORS, TransientError, describe
 from events.contract import (
     NOTIFICATION_SENT,
@@ -29,7 +30,7 @@ from events.contract import (
     InvalidEvent,
 )
 from events import selectors as event_selectors
-from events.services import claim_event, count_redelivery, enqueue_dead_letter, enqueue_event, refuse_event
+from events.services import claim_event, claim_events, count_redelivery, enqueue_dead_letter, enqueue_events, refuse_event
 from notifications.backends import OutgoingMessage, send_email, send_sms
 from notifications.metrics import NOTIFICATIONS, TAKEOVERS
 from notifications.models import Channel, Notification, NotificationStatus
@@ -99,6 +100,9 @@ class Announcement:
     event_id: str
     correlation_id: str
     refunded: str | None = None
+
+    def log_context(self) -> dict[str, str]:
+        return {"order_id": str(self.order.id), "event_id": str(self.event_id), "correlation_id": self.correlation_id}
 
 
 @dataclass(frozen=True)
@@ -176,27 +180,48 @@ def _stale_before(now: dt.datetime) -> dt.datetime:
     return now - dt.timedelta(seconds=settings.NOTIFICATION["claim_timeout"])
 
 
+def _claim_row(*, announcement: Announcement, channel: str, claimant: str, now: dt.datetime) -> Notification:
+    message = compose(announcement=announcement, channel=channel)
+    return Notification(
+        order=announcement.order,
+        source_event_id=announcement.event_id,
+        source_event_type=announcement.event_type,
+        channel=channel,
+        recipient=message.recipient,
+        subject=message.subject,
+        body=message.body,
+        status=NotificationStatus.SENDING,
+        claimed_by=claimant,
+        claimed_at=now,
+    )
+
+
+def _claim_all(*, wanted: list[tuple[Announcement, str]], claimant: str) -> list[Notification | None]:
+    """Claim each (announcement, channel)'s message, committed before any is sent: new rows in
+    SENDING, all in one statement, as on an event's first delivery; should one of them exist
+    already, each is claimed on its own (``_claim``)."""
+    if not wanted:
+        return []
+    now = timezone.now()
+    rows = [_claim_row(announcement=told, channel=channel, claimant=claimant, now=now) for told, channel in wanted]
+    try:
+        with transaction.atomic():
+            return Notification.objects.bulk_create(rows)
+    except IntegrityError:
+        return [_claim(announcement=told, channel=channel, claimant=claimant) for told, channel in wanted]
+
+
 def _claim(*, announcement: Announcement, channel: str, claimant: str) -> Notification | None:
     """Claim the channel's message for the event, committed before it is sent: a new row in
     SENDING, or the row a failed send left UNSENT, or one whose sender held it past the claim
     timeout (taken over). None when it was sent or given up, or another sender holds it: that
     one records the outcome, or the reconciler takes its claim over once stale."""
-    message = compose(announcement=announcement, channel=channel)
     now = timezone.now()
     try:
         with transaction.atomic():
-            return Notification.objects.create(
-                order=announcement.order,
-                source_event_id=announcement.event_id,
-                source_event_type=announcement.event_type,
-                channel=channel,
-                recipient=message.recipient,
-                subject=message.subject,
-                body=message.body,
-                status=NotificationStatus.SENDING,
-                claimed_by=claimant,
-                claimed_at=now,
-            )
+            row = _claim_row(announcement=announcement, channel=channel, claimant=claimant, now=now)
+            row.save(force_insert=True)
+            return row
     except IntegrityError:
         existing = Notification.objects.get(source_event_id=announcement.event_id, channel=channel)
     return _take(notification=existing, claimant=claimant, now=now)
@@ -234,13 +259,9 @@ def _take(*, notification: Notification, claimant: str, now: dt.datetime) -> Not
     return notification
 
 
-def _deliver(*, claim: Notification, announcement: Announcement) -> bool:
-    """Send the claimed message outside any transaction, then record the outcome in a short one:
-    SENT with the inbox entry and the NOTIFICATION_SENT event, or UNSENT with the error (and
-    ``DeliveryFailed``). A sender that dies in between leaves the claim, which is taken over
-    once stale and sent again with the same message key (the Message-ID of an email).
-    False if the message was recorded meanwhile (a claim taken over from a sender that was slow,
-    not dead)."""
+def _send(claim: Notification) -> None:
+    """Send a claimed message, outside any transaction; should the mail server or SMS provider
+    not take it, the claim is left UNSENT with the error (``DeliveryFailed``)."""
     channel = claim.channel
     message = OutgoingMessage(
         recipient=claim.recipient,
@@ -256,43 +277,112 @@ def _deliver(*, claim: Notification, announcement: Announcement) -> bool:
         )
         NOTIFICATIONS.labels(channel, "error").inc()
         raise DeliveryFailed(f"{channel} to {message.recipient}: {exc}") from exc
-    with transaction.atomic():
-        recorded = Notification.objects.filter(pk=claim.pk, status=NotificationStatus.SENDING).update(
-            status=NotificationStatus.SENT, error=""
-        )
-        if recorded and claim_event(handler=_handler(channel), event_id=claim.source_event_id):
-            _announce(announcement=announcement, notification=claim)
-    if not recorded:
-        return False
-    NOTIFICATIONS.labels(channel, "sent").inc()
-    logger.info("notification_sent", channel=channel, recipient=message.recipient, event_type=announcement.event_type)
-    return True
 
 
-def _announce(*, announcement: Announcement, notification: Notification) -> None:
-    order = announcement.order
-    event = enqueue_event(
-        event_type=NOTIFICATION_SENT,
-        order=order_selectors.order_snapshot(order=order),
-        correlation_id=announcement.correlation_id,
-        source=EVENT_SOURCE,
-        # One per event and channel (their claim is unique): named by them, not counted on the order.
-        name=f"{NOTIFICATION_SENT}/{announcement.event_id}/{notification.channel}",
-        details={
-            "notification_id": notification.pk,
-            "channel": notification.channel,
-            "recipient": notification.recipient,
-            "source_event_id": announcement.event_id,
-            "source_event_type": announcement.event_type,
-        },
+def _deliver_all(claimed: list[tuple[Notification, Announcement]]) -> list[bool | Exception]:
+    """Send each claimed message outside any transaction, then record the outcomes of those sent
+    together (``_record_sent``). A sender that dies in between leaves the claims, which are taken
+    over once stale and sent again with the same message key (the Message-ID of an email).
+    Returns, per claim, whether its message was sent and recorded now, False if it was recorded
+    meanwhile (a claim taken over from a sender that was slow, not dead), or why it failed."""
+    sends = [outcome_of(lambda claim=claim: _send(claim)) for claim, _told in claimed]
+    sent = [pair for pair, failure in zip(claimed, sends) if failure is None]
+    recorded = iter(apply_batch(sent, _record_sent))
+    outcomes: list[bool | Exception] = []
+    for (claim, told), failure in zip(claimed, sends):
+        outcome = failure if failure is not None else next(recorded)
+        if outcome is True:
+            NOTIFICATIONS.labels(claim.channel, "sent").inc()
+            with structlog.contextvars.bound_contextvars(**told.log_context()):
+                logger.info("notification_sent", channel=claim.channel, recipient=claim.recipient, event_type=told.event_type)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _record_sent(sent: list[tuple[Notification, Announcement]]) -> list[bool]:
+    """In the caller's transaction, the sent claims still SENDING recorded SENT, each with its
+    channel's inbox entry and, on the first, the NOTIFICATION_SENT event and its timeline entry:
+    one statement for each kind of row. Whether each was recorded now."""
+    recorded = set(
+        Notification.objects.select_for_update()
+        .filter(pk__in=[claim.pk for claim, _told in sent], status=NotificationStatus.SENDING)
+        .values_list("pk", flat=True)
     )
-    order_services.record_order_event(
-        order_id=order.id,
-        status=announcement.status,
-        event_type=NOTIFICATION_SENT,
-        event_id=event.event_id,
-        message=f"{notification.channel} sent to {notification.recipient} for {announcement.event_type}",
+    Notification.objects.filter(pk__in=recorded).update(status=NotificationStatus.SENT, error="")
+    now_recorded = [(claim, told) for claim, told in sent if claim.pk in recorded]
+    first = claim_events(claims=[(_handler(claim.channel), claim.source_event_id) for claim, _told in now_recorded])
+    _announce_all([pair for pair, claimed in zip(now_recorded, first) if claimed])
+    return [claim.pk in recorded for claim, _told in sent]
+
+
+def _announce_all(recorded: list[tuple[Notification, Announcement]]) -> None:
+    events = enqueue_events(
+        events=[
+            dict(
+                event_type=NOTIFICATION_SENT,
+                order=order_selectors.order_snapshot(order=told.order),
+                correlation_id=told.correlation_id,
+                source=EVENT_SOURCE,
+                # One per event and channel (their claim is unique): named by them, not counted on the order.
+                name=f"{NOTIFICATION_SENT}/{told.event_id}/{notification.channel}",
+                details={
+                    "notification_id": notification.pk,
+                    "channel": notification.channel,
+                    "recipient": notification.recipient,
+                    "source_event_id": str(told.event_id),
+                    "source_event_type": told.event_type,
+                },
+            )
+            for notification, told in recorded
+        ]
     )
+    order_services.record_order_events(
+        entries=[
+            dict(
+                order_id=told.order.id,
+                status=told.status,
+                event_type=NOTIFICATION_SENT,
+                event_id=event.event_id,
+                message=f"{notification.channel} sent to {notification.recipient} for {told.event_type}",
+            )
+            for (notification, told), event in zip(recorded, events)
+        ]
+    )
+
+
+def _notify(*, events: list[Event], briefing: Briefing) -> list[list[str] | Exception]:
+    """Each event's message on every enabled channel not yet done: the claims of all of them
+    committed together (``_claim_all``), the messages sent and their outcomes recorded together
+    (``_deliver_all``). Returns, per event, the channels sent now, or what its own failure was (an
+    ``InvalidEvent`` when the database does not vouch for it, a ``DeliveryFailed``...)."""
+    outcomes: list[list[str] | Exception] = [[] for _ in events]
+    wanted: list[tuple[int, Announcement, str]] = []
+    for position, event in enumerate(events):
+        pending = []
+        for channel in enabled_channels():
+            if (_handler(channel), event.event_id) in briefing.done:
+                count_redelivery(handler=_handler(channel), event_id=event.event_id)
+            else:
+                pending.append(channel)
+        if not pending:
+            continue
+        try:
+            told = announcement(event=event, briefing=briefing)
+        except InvalidEvent as refusal:
+            outcomes[position] = refusal
+            continue
+        wanted += [(position, told, channel) for channel in pending]
+    claims = _claim_all(wanted=[(told, channel) for _position, told, channel in wanted], claimant=_claimant("worker"))
+    claimed = [(position, claim, told) for (position, told, _channel), claim in zip(wanted, claims) if claim is not None]
+    delivered = _deliver_all([(claim, told) for _position, claim, told in claimed])
+    for (position, claim, _told), outcome in zip(claimed, delivered):
+        if isinstance(outcomes[position], Exception):
+            continue
+        if isinstance(outcome, Exception):
+            outcomes[position] = outcome
+        elif outcome:
+            outcomes[position].append(claim.channel)
+    return outcomes
 
 
 def send_event_notifications(*, event: Event, briefing: Briefing | None = None) -> list[str]:
@@ -303,49 +393,36 @@ def send_event_notifications(*, event: Event, briefing: Briefing | None = None) 
     record of the event), never from the event; an event whose order does not exist or never
     announced it sends nothing (``InvalidEvent``).
 
-    Per channel: the claim is committed (``_claim``), the message sent outside any transaction
-    and the outcome recorded (``_deliver``), so no database lock is held while a mail server
-    talks. A copy of the event handled at the same moment finds the claim and leaves it to its
-    holder.
+    Per channel: the claim is committed, the message sent outside any transaction and the
+    outcome recorded, so no database lock is held while a mail server talks. A copy of the event
+    handled at the same moment finds the claim and leaves it to its holder.
     """
-    briefing = briefing or brief(events=[event])
-    pending = []
-    for channel in enabled_channels():
-        if (_handler(channel), event.event_id) in briefing.done:
-            count_redelivery(handler=_handler(channel), event_id=event.event_id)
-        else:
-            pending.append(channel)
-    if not pending:
-        return []
-    told = announcement(event=event, briefing=briefing)
-    claimant = _claimant("worker")
-    sent = []
-    for channel in pending:
-        claim = _claim(announcement=told, channel=channel, claimant=claimant)
-        if claim is not None and _deliver(claim=claim, announcement=told):
-            sent.append(channel)
-    return sent
+    (outcome,) = _notify(events=[event], briefing=briefing or brief(events=[event]))
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def send_batch(*, events: list[Event]) -> None:
-    """The events of one batch, each standing alone: one that fails does not hold the others up.
-    A refused event goes to dlq; an error that is not transient is recorded for its event at
+    """The events of one batch, their claims, and then their outcomes, written together
+    (``_notify``), each event's outcome its own: one that fails does not hold the others up. A
+    refused event goes to dlq; an error that is not transient is recorded for its event at
     once; those that failed with a transient error are raised together (``Undelivered``)."""
-    briefing = brief(events=events)
+    outcomes = _notify(events=events, briefing=brief(events=events))
     failures: list[tuple[Event, Exception]] = []
-    for event in events:
+    for event, outcome in zip(events, outcomes):
+        if not isinstance(outcome, Exception):
+            continue
         with structlog.contextvars.bound_contextvars(**event.log_context()):
-            try:
-                send_event_notifications(event=event, briefing=briefing)
-            except InvalidEvent as refusal:
-                logger.warning("event_refused", reason=refusal.reason, error=refusal.error)
-                refuse_event(event=event, refusal=refusal, source=EVENT_SOURCE)
-            except TRANSIENT_ERRORS as exc:
-                failures.append((event, exc))
-            except Exception as exc:  # noqa: BLE001 - a bug or data it cannot handle: recorded, not retried
-                logger.exception("notification_step_failed")
+            if isinstance(outcome, InvalidEvent):
+                logger.warning("event_refused", reason=outcome.reason, error=outcome.error)
+                refuse_event(event=event, refusal=outcome, source=EVENT_SOURCE)
+            elif isinstance(outcome, TRANSIENT_ERRORS):
+                failures.append((event, outcome))
+            else:
+                logger.error("notification_step_failed", error=describe(outcome), exc_info=outcome)
                 try:
-                    _record_failure(event=event, exc=exc)
+                    _record_failure(event=event, exc=outcome)
                 except TRANSIENT_ERRORS as recording_error:  # the database away: try the event again
                     failures.append((event, recording_error))
     if failures:
@@ -414,7 +491,7 @@ def finish_stale_claims(*, now: dt.datetime, limit: int) -> int:
         .order_by("claimed_at")[:limit]
     )
     claimant = _claimant("reconciler")
-    sent = 0
+    taken = []
     for notification in stale:
         claim = _take(notification=notification, claimant=claimant, now=now)
         if claim is None:
@@ -424,8 +501,13 @@ def finish_stale_claims(*, now: dt.datetime, limit: int) -> int:
         told = Announcement(
             order=claim.order, status=status, event_type=event_type, event_id=event_id, correlation_id=claim.order.correlation_id
         )
-        try:
-            sent += _deliver(claim=claim, announcement=told)
-        except DeliveryFailed as exc:
-            logger.warning("notification_takeover_failed", notification_id=claim.pk, error=str(exc))
+        taken.append((claim, told))
+    sent = 0
+    for (claim, _told), outcome in zip(taken, _deliver_all(taken)):
+        if isinstance(outcome, DeliveryFailed):
+            logger.warning("notification_takeover_failed", notification_id=claim.pk, error=str(outcome))
+        elif isinstance(outcome, Exception):
+            raise outcome
+        else:
+            sent += outcome
     return sent

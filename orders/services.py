@@ -10,8 +10,10 @@ from typing import Any
 
 import structlog
 from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
 
-from common.batches import apply_together, failures, with_log_context
+from common.batches import apply_batch, failures
 from events.contract import (
     ORDER_CANCELLED,
     ORDER_CREATED,
@@ -22,7 +24,7 @@ from events.contract import (
     Event,
     InvalidEvent,
 )
-from events.services import claim_event, enqueue_dead_letter, enqueue_event
+from events.services import claim_events, enqueue_dead_letter, enqueue_event, enqueue_events
 from orders.metrics import observe_completion
 from orders.models import Order, OrderItem, OrderStatus, OrderTimelineEntry
 from orders.selectors import get_order_by_idempotency_key, order_snapshot
@@ -243,6 +245,15 @@ def can_transition(*, from_status: str, to_status: str) -> bool:
     return to_status in TRANSITIONS.get(from_status, frozenset())
 
 
+def lock_orders(order_ids) -> dict[str, Order]:
+    """``lock_order`` for several orders, by id, in one statement: those that exist, locked in the
+    order of their ids (as every batch locks them), with their items at hand."""
+    if not order_ids:
+        return {}
+    locked = Order.objects.select_for_update().filter(pk__in=order_ids).order_by("pk").prefetch_related("items")
+    return {str(order.pk): order for order in locked}
+
+
 def lock_order(order_id) -> Order:
     """The order, locked for the caller's transaction: every change to an order, and every money
     movement decided from its status, happens under this lock. Raises ``Order.DoesNotExist``."""
@@ -262,90 +273,141 @@ def _transition(
     announce: bool = True,
     details: dict[str, Any] | None = None,
 ):
-    """Move a locked ``order`` to ``to_status`` by ``verb``, with its timeline entry and, if any, its outbox event.
+    """Move a locked ``order`` to ``to_status`` by ``verb`` (``_transition_all``); returns its event, if any."""
+    (event,) = _transition_all(
+        orders=[order],
+        verb=verb,
+        to_status=to_status,
+        message=message,
+        source=source,
+        attempt=attempt,
+        label=label,
+        announce=announce,
+        details=details,
+    )
+    return event
+
+
+def _transition_all(
+    *,
+    orders: list[Order],
+    verb: Transition,
+    to_status: str,
+    message: str,
+    source: str,
+    attempt: int = 1,
+    label: str | None = None,
+    announce: bool = True,
+    details: dict[str, Any] | None = None,
+) -> list:
+    """Move each locked order to ``to_status`` by ``verb``, with its timeline entry and, if any, its
+    outbox event: one statement for each kind of row, whatever the number of orders.
 
     ``label`` names the timeline entry of a change that announces no event (default: the status);
     ``announce=False`` writes no event even for a status that has one (a resumed order);
-    ``details``: the event's own fields (a refund's, say).
+    ``details``: the events' own fields (a refund's, say). Returns each order's event (or None).
     """
-    if order.status not in verb.sources or to_status not in verb.targets:
-        raise InvalidTransition(order, to_status)
+    for order in orders:
+        if order.status not in verb.sources or to_status not in verb.targets:
+            raise InvalidTransition(order, to_status)
     announce = announce and to_status in STATUS_EVENTS
-    previous_status = order.status
-    order.status = to_status
     event_type = STATUS_EVENTS[to_status] if announce else label or to_status
-    event_name = next_event_name(order=order, event_type=event_type, details=details) if announce else None
-    order.save(update_fields=["status", "updated_at", "events_recorded"])
-    event = None
+    previous_statuses = [order.status for order in orders]
+    now = timezone.now()
+    names = []
+    for order in orders:
+        order.status, order.updated_at = to_status, now
+        names.append(next_event_name(order=order, event_type=event_type, details=details) if announce else None)
+    # The orders are locked: each one's count in the database is the one read, which ``names`` counted on.
+    Order.objects.filter(pk__in=[order.pk for order in orders]).update(
+        status=to_status, updated_at=now, events_recorded=F("events_recorded") + int(announce)
+    )
+    events: list = [None] * len(orders)
     if announce:
-        event = enqueue_event(
-            event_type=event_type,
-            order=order_snapshot(order=order),
-            correlation_id=order.correlation_id,
-            source=source,
-            name=event_name,
-            attempt=attempt,
-            details=details,
+        events = enqueue_events(
+            events=[
+                dict(
+                    event_type=event_type,
+                    order=order_snapshot(order=order),
+                    correlation_id=order.correlation_id,
+                    source=source,
+                    name=name,
+                    attempt=attempt,
+                    details=details,
+                )
+                for order, name in zip(orders, names)
+            ]
         )
-    OrderTimelineEntry.objects.create(
-        order=order,
-        status=to_status,
-        previous_status=previous_status,
-        event_type=event_type,
-        event_id=event.event_id if event else None,
-        message=message[:255],
+    OrderTimelineEntry.objects.bulk_create(
+        [
+            OrderTimelineEntry(
+                order=order,
+                status=to_status,
+                previous_status=previous_status,
+                event_type=event_type,
+                event_id=event.event_id if event else None,
+                message=message[:255],
+            )
+            for order, previous_status, event in zip(orders, previous_statuses, events)
+        ]
     )
-    logger.info(
-        "order_status_changed",
-        order_id=str(order.id),
-        status=to_status,
-        event_id=str(event.event_id) if event else None,
-    )
-    return event
+    for order, event in zip(orders, events):
+        logger.info(
+            "order_status_changed",
+            order_id=str(order.id),
+            correlation_id=order.correlation_id,
+            status=to_status,
+            event_id=str(event.event_id) if event else None,
+        )
+    return events
 
 
 def start_processing(*, order_id, event_id, source: str) -> bool:
     """Apply ORDER_CREATED: CREATED -> PROCESSING. False if the event was applied before or the
     order moved on; ``InvalidEvent`` (nothing written) if there is no such order."""
     with transaction.atomic():
-        return _start_processing(order_id=order_id, event_id=event_id, source=source)
+        (started,) = _start_processing_all(starts=[(order_id, event_id)], source=source)
+    return started
 
 
 def start_processing_together(*, events: list[Event], source: str) -> dict[int, Exception]:
     """``start_processing`` for the ORDER_CREATED ``events`` of several orders, in one transaction
-    for all (``apply_together``). The events come in the order of their orders' ids, the order
-    every batch locks them in, so that two batches never wait on each other in a cycle. Returns
-    what ``start_processing`` raised, by the event's position: each order's failure is its own."""
-    outcomes = apply_together(
-        [
-            with_log_context(
-                event.log_context(),
-                lambda event=event: _start_processing(order_id=event.order_id, event_id=event.event_id, source=source),
-            )
-            for event in events
-        ]
+    for all, one statement for each kind of row (``apply_batch``). The events come in the order of
+    their orders' ids, the order every batch locks them in, so that two batches never wait on each
+    other in a cycle. Returns what ``start_processing`` raised, by the event's position: each
+    order's failure is its own."""
+    outcomes = apply_batch(
+        events,
+        lambda some: _start_processing_all(starts=[(event.order_id, event.event_id) for event in some], source=source),
     )
     return failures(outcomes)
 
 
-def _start_processing(*, order_id, event_id, source: str) -> bool:
-    if not claim_event(handler=PROCESSING_HANDLER, event_id=event_id):
-        return False
-    try:
-        order = lock_order(order_id)
-    except Order.DoesNotExist:
-        raise InvalidEvent("unknown_order", f"no order {order_id}") from None
-    if order.status not in START_PROCESSING.sources:
-        logger.info("order_processing_skipped", order_id=str(order_id), status=order.status)
-        return False
-    _transition(
-        order=order,
+def _start_processing_all(*, starts: list[tuple[Any, Any]], source: str) -> list[bool]:
+    """Each (order id, ORDER_CREATED event id) applied in the caller's transaction: whether it
+    started its order's processing now."""
+    claimed = claim_events(claims=[(PROCESSING_HANDLER, event_id) for _order_id, event_id in starts])
+    orders = lock_orders([order_id for (order_id, _event_id), first in zip(starts, claimed) if first])
+    starting = []
+    for (order_id, _event_id), first in zip(starts, claimed):
+        if not first:
+            continue
+        order = orders.get(str(order_id))
+        if order is None:
+            raise InvalidEvent("unknown_order", f"no order {order_id}")
+        if order.status in START_PROCESSING.sources:
+            starting.append(order)
+        else:
+            logger.info("order_processing_skipped", order_id=str(order_id), status=order.status)
+    _transition_all(
+        orders=starting,
         verb=START_PROCESSING,
         to_status=OrderStatus.PROCESSING,
         message="Order accepted for processing",
         source=source,
     )
-    return True
+    started = {str(order.pk) for order in starting}
+    return [first and str(order_id) in started for (order_id, _event_id), first in zip(starts, claimed)]
 
 
 def record_payment_outcome(*, order_id, approved: bool, message: str, source: str, attempt: int = 1) -> None:
@@ -390,8 +452,24 @@ def park_order(*, order_id, reason: str, error: str, original_event: dict[str, A
 def record_order_event(*, order_id, status: str, event_type: str, event_id, message: str) -> None:
     """A timeline entry for an event about the order that does not change its status; ``status``:
     the order's status the event is about."""
-    OrderTimelineEntry.objects.create(
-        order_id=order_id, status=status, event_type=event_type, event_id=event_id, message=message[:255]
+    record_order_events(
+        entries=[dict(order_id=order_id, status=status, event_type=event_type, event_id=event_id, message=message)]
+    )
+
+
+def record_order_events(*, entries: list[dict[str, Any]]) -> None:
+    """``record_order_event`` for several entries (each the dict of its arguments), in one statement."""
+    OrderTimelineEntry.objects.bulk_create(
+        [
+            OrderTimelineEntry(
+                order_id=entry["order_id"],
+                status=entry["status"],
+                event_type=entry["event_type"],
+                event_id=entry["event_id"],
+                message=entry["message"][:255],
+            )
+            for entry in entries
+        ]
     )
 
 

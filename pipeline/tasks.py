@@ -10,7 +10,6 @@ go out in batches.
 
 import structlog
 from celery import shared_task
-from django.conf import settings
 
 from events import services as event_services
 from events.contract import DeadLetterMessage, Event, InvalidEvent
@@ -19,7 +18,6 @@ from notifications import services as notification_services
 from orders import services as order_services
 from payments import services as payment_services
 from webhooks import services as webhook_services
-from common.batches import call_concurrently
 from common.errors import TRANSIENT_ERRORS
 from pipeline.retries import OrdersUnfinished, describe, run_with_retries
 
@@ -154,16 +152,12 @@ def send_notifications_batch(self, payloads: list[dict]) -> None:
 # Webhook tasks run on the webhooks queue (settings.CELERY_TASK_ROUTES), taken by a worker of its own.
 @shared_task(name="webhooks.deliver_events")
 def deliver_events(event_ids: list[str]) -> None:
-    """Order events of one bridge batch: their pending deliveries sent here, side by side (at most
-    ``webhooks.concurrency`` at a time per worker process). A next attempt due soon goes to a send
-    task with its countdown; a delivery whose attempt failed on our side (the database away, say)
-    goes to a send task of its own."""
+    """Order events of one bridge batch: their pending deliveries sent here together
+    (``webhook_services.send_deliveries``). A next attempt due soon goes to a send task with its
+    countdown; a delivery whose attempt failed on our side (the database away, say) goes to a
+    send task of its own."""
     deliveries = webhook_services.pending_deliveries(event_ids=event_ids)
-    countdowns = call_concurrently(
-        [lambda delivery_id=delivery_id: webhook_services.send_delivery(delivery_id=delivery_id) for delivery_id in deliveries],
-        limit=settings.WEBHOOKS["concurrency"],
-    )
-    for delivery_id, countdown in zip(deliveries, countdowns):
+    for delivery_id, countdown in zip(deliveries, webhook_services.send_deliveries(delivery_ids=deliveries)):
         if isinstance(countdown, Exception):
             logger.warning("webhook_send_failed", delivery_id=delivery_id, error=describe(countdown))
             send_webhook.delay(delivery_id)

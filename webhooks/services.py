@@ -39,6 +39,7 @@ from events.contract import (
     REFUND_REQUESTED,
     isoformat,
 )
+from common.batches import apply_batch, call_concurrently
 from events.models import OutboxEvent
 from orders.models import Order
 from webhooks.addresses import Target, UnsafeUrl, check_url
@@ -286,13 +287,56 @@ def post(*, target: Target, headers: dict[str, str], body: str, timeout: float) 
         pool.close()
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One POST of a delivery and what the receiver answered."""
+
+    delivery: WebhookDelivery
+    answer: Answer
+    started: dt.datetime
+    duration: float
+
+    @property
+    def succeeded(self) -> bool:
+        return self.answer.status_code is not None and 200 <= self.answer.status_code < 300
+
+
 def send_delivery(*, delivery_id) -> float | None:
-    """One attempt of a pending delivery, the receiver's answer recorded; no transaction is open
-    while it is sent. Returns the countdown the caller queues the next attempt with when it is due
-    within ``COUNTDOWN_LIMIT``, else None (sent, failed for good, not pending, or the reconciler's)."""
-    delivery = WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
-    if delivery is None or delivery.status != DeliveryStatus.PENDING:
-        return None
+    """One attempt of a pending delivery (``send_deliveries``). Returns the countdown the caller
+    queues the next attempt with when it is due within ``COUNTDOWN_LIMIT``, else None (sent,
+    failed for good, not pending, or the reconciler's)."""
+    (countdown,) = send_deliveries(delivery_ids=[delivery_id])
+    if isinstance(countdown, Exception):
+        raise countdown
+    return countdown
+
+
+def send_deliveries(*, delivery_ids: list[str]) -> list[float | None | Exception]:
+    """One attempt of each pending delivery: read together, POSTed side by side (at most
+    ``webhooks.concurrency`` at a time in this process) with no transaction open, and their answers
+    recorded together (``record_attempts``). Returns, per delivery, the countdown of its next
+    attempt (as ``send_delivery``), or the error that kept its attempt from being recorded."""
+    pending = {
+        str(delivery.pk): delivery
+        for delivery in WebhookDelivery.objects.select_related("endpoint").filter(
+            pk__in=delivery_ids, status=DeliveryStatus.PENDING
+        )
+    }
+    deliveries = [pending[str(delivery_id)] for delivery_id in delivery_ids if str(delivery_id) in pending]
+    attempts = call_concurrently(
+        [lambda delivery=delivery: _attempt(delivery) for delivery in deliveries], limit=settings.WEBHOOKS["concurrency"]
+    )
+    made = [attempt for attempt in attempts if not isinstance(attempt, Exception)]
+    recorded = iter(apply_batch(made, lambda some: record_attempts(attempts=some)))
+    outcomes = {
+        str(delivery.pk): attempt if isinstance(attempt, Exception) else next(recorded)
+        for delivery, attempt in zip(deliveries, attempts)
+    }
+    return [outcomes.get(str(delivery_id)) for delivery_id in delivery_ids]
+
+
+def _attempt(delivery: WebhookDelivery) -> Attempt:
+    """POST the delivery to its endpoint, signed, if the endpoint is enabled and may be sent to."""
     endpoint = delivery.endpoint
     started = timezone.now()
     clock = time.monotonic()
@@ -314,73 +358,115 @@ def send_delivery(*, delivery_id) -> float | None:
             answer = post(target=target, headers=headers, body=delivery.body, timeout=settings.WEBHOOKS["timeout"])
     duration = time.monotonic() - clock
     ATTEMPT_SECONDS.observe(duration)
-    return record_attempt(delivery=delivery, answer=answer, started=started, duration=duration)
+    return Attempt(delivery=delivery, answer=answer, started=started, duration=duration)
 
 
 def record_attempt(*, delivery: WebhookDelivery, answer: Answer, started: dt.datetime, duration: float) -> float | None:
-    """The attempt and what it comes to: 2xx delivered; 410 (or a disabled endpoint) failed for
-    good, the endpoint disabled; anything else due again after the schedule's next delay (at least
-    the receiver's Retry-After on 429 and 503), failed after the last one. An endpoint whose every
-    attempt failed for ``disable_after_days`` is disabled. Returns the countdown of a next attempt
-    due within ``COUNTDOWN_LIMIT``."""
+    """One attempt recorded (``record_attempts``), in a transaction of its own."""
+    with transaction.atomic():
+        (countdown,) = record_attempts(attempts=[Attempt(delivery=delivery, answer=answer, started=started, duration=duration)])
+    return countdown
+
+
+def record_attempts(*, attempts: list[Attempt]) -> list[float | None]:
+    """In the caller's transaction, each attempt and what it comes to: 2xx delivered; 410 (or a
+    disabled endpoint) failed for good, the endpoint disabled; anything else due again after the
+    schedule's next delay (at least the receiver's Retry-After on 429 and 503), failed after the
+    last one. An endpoint whose every attempt failed for ``disable_after_days`` is disabled. The
+    attempts, and the deliveries they delivered, are written in one statement each. Returns the
+    countdown of each next attempt due within ``COUNTDOWN_LIMIT``."""
+    WebhookAttempt.objects.bulk_create(
+        [
+            WebhookAttempt(
+                delivery=attempt.delivery,
+                started_at=attempt.started,
+                duration_ms=round(attempt.duration * 1000, 1),
+                status_code=attempt.answer.status_code,
+                response_excerpt=attempt.answer.excerpt,
+                error=attempt.answer.error,
+            )
+            for attempt in attempts
+        ]
+    )
+    delivered = [attempt for attempt in attempts if attempt.succeeded]
+    if delivered:
+        _record_delivered(delivered)
+    countdowns = []
+    for attempt in attempts:
+        outcome, countdown = ("succeeded", None) if attempt.succeeded else _record_undelivered(attempt)
+        DELIVERIES.labels(outcome).inc()
+        delivery, answer = attempt.delivery, attempt.answer
+        logger.info(
+            "webhook_attempt",
+            delivery_id=str(delivery.pk),
+            event_id=str(delivery.event_id),
+            order_id=str(delivery.order_id),
+            attempt=delivery.attempts + 1,
+            status_code=answer.status_code,
+            error=answer.error or None,
+            outcome=outcome,
+            duration_ms=round(attempt.duration * 1000, 1),
+        )
+        countdowns.append(countdown)
+    return countdowns
+
+
+def _record_delivered(delivered: list[Attempt]) -> None:
+    WebhookEndpoint.objects.filter(
+        pk__in={attempt.delivery.endpoint_id for attempt in delivered}, failing_since__isnull=False
+    ).update(failing_since=None)
+    groups: dict[tuple[int, int], list[str]] = {}
+    for attempt in delivered:
+        groups.setdefault((attempt.answer.status_code, attempt.delivery.attempts), []).append(attempt.delivery.pk)
+    now = timezone.now()
+    for (code, attempts_before), delivery_ids in groups.items():
+        WebhookDelivery.objects.filter(pk__in=delivery_ids, status=DeliveryStatus.PENDING, attempts=attempts_before).update(
+            status=DeliveryStatus.SUCCEEDED,
+            completed_at=now,
+            attempts=F("attempts") + 1,
+            last_status_code=code,
+            last_error="",
+            dispatched_at=None,
+        )
+
+
+def _record_undelivered(attempt: Attempt) -> tuple[str, float | None]:
+    """What an attempt that did not deliver comes to, recorded on its delivery and endpoint: its
+    outcome and the countdown of its next attempt due within ``COUNTDOWN_LIMIT``."""
     config = settings.WEBHOOKS
     schedule = config["retry_schedule"]
+    delivery, answer, started = attempt.delivery, attempt.answer, attempt.started
     code = answer.status_code
     attempts = delivery.attempts + 1
     delay = None
-    with transaction.atomic():
-        WebhookAttempt.objects.create(
-            delivery=delivery,
-            started_at=started,
-            duration_ms=round(duration * 1000, 1),
-            status_code=code,
-            response_excerpt=answer.excerpt,
-            error=answer.error,
-        )
-        fields = {"attempts": F("attempts") + 1, "last_status_code": code, "last_error": answer.error, "dispatched_at": None}
-        endpoint_id = delivery.endpoint_id
-        if code is not None and 200 <= code < 300:
-            outcome = "succeeded"
-            fields.update(status=DeliveryStatus.SUCCEEDED, completed_at=timezone.now())
-            WebhookEndpoint.objects.filter(pk=endpoint_id, failing_since__isnull=False).update(failing_since=None)
-        elif code == 410 or answer.error.startswith("endpoint disabled"):
-            outcome = "gone" if code == 410 else "endpoint_disabled"
-            fields.update(status=DeliveryStatus.FAILED, completed_at=timezone.now())
-            if code == 410:
-                _disable(endpoint_id=endpoint_id, reason="the receiver answered 410 Gone")
-        elif attempts >= len(schedule):
-            outcome = "failed"
-            fields.update(status=DeliveryStatus.FAILED, completed_at=timezone.now())
+    fields = {"attempts": F("attempts") + 1, "last_status_code": code, "last_error": answer.error, "dispatched_at": None}
+    endpoint_id = delivery.endpoint_id
+    if code == 410 or answer.error.startswith("endpoint disabled"):
+        outcome = "gone" if code == 410 else "endpoint_disabled"
+        fields.update(status=DeliveryStatus.FAILED, completed_at=timezone.now())
+        if code == 410:
+            _disable(endpoint_id=endpoint_id, reason="the receiver answered 410 Gone")
+    elif attempts >= len(schedule):
+        outcome = "failed"
+        fields.update(status=DeliveryStatus.FAILED, completed_at=timezone.now())
+    else:
+        outcome = "retrying"
+        delay = schedule[attempts]
+        if code in (429, 503) and answer.retry_after is not None:
+            delay = min(max(delay, answer.retry_after), max(schedule))
+        fields["next_attempt_at"] = started + dt.timedelta(seconds=delay)
+        if delay <= COUNTDOWN_LIMIT:
+            fields["dispatched_at"] = timezone.now()  # held by the countdown the caller queues
         else:
-            outcome = "retrying"
-            delay = schedule[attempts]
-            if code in (429, 503) and answer.retry_after is not None:
-                delay = min(max(delay, answer.retry_after), max(schedule))
-            fields["next_attempt_at"] = started + dt.timedelta(seconds=delay)
-            if delay <= COUNTDOWN_LIMIT:
-                fields["dispatched_at"] = timezone.now()  # held by the countdown the caller queues
-            else:
-                delay = None
-        if outcome in ("retrying", "failed"):
-            WebhookEndpoint.objects.filter(pk=endpoint_id, failing_since__isnull=True).update(failing_since=started)
-            failing_since = WebhookEndpoint.objects.filter(pk=endpoint_id).values_list("failing_since", flat=True).first()
-            if failing_since and started - failing_since >= dt.timedelta(days=config["disable_after_days"]):
-                _disable(endpoint_id=endpoint_id, reason=f"every attempt failed for {config['disable_after_days']:g} days")
-        # Only the attempt that read the delivery as it is moves it on (a second task at once records its attempt only).
-        WebhookDelivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.PENDING, attempts=delivery.attempts).update(**fields)
-    DELIVERIES.labels(outcome).inc()
-    logger.info(
-        "webhook_attempt",
-        delivery_id=str(delivery.pk),
-        event_id=str(delivery.event_id),
-        order_id=str(delivery.order_id),
-        attempt=attempts,
-        status_code=code,
-        error=answer.error or None,
-        outcome=outcome,
-        duration_ms=round(duration * 1000, 1),
-    )
-    return delay
+            delay = None
+    if outcome in ("retrying", "failed"):
+        WebhookEndpoint.objects.filter(pk=endpoint_id, failing_since__isnull=True).update(failing_since=started)
+        failing_since = WebhookEndpoint.objects.filter(pk=endpoint_id).values_list("failing_since", flat=True).first()
+        if failing_since and started - failing_since >= dt.timedelta(days=config["disable_after_days"]):
+            _disable(endpoint_id=endpoint_id, reason=f"every attempt failed for {config['disable_after_days']:g} days")
+    # Only the attempt that read the delivery as it is moves it on (a second task at once records its attempt only).
+    WebhookDelivery.objects.filter(pk=delivery.pk, status=DeliveryStatus.PENDING, attempts=delivery.attempts).update(**fields)
+    return outcome, delay
 
 
 def redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:

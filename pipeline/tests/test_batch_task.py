@@ -11,11 +11,13 @@ from django.core import mail
 from django.core.mail.backends.locmem import EmailBackend
 from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from devtools.harness.sample_orders import create_test_order
 from events.models import InboxEntry, OutboxEvent
 from notifications import services as notification_services
 from notifications.models import Notification
+from orders import selectors as order_selectors
 from pipeline.tasks import send_notifications_batch
 
 pytestmark = pytest.mark.django_db
@@ -109,3 +111,61 @@ def test_a_batch_the_database_cannot_read_is_retried_whole(monkeypatch, refusing
         send_notifications_batch.apply(args=(events,), throw=True)
     assert retried == [None]  # the task's own arguments: the whole batch
     assert not mail.outbox
+
+
+def writes_for_a_batch(size: int, tag: str) -> int:
+    events = [created_event(f"{tag}{n}@example.com", f"{tag}{n}") for n in range(size)]
+    with CaptureQueriesContext(connection) as queries:
+        send_notifications_batch.apply(args=(events,)).get()
+    order_ids = [event["order"]["id"] for event in events]
+    assert Notification.objects.filter(order_id__in=order_ids, status="SENT").count() == size
+    assert OutboxEvent.objects.filter(key__in=order_ids, event_type="NOTIFICATION_SENT").count() == size
+    assert InboxEntry.objects.filter(event_id__in=[event["event_id"] for event in events]).count() == size
+    return sum(1 for query in queries.captured_queries if query["sql"].lstrip().upper().startswith(("INSERT", "UPDATE")))
+
+
+def test_a_batch_claims_and_records_its_messages_in_as_many_statements_for_six_events_as_for_two():
+    assert writes_for_a_batch(6, "six") == writes_for_a_batch(2, "two")
+
+
+def test_a_message_another_sender_holds_is_left_to_it_and_the_rest_of_the_batch_is_sent(refusing_mail):
+    held, free = created_event("held@example.com", "held"), created_event("free@example.com", "free")
+    Notification.objects.create(
+        order_id=held["order"]["id"],
+        source_event_id=held["event_id"],
+        source_event_type="ORDER_CREATED",
+        channel="email",
+        recipient="held@example.com",
+        subject="s",
+        body="b",
+        status="SENDING",
+        claimed_by="worker@elsewhere:7",
+        claimed_at=timezone.now(),
+    )
+
+    send_notifications_batch.apply(args=([held, free],)).get()
+
+    assert [message.to[0] for message in mail.outbox] == ["free@example.com"]
+    assert Notification.objects.get(order_id=held["order"]["id"]).status == "SENDING"
+    assert Notification.objects.get(order_id=free["order"]["id"]).status == "SENT"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_whose_record_fails_is_recorded_failed_and_the_others_of_the_batch_sent(monkeypatch, refusing_mail):
+    broken, good = created_event("broken@example.com", "broken"), created_event("good@example.com", "good")
+    real_snapshot = order_selectors.order_snapshot
+
+    def snapshot_failing_for_one(*, order, **kwargs):
+        if str(order.id) == broken["order"]["id"]:
+            raise ValueError("a snapshot this order cannot give")
+        return real_snapshot(order=order, **kwargs)
+
+    monkeypatch.setattr(order_selectors, "order_snapshot", snapshot_failing_for_one)
+
+    send_notifications_batch.apply(args=([broken, good],)).get()
+
+    assert Notification.objects.get(order_id=good["order"]["id"]).status == "SENT"
+    assert OutboxEvent.objects.filter(key=good["order"]["id"], event_type="NOTIFICATION_SENT").count() == 1
+    failed = Notification.objects.get(order_id=broken["order"]["id"])
+    assert failed.status == "FAILED" and "cannot give" in failed.error
+    assert not OutboxEvent.objects.filter(key=broken["order"]["id"], event_type="NOTIFICATION_SENT").exists()

@@ -52,7 +52,7 @@ def test_the_orders_of_a_batch_are_processed_in_one_transaction_and_charged_once
         process_orders.apply(args=(events,)).get()
     charge_payments.apply(args=(events,)).get()
 
-    assert sum(query["sql"].startswith('INSERT INTO "events_outboxevent"') for query in processing.captured_queries) == 4
+    assert sum(query["sql"].startswith('INSERT INTO "events_outboxevent"') for query in processing.captured_queries) == 1
     assert len(commits) == 1, "one transaction for the four orders"
     for event in events:
         order_id = event["order"]["id"]
@@ -77,14 +77,14 @@ def test_the_orders_of_a_batch_are_processed_in_one_transaction_and_charged_once
 def test_an_order_whose_processing_fails_is_retried_alone_then_parked_and_the_others_go_on(monkeypatch):
     good, bad, refused = created_events(3, "mixed")
     refused = {**refused, "order": {**refused["order"], "id": "00000000-0000-0000-0000-000000000000"}}
-    real_claim = order_services.claim_event
+    real_claim = order_services.claim_events
 
-    def claim_failing_for_bad(*, handler, event_id):
-        if str(event_id) == bad["event_id"]:
+    def claim_failing_for_bad(*, claims):
+        if any(str(event_id) == bad["event_id"] for _handler, event_id in claims):
             raise OperationalError("the database went away for this order")
-        return real_claim(handler=handler, event_id=event_id)
+        return real_claim(claims=claims)
 
-    monkeypatch.setattr(order_services, "claim_event", claim_failing_for_bad)
+    monkeypatch.setattr(order_services, "claim_events", claim_failing_for_bad)
 
     process_orders.apply(args=([bad, good, refused],), retries=process_orders.max_retries - 2).get()
 
@@ -155,3 +155,16 @@ def test_a_charge_that_times_out_is_retried_alone_and_the_others_are_recorded(ga
     assert parked.timeline.get(status=OrderStatus.FAILED).message.startswith("payment_gave_up: GatewayTimeout")
     # The call and two retries, all under the one key of its pending attempt.
     assert Payment.objects.get(order=parked).gateway_calls == 3
+
+
+@pytest.mark.django_db
+def test_a_batch_is_taken_into_processing_in_as_many_writes_for_six_orders_as_for_two():
+    def writes_for(count: int, tag: str) -> int:
+        events = created_events(count, tag)
+        with CaptureQueriesContext(connection) as queries:
+            process_orders.apply(args=(events,)).get()
+        assert {status_of(event) for event in events} == {OrderStatus.PROCESSING}
+        assert OutboxEvent.objects.filter(key__in=[event["order"]["id"] for event in events], event_type="ORDER_PROCESSING").count() == count
+        return sum(1 for query in queries.captured_queries if query["sql"].lstrip().upper().startswith(("INSERT", "UPDATE")))
+
+    assert writes_for(6, "six") == writes_for(2, "two")

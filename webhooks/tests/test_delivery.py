@@ -10,6 +10,8 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -25,7 +27,7 @@ from orders_project.celery import app as celery_app
 from pipeline.tasks import deliver_events
 from recovery.webhook_deliveries import dispatch_due_deliveries
 from webhooks import services
-from webhooks.models import WebhookDelivery, WebhookEndpoint
+from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -336,3 +338,25 @@ def test_the_bridge_batchs_deliveries_are_sent_by_its_task_and_a_next_attempt_du
     [message] = task_messages(own_celery)
     assert (message.headers["task"], task_args(message)) == (SEND_WEBHOOK, [str(refused.pk)])
     assert message.headers["eta"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bridge_batchs_deliveries_are_read_and_recorded_in_as_many_statements_for_six_as_for_two(
+    own_celery, receiver_of, webhook_settings
+):
+    webhook_settings(concurrency=1)  # every POST in this thread, on the connection the test watches
+    receiver = receiver_of()
+    services.create_endpoint(owner=None, url=receiver.url, event_types=["order.created"])
+
+    def statements_for(count: int, tag: str) -> int:
+        deliveries = [delivery_of(order_of(name=f"{tag}{n}")) for n in range(count)]
+        with CaptureQueriesContext(connection) as queries:
+            deliver_events.apply(args=([str(d.event_id) for d in deliveries],)).get()
+        assert set(WebhookDelivery.objects.filter(pk__in=[d.pk for d in deliveries]).values_list("status", "attempts")) == {
+            ("SUCCEEDED", 1)
+        }
+        assert WebhookAttempt.objects.filter(delivery__in=deliveries, status_code=200).count() == count
+        return len(queries.captured_queries)
+
+    assert statements_for(6, "six") == statements_for(2, "two")
+    assert not task_messages(own_celery)
