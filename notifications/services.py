@@ -208,7 +208,12 @@ def _claim_all(*, wanted: list[tuple[Announcement, str]], claimant: str) -> list
         with transaction.atomic():
             return Notification.objects.bulk_create(rows)
     except IntegrityError:
-        return [_claim(announcement=told, channel=channel, claimant=claimant) for told, channel in wanted]
+        pass  # one of them exists: each is claimed on its own
+    claims = []
+    for told, channel in wanted:
+        with structlog.contextvars.bound_contextvars(**told.log_context()):
+            claims.append(_claim(announcement=told, channel=channel, claimant=claimant))
+    return claims
 
 
 def _claim(*, announcement: Announcement, channel: str, claimant: str) -> Notification | None:
@@ -358,12 +363,13 @@ def _notify(*, events: list[Event], briefing: Briefing) -> list[list[str] | Exce
     outcomes: list[list[str] | Exception] = [[] for _ in events]
     wanted: list[tuple[int, Announcement, str]] = []
     for position, event in enumerate(events):
-        pending = []
-        for channel in enabled_channels():
-            if (_handler(channel), event.event_id) in briefing.done:
-                count_redelivery(handler=_handler(channel), event_id=event.event_id)
-            else:
-                pending.append(channel)
+        with structlog.contextvars.bound_contextvars(**event.log_context()):
+            pending = []
+            for channel in enabled_channels():
+                if (_handler(channel), event.event_id) in briefing.done:
+                    count_redelivery(handler=_handler(channel), event_id=event.event_id)
+                else:
+                    pending.append(channel)
         if not pending:
             continue
         try:

@@ -410,9 +410,9 @@ def _start_processing_all(*, starts: list[tuple[Any, Any]], source: str) -> list
     return [first and str(order_id) in started for (order_id, _event_id), first in zip(starts, claimed)]
 
 
-def record_payment_outcome(*, order_id, approved: bool, message: str, source: str, attempt: int = 1) -> None:
-    """PROCESSING -> PAID or PAYMENT_FAILED, in the caller's (the payment's) transaction."""
-    order = lock_order(order_id)
+def record_payment_outcome(*, order: Order, approved: bool, message: str, source: str, attempt: int = 1) -> None:
+    """PROCESSING -> PAID or PAYMENT_FAILED, in the caller's (the payment's) transaction, on the
+    order it locked (``lock_order``)."""
     _transition(
         order=order,
         verb=RECORD_PAYMENT,

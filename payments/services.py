@@ -33,38 +33,31 @@ CHARGEABLE_STATUSES = order_services.RECORD_PAYMENT.sources | order_services.FIN
 
 
 def _open_attempt(*, order_id) -> Payment | None:
-    """The order's pending payment attempt, created if needed, with this gateway call counted;
-    None if the order is not awaiting payment. An order being cancelled only finishes the attempt
-    it had; a new one is opened under the order's lock, so a cancellation sees it or prevents it."""
+    """The order's pending payment attempt, created if needed, with this gateway call counted, in
+    the caller's transaction; None if the order is not awaiting payment. Decided under the order's
+    lock, so that a cancellation sees the attempt or prevents it (an order being cancelled only
+    finishes the attempt it had), and two deliveries of one event open one attempt."""
     try:
-        status, total_amount = order_selectors.get_order_status_and_total(order_id=order_id)
+        order = order_services.lock_order(order_id)
     except Order.DoesNotExist:
         raise InvalidEvent("unknown_order", f"no order {order_id}") from None
-    if status not in CHARGEABLE_STATUSES:
-        logger.info("payment_skipped", order_id=str(order_id), status=status)
-        return None
-    attempts = list(Payment.objects.filter(order_id=order_id).order_by("attempt"))
+    attempts = list(Payment.objects.filter(order_id=order_id).order_by("attempt")) if order.status in CHARGEABLE_STATUSES else []
     pending = next((payment for payment in reversed(attempts) if payment.status == PaymentStatus.PENDING), None)
     if pending:
         Payment.objects.filter(pk=pending.pk).update(gateway_calls=F("gateway_calls") + 1)
         return pending
+    if order.status not in order_services.RECORD_PAYMENT.sources:
+        logger.info("payment_skipped", order_id=str(order_id), status=order.status)
+        return None
     attempt = len(attempts) + 1
-    try:
-        with transaction.atomic():
-            if order_services.lock_order(order_id).status not in order_services.RECORD_PAYMENT.sources:
-                logger.info("payment_skipped", order_id=str(order_id), status=status)
-                return None
-            return Payment.objects.create(
-                order_id=order_id,
-                attempt=attempt,
-                idempotency_key=f"{order_id}:{attempt}",
-                amount=total_amount,
-                currency=settings.PAYMENTS["currency"],
-                gateway_calls=1,
-            )
-    except IntegrityError:
-        # A concurrent delivery of the same event opened this attempt first.
-        return _open_attempt(order_id=order_id)
+    return Payment.objects.create(
+        order_id=order_id,
+        attempt=attempt,
+        idempotency_key=f"{order_id}:{attempt}",
+        amount=order.total_amount,
+        currency=settings.PAYMENTS["currency"],
+        gateway_calls=1,
+    )
 
 
 def charge_order(
@@ -81,7 +74,8 @@ def charge_order(
     first charge instead of making a second. A decline is final. ``gateway``: the configured one
     (``get_gateway()``) unless given.
     """
-    payment = _attempt_to_charge(order_id=order_id, event_id=event_id)
+    with transaction.atomic():
+        payment = _attempt_to_charge(order_id=order_id, event_id=event_id)
     if payment is None:
         return None
     result = _charge_at_gateway(gateway or get_gateway(), payment=payment)
@@ -130,8 +124,8 @@ def charge_orders(*, events: list[Event], source: str, gateway: PaymentGateway |
 
 
 def _attempt_to_charge(*, order_id, event_id) -> Payment | None:
-    """The pending attempt to charge for the event, committed; None if the charge was recorded
-    already or the order awaits none."""
+    """The pending attempt to charge for the event, in the caller's transaction (committed before
+    the gateway is called); None if the charge was recorded already or the order awaits none."""
     if was_handled(handler=CHARGE_HANDLER, event_id=event_id):
         return None
     return _open_attempt(order_id=order_id)
@@ -199,7 +193,7 @@ def _record_charge_outcome(*, order: Order, payment: Payment, result: ChargeResu
         _settle_charge_of_cancelled_order(order=order, payment=payment, message=message, source=source)
     else:
         order_services.record_payment_outcome(
-            order_id=order.pk, approved=result.approved, message=message, source=source, attempt=payment.attempt
+            order=order, approved=result.approved, message=message, source=source, attempt=payment.attempt
         )
     return True
 

@@ -394,21 +394,26 @@ def record_attempts(*, attempts: list[Attempt]) -> list[float | None]:
     countdowns = []
     for attempt in attempts:
         outcome, countdown = ("succeeded", None) if attempt.succeeded else _record_undelivered(attempt)
-        DELIVERIES.labels(outcome).inc()
-        delivery, answer = attempt.delivery, attempt.answer
-        logger.info(
-            "webhook_attempt",
-            delivery_id=str(delivery.pk),
-            event_id=str(delivery.event_id),
-            order_id=str(delivery.order_id),
-            attempt=delivery.attempts + 1,
-            status_code=answer.status_code,
-            error=answer.error or None,
-            outcome=outcome,
-            duration_ms=round(attempt.duration * 1000, 1),
-        )
+        transaction.on_commit(lambda attempt=attempt, outcome=outcome: _report(attempt, outcome=outcome))
         countdowns.append(countdown)
     return countdowns
+
+
+def _report(attempt: Attempt, *, outcome: str) -> None:
+    """Count and log a recorded attempt (once committed: a batch rolled back is recorded again)."""
+    delivery, answer = attempt.delivery, attempt.answer
+    DELIVERIES.labels(outcome).inc()
+    logger.info(
+        "webhook_attempt",
+        delivery_id=str(delivery.pk),
+        event_id=str(delivery.event_id),
+        order_id=str(delivery.order_id),
+        attempt=delivery.attempts + 1,
+        status_code=answer.status_code,
+        error=answer.error or None,
+        outcome=outcome,
+        duration_ms=round(attempt.duration * 1000, 1),
+    )
 
 
 def _record_delivered(delivered: list[Attempt]) -> None:

@@ -87,14 +87,14 @@ def test_the_same_event_applied_twice_changes_nothing_the_second_time(order):
 
 def test_payment_outcome_needs_processing(order):
     with pytest.raises(services.InvalidTransition):
-        services.record_payment_outcome(order_id=order.id, approved=True, message="x", source=SOURCE)
+        services.record_payment_outcome(order=services.lock_order(order.id), approved=True, message="x", source=SOURCE)
     order.refresh_from_db()
     assert order.status == OrderStatus.CREATED
 
 
 def test_payment_outcome_records_paid_or_failed(order):
     services.start_processing(order_id=order.id, event_id=created_event_id(order), source=SOURCE)
-    services.record_payment_outcome(order_id=order.id, approved=False, message="declined", source=SOURCE)
+    services.record_payment_outcome(order=services.lock_order(order.id), approved=False, message="declined", source=SOURCE)
 
     order.refresh_from_db()
     assert order.status == OrderStatus.PAYMENT_FAILED
@@ -127,7 +127,7 @@ def events_after(order: Order, after_id: int) -> list[tuple[str, uuid.UUID]]:
 
 def pay(order: Order) -> None:
     services.start_processing(order_id=order.id, event_id=created_event_id(order), source=SOURCE)
-    services.record_payment_outcome(order_id=order.id, approved=True, message="paid", source=SOURCE)
+    services.record_payment_outcome(order=services.lock_order(order.id), approved=True, message="paid", source=SOURCE)
 
 
 def test_events_made_again_after_the_database_went_back_to_a_backup_have_the_ids_they_had(order):

@@ -259,7 +259,7 @@ def test_an_order_reaching_its_outcome_is_timed_once_its_transaction_commits():
 
     def record_paid():
         with transaction.atomic():
-            order_services.record_payment_outcome(order_id=order.id, approved=True, message="approved", source="test")
+            order_services.record_payment_outcome(order=order_services.lock_order(order.id), approved=True, message="approved", source="test")
 
     with pytest.raises(RuntimeError), transaction.atomic():
         record_paid()
