@@ -291,11 +291,13 @@ def _deliver_all(claimed: list[tuple[Notification, Announcement]]) -> list[bool 
     Returns, per claim, whether its message was sent and recorded now, False if it was recorded
     meanwhile (a claim taken over from a sender that was slow, not dead), or why it failed."""
     sends = [outcome_of(lambda claim=claim: _send(claim)) for claim, _told in claimed]
-    sent = [pair for pair, failure in zip(claimed, sends) if failure is None]
-    recorded = iter(apply_batch(sent, _record_sent))
+    # Recorded in the order of their orders' ids, as every batch locks orders (the timeline's
+    # foreign key locks each order it names): two batches never wait on each other in a cycle.
+    sent = sorted((pair for pair, failure in zip(claimed, sends) if failure is None), key=lambda pair: str(pair[0].order_id))
+    recorded = dict(zip((claim.pk for claim, _told in sent), apply_batch(sent, _record_sent)))
     outcomes: list[bool | Exception] = []
     for (claim, told), failure in zip(claimed, sends):
-        outcome = failure if failure is not None else next(recorded)
+        outcome = failure if failure is not None else recorded[claim.pk]
         if outcome is True:
             NOTIFICATIONS.labels(claim.channel, "sent").inc()
             with structlog.contextvars.bound_contextvars(**told.log_context()):
@@ -311,6 +313,7 @@ def _record_sent(sent: list[tuple[Notification, Announcement]]) -> list[bool]:
     recorded = set(
         Notification.objects.select_for_update()
         .filter(pk__in=[claim.pk for claim, _told in sent], status=NotificationStatus.SENDING)
+        .order_by("pk")
         .values_list("pk", flat=True)
     )
     Notification.objects.filter(pk__in=recorded).update(status=NotificationStatus.SENT, error="")
@@ -378,6 +381,8 @@ def _notify(*, events: list[Event], briefing: Briefing) -> list[list[str] | Exce
             outcomes[position] = refusal
             continue
         wanted += [(position, told, channel) for channel in pending]
+    # Claimed in the order of their orders' ids (the claims' foreign key locks each order they name).
+    wanted.sort(key=lambda item: str(item[1].order.id))
     claims = _claim_all(wanted=[(told, channel) for _position, told, channel in wanted], claimant=_claimant("worker"))
     claimed = [(position, claim, told) for (position, told, _channel), claim in zip(wanted, claims) if claim is not None]
     delivered = _deliver_all([(claim, told) for _position, claim, told in claimed])

@@ -250,15 +250,25 @@ def lock_orders(order_ids) -> dict[str, Order]:
     order of their ids (as every batch locks them), with their items at hand."""
     if not order_ids:
         return {}
-    locked = Order.objects.select_for_update().filter(pk__in=order_ids).order_by("pk").prefetch_related("items")
+    locked = locking_orders().filter(pk__in=order_ids).order_by("pk").prefetch_related("items")
     return {str(order.pk): order for order in locked}
 
 
 def lock_order(order_id) -> Order:
     """The order, locked for the caller's transaction: every change to an order, and every money
     movement decided from its status, happens under this lock. Raises ``Order.DoesNotExist``."""
-    # FOR UPDATE on PostgreSQL; SQLite serialises writers with its IMMEDIATE transactions.
-    return Order.objects.select_for_update().get(pk=order_id)
+    return locking_orders().get(pk=order_id)
+
+
+def locking_orders(**options):
+    """Orders, each locked for the caller's transaction as it is read (``options``: skip_locked).
+
+    PostgreSQL: FOR NO KEY UPDATE, which excludes every other lock of an order but not the
+    foreign-key checks of rows that name it (a timeline entry, a notification, checked when
+    their transaction commits): those never wait on the lock, so no cycle of waits forms
+    between a transaction that holds orders and one that writes rows about others. An order's
+    key never changes. SQLite serialises writers with its IMMEDIATE transactions."""
+    return Order.objects.select_for_update(no_key=True, **options)
 
 
 def _transition(
@@ -550,7 +560,7 @@ def resume_order(*, order_id, reason: str, requested_by: str) -> Order | None:
     """FAILED -> the status it was parked from, in the caller's transaction, announcing nothing
     (it was announced when first reached). The order, locked; None if there is no such order.
     An order that is not parked is returned as it is."""
-    order = Order.objects.select_for_update().filter(pk=order_id).first()
+    order = locking_orders().filter(pk=order_id).first()
     if order and order.status in RESUME.sources:
         _transition(
             order=order,

@@ -63,13 +63,12 @@ class NothingToRedrive(Exception):
 def _lock_order(order_id) -> Order | None:
     """The order, locked for this transaction; None while another reconciler holds it.
 
-    PostgreSQL: FOR UPDATE SKIP LOCKED, so reconcilers running at once share the work. SQLite
-    serialises writers with its IMMEDIATE transactions (run one reconciler there).
+    PostgreSQL: SKIP LOCKED, so reconcilers running at once share the work. SQLite serialises
+    writers with its IMMEDIATE transactions (run one reconciler there).
     """
-    orders = Order.objects.filter(pk=order_id)
     if connection.features.has_select_for_update_skip_locked:
-        return orders.select_for_update(skip_locked=True).first()
-    return orders.first()
+        return order_services.locking_orders(skip_locked=True).filter(pk=order_id).first()
+    return Order.objects.filter(pk=order_id).first()
 
 
 def _redrive(*, order: Order, events: list[OutboxEvent], reason: str, requested_by: str, note: str, now: dt.datetime) -> None:
@@ -212,7 +211,7 @@ def redrive_now(*, order_id, requested_by: str) -> list[OutboxEvent]:
     """An operator's re-drive: what the order awaits goes out again at once, whatever the
     deadlines and the reconciler's limit. Raises ``NothingToRedrive`` saying what to do instead."""
     with transaction.atomic():
-        order = Order.objects.select_for_update().get(pk=order_id)
+        order = order_services.lock_order(order_id)
         # An order being cancelled awaits its charge under way if it has one, else its refunds' events.
         awaited = selectors.awaited_event(order=order) if order.status in UNFINISHED_STATUSES else None
         if awaited is not None:

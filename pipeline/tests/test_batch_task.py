@@ -18,6 +18,7 @@ from events.models import InboxEntry, OutboxEvent
 from notifications import services as notification_services
 from notifications.models import Notification
 from orders import selectors as order_selectors
+from orders.models import OrderTimelineEntry
 from pipeline.tasks import send_notifications_batch
 
 pytestmark = pytest.mark.django_db
@@ -169,3 +170,18 @@ def test_a_message_whose_record_fails_is_recorded_failed_and_the_others_of_the_b
     failed = Notification.objects.get(order_id=broken["order"]["id"])
     assert failed.status == "FAILED" and "cannot give" in failed.error
     assert not OutboxEvent.objects.filter(key=broken["order"]["id"], event_type="NOTIFICATION_SENT").exists()
+
+
+def test_a_batchs_claims_and_records_name_their_orders_in_the_order_of_the_orders_ids(refusing_mail):
+    # Every batch locks orders in the order of their ids; the claims' and the timeline's foreign
+    # keys lock the orders they name, so these are written in that order too (else two batches
+    # can deadlock).
+    created = [created_event(f"user{n}@example.com", f"sorted{n}") for n in range(5)]
+    events = sorted(created, key=lambda event: event["order"]["id"], reverse=True)
+
+    send_notifications_batch.apply(args=(events,)).get()
+
+    claims = Notification.objects.filter(order_id__in=[event["order"]["id"] for event in events]).order_by("pk")
+    assert [str(claim.order_id) for claim in claims] == sorted(event["order"]["id"] for event in events)
+    entries = OrderTimelineEntry.objects.filter(event_type="NOTIFICATION_SENT").order_by("pk")
+    assert [str(entry.order_id) for entry in entries] == sorted(event["order"]["id"] for event in events)
