@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from devtools.harness.sample_orders import create_test_order
 from events.models import InboxEntry, OutboxEvent
@@ -156,3 +157,35 @@ def test_another_event_in_the_place_of_one_lost_with_a_restore_has_an_id_of_its_
 
     assert [event_type for event_type, _ in lost] == ["ORDER_CANCELLED"]
     assert not {event_id for _, event_id in lost} & {event_id for _, event_id in events_after(order, backup)}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks are PostgreSQL's; SQLite serialises its writers")
+def test_an_order_held_locked_does_not_hold_up_a_transaction_that_writes_a_row_about_it():
+    # The row's foreign key is checked when its transaction commits, with a KEY SHARE lock on the
+    # order: were orders locked FOR UPDATE, that check would wait on the holder (and two batches
+    # writing about each other's orders deadlock).
+    order = create_test_order(user_id="held", email="held@example.com", correlation_id="corr-held")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                services.lock_order(order.id)
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '5s'")
+            services.record_order_event(order_id=order.id, status=order.status, event_type="NOTE", event_id=None, message="while held")
+    finally:
+        release.set()
+        holder.join()
+    assert order.timeline.filter(event_type="NOTE").exists()
