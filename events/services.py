@@ -53,36 +53,17 @@ def order_event_id(*, order_id, name: str) -> uuid.UUID:
 order_event_recorded = Signal()
 
 
-def enqueue_event(
-    *,
-    event_type: str,
-    order: dict[str, Any],
-    correlation_id: str,
-    source: str,
-    name: str,
-    attempt: int = 1,
-    details: dict[str, Any] | None = None,
-) -> OutboxEvent:
-    """Record ``event_type`` for ``order`` (a contract snapshot) in the outbox; the relay publishes
-    it. ``name`` tells this event from every other of the order (``order_event_id``)."""
-    (row,) = enqueue_events(
-        events=[
-            dict(
-                event_type=event_type,
-                order=order,
-                correlation_id=correlation_id,
-                source=source,
-                name=name,
-                attempt=attempt,
-                details=details,
-            )
-        ]
-    )
+def enqueue_event(**event: Any) -> OutboxEvent:
+    """Record one event in the outbox (``enqueue_events``); the relay publishes it."""
+    (row,) = enqueue_events(events=[event])
     return row
 
 
 def enqueue_events(*, events: list[dict[str, Any]]) -> list[OutboxEvent]:
-    """``enqueue_event`` for several events (each the dict of its arguments), in one statement."""
+    """Record events in the outbox, in one statement; the relay publishes them. Each is given as
+    ``event_type``, ``order`` (a contract snapshot), ``correlation_id``, ``source``, ``name``
+    (which tells this event from every other of the order: ``order_event_id``) and, if any,
+    ``attempt`` and ``details`` (the event's own fields)."""
     now = timezone.now()
     trace_context = current_trace_context()
     rows = []

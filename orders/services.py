@@ -271,30 +271,9 @@ def locking_orders(**options):
     return Order.objects.select_for_update(no_key=True, **options)
 
 
-def _transition(
-    *,
-    order: Order,
-    verb: Transition,
-    to_status: str,
-    message: str,
-    source: str,
-    attempt: int = 1,
-    label: str | None = None,
-    announce: bool = True,
-    details: dict[str, Any] | None = None,
-):
-    """Move a locked ``order`` to ``to_status`` by ``verb`` (``_transition_all``); returns its event, if any."""
-    (event,) = _transition_all(
-        orders=[order],
-        verb=verb,
-        to_status=to_status,
-        message=message,
-        source=source,
-        attempt=attempt,
-        label=label,
-        announce=announce,
-        details=details,
-    )
+def _transition(*, order: Order, **change: Any):
+    """Move a locked ``order`` as ``change`` says (``_transition_all``); returns its event, if any."""
+    (event,) = _transition_all(orders=[order], **change)
     return event
 
 
