@@ -118,6 +118,11 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
 
+    def fetches_waiting(self) -> int:
+        """Clients blocked in a fetch (BRPOP): a worker frozen during one still takes the next
+        task pushed before the fetch's timeout, into a socket it does not read."""
+        return self.client().info("clients")["blocked_clients"]
+
     def queue_length(self, queue: str) -> int:
         return self.client().llen(queue)
 
@@ -225,11 +230,13 @@ def run_fault(
     ``orders``: the test's own (paid before the fault, say), audited too, outside the table's row."""
     redelivered_before = redeliveries()
     load = OrderLoad(base_url=system.base_url, rate=RATE, body=order_body).start()
-    time.sleep(before)
-    inject(load)
-    recovered_at = time.monotonic()
-    time.sleep(after)
-    load.stop()
+    try:
+        time.sleep(before)
+        inject(load)
+        recovered_at = time.monotonic()
+        time.sleep(after)
+    finally:
+        load.stop()  # a fault that fails leaves no load behind for the next test
     connection.close()  # the test's own connection may predate a database restart
 
     def finished():
@@ -470,6 +477,7 @@ def lose_redis_with_a_backlog(system, *, backlog: Callable[[], set[str] | None],
     connections_before = broker_connections(system)
     system.signal("worker", signal.SIGSTOP)  # the bridge goes on handing tasks to Redis
     try:
+        wait_until(lambda: system.redis.fetches_waiting() == 0, timeout=30, interval=0.05, message="the frozen worker's fetch never ended")
         meanwhile()
         lost = wait_until(backlog, timeout=60, interval=0.2, message="no backlog of tasks in Redis")
         system.redis.kill()
